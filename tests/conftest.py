@@ -1,0 +1,25 @@
+"""Test setup: 8 host CPU devices for the sharded paths, float64 available.
+
+XLA_FLAGS must be set before JAX is imported anywhere, so this runs first.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+MIN_TESTS = 20
+
+
+def pytest_collection_finish(session):
+    """An empty or nearly empty collection is a failure, never a silent pass."""
+    if not session.config.option.keyword and len(session.items) < MIN_TESTS:
+        raise RuntimeError(
+            f"only {len(session.items)} tests collected; expected at least {MIN_TESTS}"
+        )
