@@ -1,4 +1,4 @@
-"""Test setup: 8 host CPU devices for the sharded paths, float64 available.
+"""Test setup: 8 host CPU devices for the sharded paths, a float64 fixture.
 
 XLA_FLAGS must be set before JAX is imported anywhere, so this runs first.
 """
@@ -11,8 +11,14 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture
+def x64():
+    """Runs a test with float64 enabled (for references and check_grads)."""
+    with jax.enable_x64(True):
+        yield
 
 MIN_TESTS = 20
 
