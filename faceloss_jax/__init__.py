@@ -1,6 +1,7 @@
-"""faceloss_jax: the loss functions of deep face recognition as pure JAX functions."""
+"""faceloss_jax: the loss functions of deep face recognition as pure JAX functions.
 
-from faceloss_jax import losses
+Submodules are imported on use (``from faceloss_jax import losses``), so that the
+data pipeline or the evaluation code do not pull in more than they need.
+"""
 
-__all__ = ["losses"]
 __version__ = "0.1.0"
