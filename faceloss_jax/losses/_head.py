@@ -1,0 +1,293 @@
+"""The engine shared by every softmax-type (angular) loss: one margin, four layouts.
+
+Every angular loss of the library is a cross-entropy over class logits in which only
+the target logit is changed by a margin. Writing ``t_i`` for the target logit and
+``z_ij`` for the unchanged logits of the other classes,
+
+    loss_i = log(exp(t_i) + Σ_{j≠y_i} exp(z_ij)) − t_i
+           = logaddexp(t_i, LSE_{j≠y_i} z_ij) − t_i,
+
+with ``z_ij = s·(x̃_i · w̃_j) + b_j``, where x̃ and w̃ are the embedding and class
+centre, each L2-normalized or not according to the loss. The target logit is a
+function of ``x_i`` and its own column ``w_{y_i}`` only, so it costs O(B·d) and is
+differentiated by plain autodiff. The non-target log-sum-exp is the only part that
+touches all C classes, and it is computed in one of these layouts, all equal:
+
+- dense: the B×C logits at once (the reference);
+- chunked (``chunk_size``): W streamed in blocks of classes with an online
+  log-sum-exp, under a ``jax.custom_vjp`` whose backward pass recomputes each
+  block, so neither pass holds the B×C logits (Milakov & Gimelshein, 2018,
+  "Online normalizer calculation for softmax");
+- class-sharded (``class_axis_name``): each device holds a contiguous block of W's
+  columns, computes its local log-sum-exp, and the normalizer is combined with
+  ``pmax``/``psum`` across the axis (the Partial FC layout, An et al., 2021);
+  combinable with chunking;
+- data-parallel (``axis_name``): embeddings and labels are all-gathered so every
+  device scores the global batch, and each device returns its own examples' losses.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Below this norm an embedding or class centre is treated as having this norm, so that
+# normalization and its gradient stay finite for zero vectors.
+_MIN_NORM = 1e-6
+
+TargetFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class Logits(NamedTuple):
+  """How the non-target logits ``z = scale·(x̃·w̃) + b`` are formed.
+
+  Attributes:
+    normalize_embeddings: whether x is L2-normalized before the product.
+    normalize_weights: whether each column of W is L2-normalized.
+    scale: the constant s multiplying the product.
+  """
+
+  normalize_embeddings: bool
+  normalize_weights: bool
+  scale: float | jax.Array = 1.0
+
+
+def safe_norm(x: jax.Array, axis: int, keepdims: bool = True) -> jax.Array:
+  """The L2 norm in float32, at least ``_MIN_NORM``, with a finite gradient at 0."""
+  x = x.astype(jnp.float32)
+  sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+  return jnp.sqrt(jnp.maximum(sq, _MIN_NORM**2))
+
+
+def cosine(x: jax.Array, w: jax.Array) -> jax.Array:
+  """Row-wise cosine of two (B, d) arrays in float32, 0 when either is zero."""
+  x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+  dot = jnp.sum(x32 * w32, axis=-1)
+  cos = dot / (safe_norm(x32, -1, False) * safe_norm(w32, -1, False))
+  return jnp.clip(cos, -1.0, 1.0)
+
+
+def _prepare_embeddings(x: jax.Array, spec: Logits) -> jax.Array:
+  if spec.normalize_embeddings:
+    return (x.astype(jnp.float32) / safe_norm(x, axis=1)).astype(x.dtype)
+  return x
+
+
+def _block_logits(
+    x_prepared: jax.Array, w_block: jax.Array, b_block: jax.Array | None, spec: Logits
+) -> jax.Array:
+  """Logits (B, c) of one block of classes, accumulated in float32."""
+  if spec.normalize_weights:
+    w_block = (w_block.astype(jnp.float32) / safe_norm(w_block, axis=0)).astype(
+        w_block.dtype
+    )
+  dtype = jnp.promote_types(x_prepared.dtype, w_block.dtype)
+  z = jnp.matmul(
+      x_prepared.astype(dtype),
+      w_block.astype(dtype),
+      preferred_element_type=jnp.float32,
+  )
+  z = spec.scale * z
+  if b_block is not None:
+    z = z + b_block.astype(jnp.float32)
+  return z
+
+
+def _is_target(labels: jax.Array, offset: jax.Array | int, width: int) -> jax.Array:
+  return labels[:, None] == offset + jnp.arange(width)[None, :]
+
+
+# ----------------------------------------------------------------------------------
+# Non-target log-sum-exp: dense (autodiff) and chunked (custom_vjp).
+# ----------------------------------------------------------------------------------
+
+
+def _dense_lse(x, w, b, labels, offset, spec):
+  z = _block_logits(_prepare_embeddings(x, spec), w, b, spec)
+  z = jnp.where(_is_target(labels, offset, w.shape[1]), -jnp.inf, z)
+  return jax.nn.logsumexp(z, axis=1)
+
+
+def _chunks(num_classes: int, chunk_size: int) -> tuple[int, int]:
+  """Number of full chunks and the width of the remainder block."""
+  return num_classes // chunk_size, num_classes % chunk_size
+
+
+def _slice_cols(a: jax.Array | None, start, width: int, axis: int):
+  if a is None:
+    return None
+  return lax.dynamic_slice_in_dim(a, start, width, axis=axis)
+
+
+def _chunked_stats(x, w, b, labels, offset, spec, chunk_size):
+  """Running (max, sum of exp) over the non-target logits, block by block."""
+  xp = _prepare_embeddings(x, spec)
+  batch = x.shape[0]
+  num_full, rem = _chunks(w.shape[1], chunk_size)
+
+  def absorb(carry, start, width):
+    m, s = carry
+    z = _block_logits(xp, _slice_cols(w, start, width, 1),
+                      _slice_cols(b, start, width, 0), spec)
+    mask = _is_target(labels, offset + start, width)
+    m_new = jnp.maximum(m, jnp.max(jnp.where(mask, -jnp.inf, z), axis=1))
+    s = s * jnp.exp(m - m_new) + jnp.sum(
+        jnp.where(mask, 0.0, jnp.exp(z - m_new[:, None])), axis=1)
+    return m_new, s
+
+  # A large finite floor rather than -inf, so that exp(m - m_new) is never nan.
+  carry = (jnp.full((batch,), -1e30, jnp.float32), jnp.zeros((batch,), jnp.float32))
+  if num_full:
+    carry, _ = lax.scan(
+        lambda c, i: (absorb(c, i * chunk_size, chunk_size), None),
+        carry, jnp.arange(num_full))
+  if rem:
+    carry = absorb(carry, num_full * chunk_size, rem)
+  return carry
+
+
+def _combine_shards(m, s, class_axis_name):
+  """Merges per-device (max, sum) pairs of the log-sum-exp across the class axis."""
+  if class_axis_name is not None:
+    m_all = lax.pmax(m, class_axis_name)
+    s = lax.psum(s * jnp.exp(m - m_all), class_axis_name)
+    m = m_all
+  return m + jnp.log(s)
+
+
+def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None):
+  """A custom_vjp non-target LSE(x, w, b, labels, offset) streaming W in blocks."""
+
+  @jax.custom_vjp
+  def lse_fn(x, w, b, labels, offset):
+    m, s = _chunked_stats(x, w, b, labels, offset, spec, chunk_size)
+    return _combine_shards(m, s, class_axis_name)
+
+  def fwd(x, w, b, labels, offset):
+    lse = lse_fn(x, w, b, labels, offset)
+    return lse, (x, w, b, labels, offset, lse)
+
+  def bwd(res, g):
+    x, w, b, labels, offset, lse = res
+    num_full, rem = _chunks(w.shape[1], chunk_size)
+
+    def block_grads(start, width):
+      w_blk = _slice_cols(w, start, width, 1)
+      b_blk = _slice_cols(b, start, width, 0)
+      z, vjp = jax.vjp(
+          lambda x_, w_, b_: _block_logits(_prepare_embeddings(x_, spec), w_, b_, spec),
+          x, w_blk, b_blk)
+      mask = _is_target(labels, offset + start, width)
+      p = jnp.where(mask, 0.0, jnp.exp(z - lse[:, None]))
+      return vjp(g[:, None].astype(jnp.float32) * p)
+
+    def step(carry, start, width):
+      dx, dw, db = carry
+      dx_blk, dw_blk, db_blk = block_grads(start, width)
+      dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw.dtype), start, axis=1)
+      if db is not None:
+        db = lax.dynamic_update_slice_in_dim(db, db_blk.astype(db.dtype), start, axis=0)
+      return dx + dx_blk.astype(dx.dtype), dw, db
+
+    carry = (jnp.zeros(x.shape, jnp.float32), jnp.zeros_like(w),
+             None if b is None else jnp.zeros_like(b))
+    if num_full:
+      carry, _ = lax.scan(
+          lambda c, i: (step(c, i * chunk_size, chunk_size), None),
+          carry, jnp.arange(num_full))
+    if rem:
+      carry = step(carry, num_full * chunk_size, rem)
+    dx, dw, db = carry
+    if class_axis_name is not None:
+      # Every device saw all embeddings but only its own classes.
+      dx = lax.psum(dx, class_axis_name)
+    return dx.astype(x.dtype), dw, db, None, None
+
+  lse_fn.defvjp(fwd, bwd)
+  return lse_fn
+
+
+# ----------------------------------------------------------------------------------
+# The head.
+# ----------------------------------------------------------------------------------
+
+
+def _target_columns(w, b, labels, offset, class_axis_name):
+  """w_{y_i} as (B, d) and b_{y_i} as (B,), gathered from whichever device owns them."""
+  local = labels - offset
+  owned = (local >= 0) & (local < w.shape[1])
+  idx = jnp.clip(local, 0, w.shape[1] - 1)
+  w_y = jnp.where(owned[:, None], jnp.take(w, idx, axis=1).T, 0)
+  b_y = None if b is None else jnp.where(owned, jnp.take(b, idx), 0)
+  if class_axis_name is not None:
+    w_y = lax.psum(w_y, class_axis_name)
+    b_y = None if b_y is None else lax.psum(b_y, class_axis_name)
+  return w_y, b_y
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+  if chunk_size is not None and (
+      isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+  ):
+    raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+
+
+def margin_softmax(
+    embeddings: jax.Array,
+    weights: jax.Array,
+    labels: jax.Array,
+    *,
+    spec: Logits,
+    target_fn: Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array],
+    bias: jax.Array | None = None,
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+    class_axis_name: str | None = None,
+) -> jax.Array:
+  """Per-example ``logaddexp(t, LSE_{j≠y} z_j) − t`` in the requested layout.
+
+  Args:
+    embeddings: (B, d) embeddings; under ``axis_name`` this device's part of the batch.
+    weights: (d, C) class centres; under ``class_axis_name`` this device's contiguous
+      block of columns, block index = ``axis_index(class_axis_name)``.
+    labels: (B,) global integer class ids.
+    spec: how the non-target logits are formed.
+    target_fn: ``(x, w_y, b_y) -> t`` the target logit of each example, from its
+      embedding (B, d), its class centre (B, d) and bias (B,) or None.
+    bias: optional (C,) bias, sharded like the columns of ``weights``.
+    chunk_size: stream W in blocks of this many classes (per device when sharded).
+    axis_name: data-parallel axis; the global batch is scored on every device.
+    class_axis_name: axis over which the columns of W are sharded.
+
+  Returns:
+    Per-example losses (B,) in float32, for this device's examples.
+  """
+  check_chunk_size(chunk_size)
+  if axis_name is not None:
+    local_batch = embeddings.shape[0]
+    index = lax.axis_index(axis_name)
+    embeddings = lax.all_gather(embeddings, axis_name, tiled=True)
+    labels = lax.all_gather(labels, axis_name, tiled=True)
+
+  offset = 0 if class_axis_name is None else (
+      lax.axis_index(class_axis_name) * weights.shape[1])
+  if chunk_size is None or chunk_size >= weights.shape[1]:
+    lse = _dense_lse(embeddings, weights, bias, labels, offset, spec)
+    if class_axis_name is not None:
+      # The max only stabilizes the sum; no gradient flows through it.
+      m = lax.stop_gradient(lax.pmax(lax.stop_gradient(lse), class_axis_name))
+      lse = m + jnp.log(lax.psum(jnp.exp(lse - m), class_axis_name))
+  else:
+    lse = _make_chunked_lse(spec, chunk_size, class_axis_name)(
+        embeddings, weights, bias, labels, offset)
+
+  w_y, b_y = _target_columns(weights, bias, labels, offset, class_axis_name)
+  t = target_fn(embeddings, w_y, b_y).astype(jnp.float32)
+  loss = jnp.logaddexp(t, lse) - t
+
+  if axis_name is not None:
+    loss = lax.dynamic_slice_in_dim(loss, index * local_batch, local_batch)
+  return loss

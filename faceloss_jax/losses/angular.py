@@ -1,0 +1,493 @@
+"""The softmax family of face recognition: from the linear softmax to ArcFace.
+
+Each loss is a cross-entropy over the class logits of a (d, C) class-centre matrix W
+in which only the target logit carries a margin. With ``cos θ_j = w_jᵀx / (‖w_j‖‖x‖)``:
+
+===============================  ==============================  =========================
+loss                             target logit                    other logits
+===============================  ==============================  =========================
+softmax_cross_entropy            w_yᵀx + b_y                     w_jᵀx + b_j
+large_margin_softmax (L-Softmax) ‖w_y‖‖x‖ψ(θ_y)                  ‖w_j‖‖x‖cos θ_j
+sphereface (A-Softmax)           ‖x‖ψ(θ_y)                       ‖x‖cos θ_j
+normface                         s·cos θ_y                       s·cos θ_j
+cosface (AM-Softmax, LMCL)       s·(cos θ_y − m)                 s·cos θ_j
+arcface                          s·cos(θ_y + m)                  s·cos θ_j
+combined_margin                  s·(cos(m1·θ_y + m2) − m3)       s·cos θ_j
+===============================  ==============================  =========================
+
+All return per-example losses of shape (B,) in float32 (the caller reduces), take
+``labels`` as integer class ids, and accept three layout options that leave the value
+unchanged: ``chunk_size`` (stream W in blocks of classes, never holding the B×C
+logits), ``axis_name`` (data-parallel: all-gather the batch across that axis) and
+``class_axis_name`` (W's columns sharded across that axis). See ``_head.py``.
+
+Target logits are computed without ``arccos`` wherever the paper allows it, and every
+square root and ``arccos`` is clipped, so gradients are finite at θ = 0 and θ = π
+(cos θ = ±1 exactly) and for zero-norm embeddings or class centres. bfloat16 inputs
+give bfloat16 matmuls with float32 accumulation, float32 logits and float32 losses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from faceloss_jax.losses import _head
+from faceloss_jax.losses import _validation
+
+# ----------------------------------------------------------------------------------
+# Margin functions: target cosine (B,) -> modified target cosine (B,).
+# ----------------------------------------------------------------------------------
+
+
+def _sqrt_clipped(v: jax.Array) -> jax.Array:
+    """sqrt(v) for v ≥ 0 whose gradient is 0, not inf, where v is (nearly) 0."""
+    return jnp.sqrt(jnp.clip(v, 1e-12, None))
+
+
+def multiple_angle_psi(cos: jax.Array, margin: int) -> jax.Array:
+    """ψ(θ) = (−1)^k cos(mθ) − 2k on θ ∈ [kπ/m, (k+1)π/m], from cos θ alone.
+
+    The monotonically decreasing extension of cos(mθ) of L-Softmax (Liu et al., ICML
+    2016, Eq. 6) and SphereFace (Liu et al., CVPR 2017, Eq. 7). ``cos(mθ)`` is the
+    Chebyshev polynomial T_m(cos θ), evaluated by the recurrence
+    ``T_{n+1} = 2c·T_n − T_{n−1}`` (the papers' binomial expansion, without arccos);
+    k counts the thresholds ``cos(jπ/m)``, j = 1..m−1, that cos θ lies at or below.
+
+    Args:
+      cos: cosines of the target angles, any shape.
+      margin: the integer angular margin m ≥ 1; m = 1 gives ψ(θ) = cos θ.
+
+    Returns:
+      ψ(θ), same shape as ``cos``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(multiple_angle_psi(jnp.array(-1.0), 4))  # θ = π: k = 3, −cos 4π − 6
+      -7.0
+    """
+    t_prev, t = jnp.ones_like(cos), cos
+    for _ in range(margin - 1):
+        t_prev, t = t, 2 * cos * t - t_prev
+    k = sum(
+        (cos <= math.cos(j * math.pi / margin)).astype(cos.dtype) for j in range(1, margin)
+    )
+    sign = 1.0 - 2.0 * jnp.mod(k, 2.0)
+    return sign * t - 2.0 * k
+
+
+def additive_angular_margin(
+    cos: jax.Array, margin: float, *, easy_margin: bool = False
+) -> jax.Array:
+    """cos(θ + m) = cos θ cos m − sin θ sin m, with InsightFace's fallbacks.
+
+    Where θ + m > π (cos θ ≤ cos(π − m)) cos(θ + m) would increase again, so the
+    target falls back to ``cos θ − m·sin m`` (the ``th``/``mm`` rule of InsightFace);
+    with ``easy_margin`` the margin applies only where cos θ > 0 and the target is
+    ``cos θ`` elsewhere (Deng et al., "ArcFace", CVPR 2019).
+
+    Args:
+      cos: target cosines.
+      margin: the additive angular margin m in radians.
+      easy_margin: keep θ unchanged where cos θ ≤ 0 instead of the fallback.
+
+    Returns:
+      The modified target cosines.
+    """
+    sin = _sqrt_clipped(1.0 - cos * cos)
+    phi = cos * math.cos(margin) - sin * math.sin(margin)
+    if easy_margin:
+        return jnp.where(cos > 0, phi, cos)
+    return jnp.where(cos > math.cos(math.pi - margin), phi, cos - margin * math.sin(margin))
+
+
+def combined_angular_margin(cos: jax.Array, m1: float, m2: float, m3: float) -> jax.Array:
+    """cos(m1·θ + m2) − m3, the combined margin of the ArcFace paper (Eq. 4).
+
+    Through θ = arccos(cos θ) (cos θ clipped to ±(1 − 1e-7) so the gradient stays
+    finite), as in InsightFace's original combined-margin code; no fallback is applied
+    where m1·θ + m2 > π, so the function is not monotonic there.
+    """
+    eps = 1e-7
+    theta = jnp.arccos(jnp.clip(cos, -1.0 + eps, 1.0 - eps))
+    return jnp.cos(m1 * theta + m2) - m3
+
+
+# ----------------------------------------------------------------------------------
+# Losses.
+# ----------------------------------------------------------------------------------
+
+
+def _check(name, embeddings, weights, labels, bias=None, class_axis_name=None):
+    _validation.check_embeddings_labels(embeddings, labels, name=name)
+    _validation.check_rank(weights, 2, what="weights (d, C)", name=name)
+    d, num_classes = jnp.shape(weights)
+    if d != jnp.shape(embeddings)[1]:
+        raise ValueError(
+            f"{name}: weights are (d, C) = {jnp.shape(weights)} but embeddings have "
+            f"d = {jnp.shape(embeddings)[1]}; weights must be shaped (embedding_dim, "
+            "num_classes)"
+        )
+    if bias is not None and jnp.shape(bias) != (num_classes,):
+        raise ValueError(f"{name}: bias must have shape ({num_classes},), got {jnp.shape(bias)}")
+    if class_axis_name is None:
+        _validation.check_labels_in_range(labels, num_classes, name=name)
+    for what, value in (("embeddings", embeddings), ("weights", weights)):
+        if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            raise TypeError(f"{name}: {what} must be floating point, got {jnp.result_type(value)}")
+
+
+def _check_integer_margin(name: str, margin: int) -> None:
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 1:
+        raise ValueError(f"{name}: margin must be an integer ≥ 1, got {margin!r}")
+
+
+def _run(name, embeddings, weights, labels, spec, target_fn, *, bias=None, chunk_size,
+         axis_name, class_axis_name):
+    _check(name, embeddings, weights, labels, bias, class_axis_name)
+    return _head.margin_softmax(
+        jnp.asarray(embeddings), jnp.asarray(weights), jnp.asarray(labels),
+        spec=spec, target_fn=target_fn,
+        bias=None if bias is None else jnp.asarray(bias),
+        chunk_size=chunk_size, axis_name=axis_name, class_axis_name=class_axis_name)
+
+
+def _dot(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jnp.sum(x.astype(jnp.float32) * w.astype(jnp.float32), axis=-1)
+
+
+def softmax_cross_entropy(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+    class_axis_name: str | None = None,
+) -> jax.Array:
+    """Softmax cross-entropy on a linear classifier, the baseline of face recognition.
+
+    ``loss_i = −log softmax(Wᵀx_i + b)_{y_i}`` (e.g. DeepFace, Taigman et al. 2014).
+
+    Args:
+      embeddings: (B, d) features.
+      weights: (d, C) classifier weights.
+      labels: (B,) integer class ids in [0, C).
+      bias: optional (C,) bias.
+      chunk_size: stream W in blocks of this many classes (same value, less memory).
+      axis_name: data-parallel axis name (see module docstring).
+      class_axis_name: class-sharded axis name (see module docstring).
+
+    Returns:
+      Per-example losses (B,), float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x, w = jnp.eye(2), 2 * jnp.eye(2)
+      >>> loss = softmax_cross_entropy(x, w, jnp.array([0, 1]))
+      >>> [round(float(v), 4) for v in loss]
+      [0.1269, 0.1269]
+    """
+    spec = _head.Logits(normalize_embeddings=False, normalize_weights=False)
+
+    def target(x, w_y, b_y):
+        return _dot(x, w_y) if b_y is None else _dot(x, w_y) + b_y
+
+    return _run("softmax_cross_entropy", embeddings, weights, labels, spec, target,
+                bias=bias, chunk_size=chunk_size, axis_name=axis_name,
+                class_axis_name=class_axis_name)
+
+
+def _normalized(name, embeddings, weights, labels, scale, margin_fn, chunk_size, axis_name,
+                class_axis_name):
+    """A loss with both x and W normalized: logits s·cos θ, target s·margin_fn(cos θ_y)."""
+    spec = _head.Logits(normalize_embeddings=True, normalize_weights=True, scale=scale)
+
+    def target(x, w_y, b_y):
+        del b_y
+        return scale * margin_fn(_head.cosine(x, w_y))
+
+    return _run(name, embeddings, weights, labels, spec, target, chunk_size=chunk_size,
+                axis_name=axis_name, class_axis_name=class_axis_name)
+
+
+def normface(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    *,
+    scale: float = 16.0,
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+    class_axis_name: str | None = None,
+) -> jax.Array:
+    """NormFace: softmax over scaled cosines, ``−log softmax(s·cos θ)_y``.
+
+    Wang et al., "NormFace: L2 Hypersphere Embedding for Face Verification", ACM MM
+    2017. Both embeddings and class centres are L2-normalized; s is the scale (the
+    paper learns or fixes it; ~16 suits a few classes, 30–64 many).
+
+    Args:
+      embeddings: (B, d) features.
+      weights: (d, C) class centres.
+      labels: (B,) integer class ids.
+      scale: the scale s.
+      chunk_size: see ``softmax_cross_entropy``.
+      axis_name: see ``softmax_cross_entropy``.
+      class_axis_name: see ``softmax_cross_entropy``.
+
+    Returns:
+      Per-example losses (B,), float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss = normface(jnp.eye(2), jnp.eye(2), jnp.array([0, 1]), scale=1.0)
+      >>> [round(float(v), 4) for v in loss]
+      [0.3133, 0.3133]
+    """
+    return _normalized("normface", embeddings, weights, labels, scale, lambda c: c,
+                       chunk_size, axis_name, class_axis_name)
+
+
+def cosface(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    *,
+    scale: float = 64.0,
+    margin: float = 0.35,
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+    class_axis_name: str | None = None,
+) -> jax.Array:
+    """CosFace / AM-Softmax / LMCL: an additive cosine margin, ``s·(cos θ_y − m)``.
+
+    Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition", CVPR
+    2018 (s = 64, m = 0.35); Wang et al., "Additive Margin Softmax for Face
+    Verification", IEEE SPL 2018 (s = 30, m = 0.35). m = 0 is NormFace.
+
+    Args:
+      embeddings: (B, d) features.
+      weights: (d, C) class centres.
+      labels: (B,) integer class ids.
+      scale: the scale s.
+      margin: the cosine margin m.
+      chunk_size: see ``softmax_cross_entropy``.
+      axis_name: see ``softmax_cross_entropy``.
+      class_axis_name: see ``softmax_cross_entropy``.
+
+    Returns:
+      Per-example losses (B,), float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss = cosface(jnp.eye(2), jnp.eye(2), jnp.array([0, 1]), scale=1.0,
+      ...        margin=0.0)
+      >>> [round(float(v), 4) for v in loss]
+      [0.3133, 0.3133]
+    """
+    return _normalized("cosface", embeddings, weights, labels, scale, lambda c: c - margin,
+                       chunk_size, axis_name, class_axis_name)
+
+
+def arcface(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    *,
+    scale: float = 64.0,
+    margin: float = 0.5,
+    easy_margin: bool = False,
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+    class_axis_name: str | None = None,
+) -> jax.Array:
+    """ArcFace: an additive angular margin, ``s·cos(θ_y + m)``.
+
+    Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
+    CVPR 2019 (s = 64, m = 0.5). The target is ``cos θ cos m − sin θ sin m`` (no
+    arccos); where θ_y + m > π it falls back to ``cos θ_y − m·sin m`` as InsightFace
+    does, or, with ``easy_margin``, to ``cos θ_y`` wherever cos θ_y ≤ 0. m = 0 is
+    NormFace.
+
+    Args:
+      embeddings: (B, d) features.
+      weights: (d, C) class centres.
+      labels: (B,) integer class ids.
+      scale: the scale s.
+      margin: the angular margin m in radians.
+      easy_margin: see above.
+      chunk_size: see ``softmax_cross_entropy``.
+      axis_name: see ``softmax_cross_entropy``.
+      class_axis_name: see ``softmax_cross_entropy``.
+
+    Returns:
+      Per-example losses (B,), float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss = arcface(jnp.eye(2), jnp.eye(2), jnp.array([0, 1]), scale=1.0,
+      ...        margin=0.0)
+      >>> [round(float(v), 4) for v in loss]
+      [0.3133, 0.3133]
+    """
+    return _normalized(
+        "arcface", embeddings, weights, labels, scale,
+        lambda c: additive_angular_margin(c, margin, easy_margin=easy_margin),
+        chunk_size, axis_name, class_axis_name)
+
+
+def combined_margin(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    *,
+    scale: float = 64.0,
+    m1: float = 1.0,
+    m2: float = 0.5,
+    m3: float = 0.0,
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+    class_axis_name: str | None = None,
+) -> jax.Array:
+    """The combined margin of the ArcFace paper, ``s·(cos(m1·θ_y + m2) − m3)``.
+
+    Deng et al., CVPR 2019, Eq. 4 (InsightFace's best combination: m1 = 1.0,
+    m2 = 0.3, m3 = 0.2). m1 is SphereFace's multiplicative margin (here real-valued,
+    without ψ's monotonic extension), m2 ArcFace's and m3 CosFace's. Computed through
+    a clipped arccos, with no fallback where m1·θ + m2 > π (as the original code).
+
+    Args:
+      embeddings: (B, d) features.
+      weights: (d, C) class centres.
+      labels: (B,) integer class ids.
+      scale: the scale s.
+      m1: multiplicative angular margin.
+      m2: additive angular margin (radians).
+      m3: additive cosine margin.
+      chunk_size: see ``softmax_cross_entropy``.
+      axis_name: see ``softmax_cross_entropy``.
+      class_axis_name: see ``softmax_cross_entropy``.
+
+    Returns:
+      Per-example losses (B,), float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss = combined_margin(jnp.eye(2), jnp.eye(2), jnp.array([0, 1]), scale=1.0,
+      ...                m2=0.0)
+      >>> [round(float(v), 4) for v in loss]
+      [0.3133, 0.3133]
+    """
+    return _normalized(
+        "combined_margin", embeddings, weights, labels, scale,
+        lambda c: combined_angular_margin(c, m1, m2, m3),
+        chunk_size, axis_name, class_axis_name)
+
+
+def _multiplicative(name, embeddings, weights, labels, margin, lambda_, normalize_weights,
+                    chunk_size, axis_name, class_axis_name):
+    """L-Softmax / A-Softmax: target ‖w̃_y‖‖x‖(λ cos θ_y + ψ(θ_y)) / (1 + λ)."""
+    _check_integer_margin(name, margin)
+    spec = _head.Logits(normalize_embeddings=False, normalize_weights=normalize_weights)
+
+    def target(x, w_y, b_y):
+        del b_y
+        cos = _head.cosine(x, w_y)
+        norms = _head.safe_norm(x, -1, False)
+        if not normalize_weights:
+            norms = norms * _head.safe_norm(w_y, -1, False)
+        return norms * (lambda_ * cos + multiple_angle_psi(cos, margin)) / (1.0 + lambda_)
+
+    return _run(name, embeddings, weights, labels, spec, target, chunk_size=chunk_size,
+                axis_name=axis_name, class_axis_name=class_axis_name)
+
+
+def large_margin_softmax(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: int = 4,
+    lambda_: float | jax.Array = 0.0,
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+    class_axis_name: str | None = None,
+) -> jax.Array:
+    """L-Softmax: a multiplicative angular margin on the linear softmax.
+
+    Liu et al., "Large-Margin Softmax Loss for Convolutional Neural Networks", ICML
+    2016. The target logit ``‖w_y‖‖x‖cos θ_y`` becomes ``‖w_y‖‖x‖ψ(θ_y)`` with
+    ``ψ(θ) = (−1)^k cos(mθ) − 2k`` (see ``multiple_angle_psi``), blended for
+    optimization as ``(λ‖w_y‖‖x‖cos θ_y + ‖w_y‖‖x‖ψ(θ_y)) / (1 + λ)``, λ annealed
+    from large to small by ``lambda_schedule``. No bias, as in the paper. m = 1 is the
+    plain softmax without bias.
+
+    Args:
+      embeddings: (B, d) features.
+      weights: (d, C) classifier weights (not normalized).
+      labels: (B,) integer class ids.
+      margin: the integer margin m ≥ 1 (the paper uses 2, 3, 4).
+      lambda_: the blend λ ≥ 0 (a scalar, possibly traced from a schedule).
+      chunk_size: see ``softmax_cross_entropy``.
+      axis_name: see ``softmax_cross_entropy``.
+      class_axis_name: see ``softmax_cross_entropy``.
+
+    Returns:
+      Per-example losses (B,), float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x, w, y = jnp.eye(2), 2 * jnp.eye(2), jnp.array([0, 1])
+      >>> loss = large_margin_softmax(x, w, y, margin=1)  # = softmax
+      >>> [round(float(v), 4) for v in loss]
+      [0.1269, 0.1269]
+    """
+    return _multiplicative("large_margin_softmax", embeddings, weights, labels, margin,
+                           lambda_, False, chunk_size, axis_name, class_axis_name)
+
+
+def sphereface(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: int = 4,
+    lambda_: float | jax.Array = 0.0,
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+    class_axis_name: str | None = None,
+) -> jax.Array:
+    """A-Softmax (SphereFace): L-Softmax with normalized class centres and no bias.
+
+    Liu et al., "SphereFace: Deep Hypersphere Embedding for Face Recognition", CVPR
+    2017. Logits ``‖x‖cos θ_j``; target ``‖x‖(λ cos θ_y + ψ(θ_y)) / (1 + λ)`` with
+    the same ψ as L-Softmax. m = 1 is the paper's "modified softmax"; the paper trains
+    with m = 4 and λ annealed to λ_min = 5 (``lambda_schedule``).
+
+    Args:
+      embeddings: (B, d) features (their norm scales the logits).
+      weights: (d, C) class centres, normalized inside.
+      labels: (B,) integer class ids.
+      margin: the integer margin m ≥ 1.
+      lambda_: the blend λ ≥ 0.
+      chunk_size: see ``softmax_cross_entropy``.
+      axis_name: see ``softmax_cross_entropy``.
+      class_axis_name: see ``softmax_cross_entropy``.
+
+    Returns:
+      Per-example losses (B,), float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x, w, y = jnp.eye(2), 3 * jnp.eye(2), jnp.array([0, 1])
+      >>> loss = sphereface(x, w, y, margin=1)  # modified softmax: ‖w‖ = 1
+      >>> [round(float(v), 4) for v in loss]
+      [0.3133, 0.3133]
+    """
+    return _multiplicative("sphereface", embeddings, weights, labels, margin, lambda_,
+                           True, chunk_size, axis_name, class_axis_name)
