@@ -1,0 +1,340 @@
+"""Face verification: the LFW 10-fold protocol, ROC/AUC/EER, IJB-style TAR@FAR.
+
+Scores are cosine similarities and a pair is predicted "same" when its score is
+strictly above the threshold.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from faceloss_jax.evaluation.extract import l2_normalize
+
+
+def far_key(far: float) -> str:
+    """The short name of a false-accept rate in metric keys: ``1e-3``, ``1.5e-4``."""
+    return np.format_float_scientific(far, trim="-", exp_digits=1)
+
+
+def _check_pairs(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, np.float64)
+    issame = np.asarray(issame)
+    if scores.ndim != 1 or scores.shape != issame.shape:
+        raise ValueError(
+            f"scores and issame must be 1-D of the same length, "
+            f"got {scores.shape} and {issame.shape}"
+        )
+    if issame.dtype != bool:
+        raise ValueError(f"issame must be boolean, got dtype {issame.dtype}")
+    if issame.all() or not issame.any():
+        raise ValueError("verification needs both same and different pairs")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or infinity")
+    return scores, issame
+
+
+def pair_scores(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each pair of rows, ``(N, d), (N, d) -> (N,)``."""
+    emb_a, emb_b = np.asarray(emb_a), np.asarray(emb_b)
+    if emb_a.ndim != 2 or emb_a.shape != emb_b.shape:
+        raise ValueError(
+            f"pair embeddings must be two (N, d) arrays, "
+            f"got {emb_a.shape} and {emb_b.shape}"
+        )
+    return np.sum(l2_normalize(emb_a) * l2_normalize(emb_b), axis=-1)
+
+
+def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
+    """The threshold of best accuracy on a set of pairs (exact, not on a grid).
+
+    The candidates are -inf, the midpoints between consecutive distinct scores and
+    +inf; among equally accurate candidates the lowest one is taken.
+    """
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    distinct = np.unique(scores)
+    candidates = np.concatenate([[-np.inf], (distinct[:-1] + distinct[1:]) / 2, [np.inf]])
+    positives_at_or_below = np.searchsorted(np.sort(scores[issame]), candidates, side="right")
+    negatives_at_or_below = np.searchsorted(np.sort(scores[~issame]), candidates, side="right")
+    correct = (issame.sum() - positives_at_or_below) + negatives_at_or_below
+    return float(candidates[np.argmax(correct)])
+
+
+def fold_indices(num_pairs: int, n_folds: int) -> list[np.ndarray]:
+    """Contiguous folds, the first ``num_pairs % n_folds`` one larger (sklearn's ``KFold``)."""
+    if not 2 <= n_folds <= num_pairs:
+        raise ValueError(
+            f"n_folds must be in [2, {num_pairs}] for {num_pairs} pairs, "
+            f"got {n_folds}"
+        )
+    return np.array_split(np.arange(num_pairs), n_folds)
+
+
+def kfold_accuracy(
+    scores: np.ndarray, issame: np.ndarray, *, n_folds: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Verification accuracy by the LFW protocol (Huang et al., 2007).
+
+    For each of ``n_folds`` contiguous folds, the threshold of best accuracy on the
+    other folds (``best_threshold``) is applied to the held-out fold.
+
+    Args:
+      scores: ``(N,)`` pair similarities.
+      issame: ``(N,)`` booleans, True for a pair of the same identity.
+      n_folds: number of folds (10 in LFW).
+
+    Returns:
+      ``(accuracies, thresholds)``, each of shape ``(n_folds,)``.
+    """
+    scores, issame = _check_pairs(scores, issame)
+    accuracies, thresholds = [], []
+    for test in fold_indices(len(scores), n_folds):
+        train = np.ones(len(scores), bool)
+        train[test] = False
+        threshold = best_threshold(scores[train], issame[train])
+        accuracies.append(np.mean((scores[test] > threshold) == issame[test]))
+        thresholds.append(threshold)
+    return np.array(accuracies), np.array(thresholds)
+
+
+def threshold_at_far(negative_scores: np.ndarray, far: float) -> float:
+    """The threshold at which the false-accept rate of ``negative_scores`` is ``far``.
+
+    The empirical FAR ``#{s > t} / n`` is a step function of t; its corners
+    ``(s_(j), (j - 1) / n)``, s_(j) the j-th largest score, are joined linearly and
+    the resulting curve is inverted (the interpolated threshold of the insightface
+    evaluation code).
+    """
+    if not 0.0 < far < 1.0:
+        raise ValueError(f"far must be in (0, 1), got {far}")
+    ascending = np.sort(np.asarray(negative_scores, np.float64))
+    if len(ascending) == 0:
+        raise ValueError("threshold_at_far needs at least one negative score")
+    position = (len(ascending) - 1) - far * len(ascending)
+    return float(np.interp(position, np.arange(len(ascending)), ascending))
+
+
+def kfold_val_at_far(
+    scores: np.ndarray, issame: np.ndarray, *, far: float = 1e-3, n_folds: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """VAL@FAR by the LFW protocol: the threshold of FAR = ``far`` on the training
+    folds (``threshold_at_far``), applied to the held-out fold.
+
+    Returns:
+      ``(val, far)`` of shape ``(n_folds,)``: the validation (true accept) rate and
+      the false-accept rate measured on each held-out fold.
+    """
+    scores, issame = _check_pairs(scores, issame)
+    vals, fars = [], []
+    for test in fold_indices(len(scores), n_folds):
+        train = np.ones(len(scores), bool)
+        train[test] = False
+        threshold = threshold_at_far(scores[train & ~issame], far)
+        accepted, same = scores[test] > threshold, issame[test]
+        vals.append(accepted[same].mean() if same.any() else np.nan)
+        fars.append(accepted[~same].mean() if (~same).any() else np.nan)
+    return np.array(vals), np.array(fars)
+
+
+def roc_curve(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ROC curve at every distinct score (as sklearn's with ``drop_intermediate=False``).
+
+    Returns:
+      ``(fpr, tpr, thresholds)``: a pair is accepted when ``score >= threshold``;
+      thresholds decrease from ``+inf`` (nothing accepted) to the lowest score.
+    """
+    scores, issame = _check_pairs(scores, issame)
+    order = np.argsort(-scores, kind="stable")
+    scores, issame = scores[order], issame[order]
+    last_of_each_score = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_accepts = np.cumsum(issame)[last_of_each_score]
+    false_accepts = last_of_each_score + 1 - true_accepts
+    tpr = np.r_[0.0, true_accepts / issame.sum()]
+    fpr = np.r_[0.0, false_accepts / (~issame).sum()]
+    return fpr, tpr, np.r_[np.inf, scores[last_of_each_score]]
+
+
+def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under a ROC curve by the trapezoidal rule."""
+    return float(np.trapezoid(tpr, fpr))
+
+
+def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """The rate where the ROC curve crosses FAR = FRR (1 - TPR), linearly interpolated."""
+    gap = (1.0 - np.asarray(tpr)) - np.asarray(fpr)  # Non-increasing along the curve.
+    k = int(np.argmax(gap <= 0))
+    if k == 0 or gap[k] == 0:
+        return float(fpr[k])
+    t = gap[k - 1] / (gap[k - 1] - gap[k])
+    return float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
+
+
+def tar_at_far(
+    scores: np.ndarray, issame: np.ndarray, *, fars: Sequence[float] = (1e-4, 1e-5, 1e-6)
+) -> dict[str, float]:
+    """True-accept rate at fixed false-accept rates, on all pairs at once (IJB-B/C).
+
+    TAR is read at the largest ROC false-accept rate not above the target, so the
+    operating point never accepts more impostors than asked. A target below
+    ``1 / #negatives`` cannot be measured and gives NaN.
+
+    Returns:
+      ``{"tar_at_far_1e-4": ..., ...}``.
+    """
+    fpr, tpr, _ = roc_curve(scores, issame)
+    num_negatives = np.sum(~np.asarray(issame))
+    result = {}
+    for far in fars:
+        measurable = far * num_negatives >= 1
+        # fpr is non-decreasing: the last point with fpr <= far.
+        result[f"tar_at_far_{far_key(far)}"] = (
+            float(tpr[np.searchsorted(fpr, far, side="right") - 1]) if measurable else np.nan
+        )
+    return result
+
+
+def pool_templates(
+    embeddings: np.ndarray, template_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Template pooling (IJB): the mean of the normalized embeddings of each
+    template, normalized again.
+
+    Returns:
+      ``(templates, pooled)``: the sorted distinct template ids ``(T,)`` and their
+      embeddings ``(T, d)``.
+    """
+    embeddings, template_ids = np.asarray(embeddings), np.asarray(template_ids)
+    if embeddings.ndim != 2 or template_ids.shape != embeddings.shape[:1]:
+        raise ValueError(
+            f"need embeddings (N, d) and template_ids (N,), "
+            f"got {embeddings.shape} and {template_ids.shape}"
+        )
+    templates, index = np.unique(template_ids, return_inverse=True)
+    sums = np.zeros((len(templates), embeddings.shape[1]), np.float64)
+    np.add.at(sums, index, l2_normalize(embeddings))
+    return templates, l2_normalize(sums)
+
+
+def template_verification(
+    embeddings: np.ndarray,
+    template_ids: np.ndarray,
+    template_a: np.ndarray,
+    template_b: np.ndarray,
+    issame: np.ndarray,
+    *,
+    fars: Sequence[float] = (1e-4, 1e-5, 1e-6),
+) -> dict[str, float]:
+    """IJB-style 1:1 verification between pooled templates: TAR@FAR and AUC.
+
+    Args:
+      embeddings: ``(N, d)`` embeddings of all images.
+      template_ids: ``(N,)`` the template of each image.
+      template_a, template_b: ``(P,)`` template ids of each pair.
+      issame: ``(P,)`` booleans.
+      fars: false-accept rates of the reported TARs.
+    """
+    templates, pooled = pool_templates(embeddings, template_ids)
+    rows = []
+    for side in (template_a, template_b):
+        side = np.asarray(side)
+        row = np.searchsorted(templates, side).clip(0, len(templates) - 1)
+        if not np.array_equal(templates[row], side):
+            missing = np.setdiff1d(side, templates)[:5]
+            raise ValueError(f"pairs name templates without images, e.g. {missing.tolist()}")
+        rows.append(row)
+    scores = pair_scores(pooled[rows[0]], pooled[rows[1]])
+    fpr, tpr, _ = roc_curve(scores, issame)
+    return {**tar_at_far(scores, issame, fars=fars), "auc": auc(fpr, tpr)}
+
+
+def verification_report(
+    emb_a: np.ndarray,
+    emb_b: np.ndarray,
+    issame: np.ndarray,
+    n_folds: int = 10,
+    *,
+    far: float = 1e-3,
+) -> dict[str, float | np.ndarray]:
+    """Everything the LFW protocol reports for a list of pairs.
+
+    Args:
+      emb_a, emb_b: ``(N, d)`` embeddings of the two sides of each pair.
+      issame: ``(N,)`` booleans.
+      n_folds: folds of the k-fold protocol (10 in LFW).
+      far: false-accept rate of the reported VAL.
+
+    Returns:
+      A dict with ``accuracy`` and ``accuracy_std`` (over folds), ``threshold``
+      (the mean of the fold thresholds), ``val``, ``val_std`` and ``far`` (VAL@FAR
+      and the measured FAR, k-fold), ``auc`` and ``eer`` (all pairs), and the ROC
+      arrays ``fpr``, ``tpr``.
+    """
+    scores = pair_scores(emb_a, emb_b)
+    accuracies, thresholds = kfold_accuracy(scores, issame, n_folds=n_folds)
+    vals, fars = kfold_val_at_far(scores, issame, far=far, n_folds=n_folds)
+    fpr, tpr, _ = roc_curve(scores, issame)
+    return {
+        "accuracy": float(accuracies.mean()),
+        "accuracy_std": float(accuracies.std()),
+        "threshold": float(thresholds.mean()),
+        "val": float(np.nanmean(vals)),
+        "val_std": float(np.nanstd(vals)),
+        "far": float(np.nanmean(fars)),
+        "auc": auc(fpr, tpr),
+        "eer": equal_error_rate(fpr, tpr),
+        "fpr": fpr,
+        "tpr": tpr,
+    }
+
+
+def make_pairs(
+    labels: np.ndarray, *, num_pairs: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Balanced verification pairs from a labeled set (held-out classes, synthetic ids).
+
+    Pairs alternate same / different (so every contiguous fold is balanced, as in
+    LFW's lists). A same pair draws a class with at least two samples, then two
+    distinct samples of it; a different pair draws two distinct classes, then one
+    sample of each; classes are drawn uniformly, pairs with replacement.
+
+    Args:
+      labels: ``(N,)`` identity of each sample.
+      num_pairs: number of pairs; ``ceil(num_pairs / 2)`` are same pairs.
+      seed: seed of the NumPy generator.
+
+    Returns:
+      ``(idx_a, idx_b, issame)``: int indices into ``labels`` and booleans, ``(num_pairs,)``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    if num_pairs < 2:
+        raise ValueError(f"num_pairs must be at least 2, got {num_pairs}")
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts >= 2)
+    if len(counts) < 2 or len(repeated) == 0:
+        raise ValueError("pairs need at least two classes and one class with two samples")
+    members = np.argsort(inverse, kind="stable")
+    starts = np.cumsum(counts) - counts
+    rng = np.random.default_rng(seed)
+
+    def sample(classes: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """A sample of each class, distinct from the position ``exclude`` in it."""
+        if exclude is None:
+            position = rng.integers(counts[classes])
+        else:
+            position = rng.integers(counts[classes] - 1)
+            position += position >= exclude
+        return starts[classes] + position
+
+    issame = np.arange(num_pairs) % 2 == 0
+    num_same, num_different = issame.sum(), (~issame).sum()
+    same_class = rng.choice(repeated, num_same)
+    first = sample(same_class)
+    second = sample(same_class, exclude=first - starts[same_class])
+    class_a = rng.integers(len(counts), size=num_different)
+    class_b = rng.integers(len(counts) - 1, size=num_different)
+    class_b += class_b >= class_a
+    idx_a, idx_b = np.empty(num_pairs, np.int64), np.empty(num_pairs, np.int64)
+    idx_a[issame], idx_b[issame] = members[first], members[second]
+    idx_a[~issame], idx_b[~issame] = members[sample(class_a)], members[sample(class_b)]
+    return idx_a, idx_b, issame
