@@ -25,13 +25,20 @@ def _save(fig: Figure, path: str, dpi: int) -> str:
     return path
 
 
-def _class_colors(labels: np.ndarray) -> np.ndarray:
-    """One colour per class: tab10 up to 10 classes, else evenly spaced on turbo."""
-    labels = np.asarray(labels)
-    classes, index = np.unique(labels, return_inverse=True)
-    if len(classes) <= 10:
-        return colormaps["tab10"](index)
-    return colormaps["turbo"](index / (len(classes) - 1))
+def _scatter_by_class(ax, points: np.ndarray, labels: np.ndarray, **kwargs) -> None:
+    """One scatter per class: tab10 colours and a legend up to 10 classes, else the
+    classes spread evenly over the turbo colour map."""
+    classes = np.unique(labels)
+    few = len(classes) <= 10
+    if few:
+        colors = colormaps["tab10"].colors
+    else:
+        colors = colormaps["turbo"](np.linspace(0, 1, len(classes)))
+    for label, color in zip(classes, colors):
+        ax.scatter(*points[labels == label].T, color=color, s=2, linewidths=0, label=str(label),
+                   **kwargs)
+    if few:
+        ax.legend(markerscale=4, fontsize="small", loc="upper right")
 
 
 def plot_roc(
@@ -116,7 +123,7 @@ def plot_features_2d(
         )
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
-    ax.scatter(features[:, 0], features[:, 1], c=_class_colors(labels), s=2, linewidths=0)
+    _scatter_by_class(ax, features, np.asarray(labels))
     ax.set_aspect("equal", adjustable="datalim")
     fig.tight_layout()
     return _save(fig, path, dpi)
@@ -139,13 +146,13 @@ def plot_features_3d(
         )
     points = l2_normalize(features)
     fig = Figure(figsize=figsize)
-    ax = fig.add_subplot(projection="3d")
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0), projection="3d")
     u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 25), np.linspace(0, np.pi, 13))
     ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v),
                       color="0.8", linewidth=0.3)
-    ax.scatter(points[:, 0], points[:, 1], points[:, 2], c=_class_colors(labels), s=2,
-               linewidths=0, depthshade=False)
-    ax.set_box_aspect((1, 1, 1))
+    _scatter_by_class(ax, points, np.asarray(labels), depthshade=False)
+    for set_limits in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
+        set_limits(-1.0, 1.0)
+    ax.set_box_aspect((1, 1, 1), zoom=1.3)
     ax.set_axis_off()
-    fig.tight_layout()
     return _save(fig, path, dpi)
