@@ -1,0 +1,158 @@
+"""Face identities stored as an image folder: ``root/<identity>/<image>.jpg|png``.
+
+The layout of CASIA-WebFace / VGGFace2 exports and of most aligned-face dumps. Labels
+are the identity folders in sorted order, ``0 … num_identities − 1``.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+from typing import Any, Literal
+
+from absl import logging
+import numpy as np
+
+from faceloss_jax.data import images
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+OnError = Literal["skip", "raise"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanReport:
+    """What a scan of an image folder found.
+
+    Attributes:
+      num_identities: identity folders with at least one image (the classes).
+      num_images: readable images kept in the source.
+      skipped_images: ``(path, reason)`` for each unreadable image left out.
+      empty_identities: identity folders without any .jpg/.png file, left out.
+    """
+
+    num_identities: int
+    num_images: int
+    skipped_images: tuple[tuple[str, str], ...] = ()
+    empty_identities: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        lines = [f"{self.num_images} images of {self.num_identities} identities; "
+                 f"skipped {len(self.skipped_images)} unreadable images and "
+                 f"{len(self.empty_identities)} empty identity folders"]
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped_images]
+        lines += [f"  empty identity folder {path}" for path in self.empty_identities]
+        return "\n".join(lines)
+
+
+def list_identities(root: str | os.PathLike, *, on_error: OnError = "skip"
+                    ) -> tuple[list[str], list[list[str]], tuple[str, ...]]:
+    """Lists the identity folders of ``root`` and their image files (no decoding).
+
+    Args:
+      root: the folder holding one sub-folder per identity.
+      on_error: ``"skip"`` leaves out identity folders with no image (and
+        returns them), ``"raise"`` fails on the first one.
+
+    Returns:
+      ``(identity names, image paths per identity, empty identity folders)``;
+      identities sorted by name, images sorted by file name.
+
+    Raises:
+      FileNotFoundError: ``root`` is not a folder.
+      ValueError: ``root`` has no identity folder with images, or (``"raise"``)
+        an identity folder is empty.
+    """
+    _check_on_error(on_error)
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder root {root} is not a directory")
+    names, files, empty = [], [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        paths = sorted(str(p) for p in folder.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if paths:
+            names.append(folder.name)
+            files.append(paths)
+        elif on_error == "raise":
+            raise ValueError(f"identity folder {folder} has no {'/'.join(IMAGE_EXTENSIONS)}"
+                             " image (on_error='skip' leaves it out)")
+        else:
+            empty.append(str(folder))
+    if not names:
+        raise ValueError(f"{root} has no identity folder with images "
+                         f"(expected {root}/<identity>/<image>.jpg|png)")
+    return names, files, tuple(empty)
+
+
+class ImageFolderSource:
+    """A grain ``RandomAccessDataSource`` over ``root/<identity>/<image>``.
+
+    Records are ``{"image": uint8 (image_size, image_size, channels), "label": int}``.
+
+    Unreadable images are found up front when ``validate`` is true (each file is
+    decoded once, in threads): with ``on_error="skip"`` they are left out and
+    listed in ``self.report``; with ``on_error="raise"`` the first one raises a
+    ``CorruptImageError`` naming the file. Without validation, a file that fails
+    to decode later raises the same named error when it is read.
+
+    Attributes:
+      identities: identity folder names; ``identities[label]``.
+      report: the ``ScanReport`` of the scan.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, image_size: int | None = 112,
+                 channels: int = 3, on_error: OnError = "skip", validate: bool = True,
+                 num_threads: int = 8):
+        names, files, empty = list_identities(root, on_error=on_error)
+        paths = [p for identity in files for p in identity]
+        labels = [label for label, identity in enumerate(files) for _ in identity]
+        self._image_size = image_size
+        self._channels = channels
+        skipped = []
+        if validate:
+            with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+                errors = list(pool.map(self._check, paths))
+            if on_error == "raise" and any(errors):
+                raise next(e for e in errors if e)
+            skipped = [(p, str(e)) for p, e in zip(paths, errors) if e]
+            keep = [i for i, e in enumerate(errors) if not e]
+            paths = [paths[i] for i in keep]
+            labels = [labels[i] for i in keep]
+        if not paths:
+            raise ValueError(f"no readable image under {root}")
+        self.identities = names
+        self._paths = paths
+        self._labels = np.asarray(labels, np.int64)
+        self.report = ScanReport(num_identities=len(names), num_images=len(paths),
+                                 skipped_images=tuple(skipped), empty_identities=empty)
+        if skipped or empty:
+            logging.warning("image folder %s: %s", root, self.report)
+
+    def _check(self, path: str) -> images.CorruptImageError | None:
+        try:
+            self._read(path)
+        except images.CorruptImageError as e:
+            return e
+        except OSError as e:
+            return images.CorruptImageError(f"cannot read image {path}: {e}")
+        return None
+
+    def _read(self, path: str) -> np.ndarray:
+        with open(path, "rb") as f:
+            data = f.read()
+        return images.decode_image(data, name=path, channels=self._channels,
+                                   image_size=self._image_size)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self._read(self._paths[index]), "label": int(self._labels[index])}
+
+    def __repr__(self) -> str:
+        return f"ImageFolderSource({self.report.num_images} images, {len(self.identities)} identities)"
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")

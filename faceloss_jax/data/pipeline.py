@@ -1,0 +1,193 @@
+"""grain input pipelines: shuffle, shard per process, augment, normalize, batch.
+
+A training pipeline is a pure function of ``(source, config, seed)``: batch ``t``
+holds the examples at positions ``tB … (t+1)B − 1`` of this process's share of the
+epoch permutations (drawn from ``seed``), augmented with a generator drawn from
+``(seed, t)``. So the iterator state is one position, and a restored iterator
+yields exactly the batches the original would have. Processes take strided slices
+of the same global permutation: together they read every example once per epoch.
+
+Records are read a batch at a time (one batched read where the source supports it,
+as TFDS's ``ArrayRecordDataSource`` does), and augmentation and normalization work
+on whole batches, so small images do not pay a per-example Python cost.
+"""
+
+import functools
+import math
+from typing import Mapping
+
+from absl import flags
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from faceloss_jax.data import config as config_lib
+
+Batch = dict[str, np.ndarray]
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, *, flip: bool,
+            crop_padding: int) -> np.ndarray:
+    """Random crop and horizontal flip of each image of a batch.
+
+    Args:
+      images: uint8 ``(B, H, W, C)``.
+      rng: the batch's generator (grain derives it from the seed and step).
+      flip: flip each image left-right with probability 1/2.
+      crop_padding: zero-pad each side by this many pixels and crop ``H × W`` back
+        at a random offset (a shift of up to ``crop_padding``); 0 disables it.
+
+    Returns:
+      The augmented images, same shape and dtype.
+    """
+    if crop_padding:
+        b, h, w, _ = images.shape
+        p = crop_padding
+        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
+        top, left = rng.integers(0, 2 * p + 1, size=(2, b))
+        images = windows[np.arange(b), top, left].transpose(0, 2, 3, 1)  # (B, C, h, w) → NHWC
+    if flip:
+        flipped = rng.random(len(images)) < 0.5
+        images = np.where(flipped[:, None, None, None], images[:, :, ::-1], images)
+    return np.ascontiguousarray(images)
+
+
+def normalize(images: np.ndarray, normalization: str) -> np.ndarray:
+    """uint8 images → float32 in the backbone's range: ``(x − shift) / scale``.
+
+    ``"unit"``: ``x / 255`` (MNIST, [0, 1]); ``"symmetric"``: ``(x − 127.5) / 128``
+    (InsightFace's face backbones).
+    """
+    if normalization not in config_lib.NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; known: "
+                         f"{', '.join(config_lib.NORMALIZATIONS)}")
+    shift, scale = config_lib.NORMALIZATIONS[normalization]
+    return (np.asarray(images, np.float32) - shift) / scale
+
+
+def create_iterator(source, config: ml_collections.ConfigDict, *, global_batch_size: int,
+                    seed: int, train: bool, num_epochs: int | None = None,
+                    process_index: int | None = None,
+                    process_count: int | None = None) -> grain.DatasetIterator:
+    """A checkpointable iterator of this process's batches.
+
+    Training: each epoch a fresh permutation of the source (from ``seed``); this
+    process keeps positions ``process_index, process_index + P, …`` of it (the
+    ``len % P`` last ones dropped, so all processes have as many); augmentation
+    (``config.augment``); endless when ``num_epochs`` is None; batches of
+    ``global_batch_size / P`` that may span epochs, the last partial one dropped.
+
+    Evaluation: the source in order, padded to a whole number of global batches with
+    ``mask = False`` records (zero images, label 0), split the same way; every
+    process gets as many batches, every batch the same shape.
+
+    Batches are ``{"image": float32 (B, H, W, C), "label": int32 (B,)}`` plus
+    ``"mask": bool (B,)`` in evaluation, ``B = global_batch_size / P``. Images are
+    normalized (``config.normalization``). The iterator has ``get_state()`` /
+    ``set_state()``; with orbax, save it through ``grain.checkpoint.CheckpointSave``.
+
+    Args:
+      source: a random-access source of ``{"image", "label"}`` records.
+      config: the data config (``default_config``).
+      global_batch_size: examples per step over all processes.
+      seed: shuffling and augmentation seed, in ``[0, 2**32)``.
+      train: training (shuffled, augmented, repeated) or evaluation (one pass).
+      num_epochs: training epochs, None for endless; evaluation makes one pass.
+      process_index, process_count: this process and the number of processes;
+        default ``jax.process_index()`` and ``jax.process_count()``.
+
+    Returns:
+      A ``grain.DatasetIterator``.
+
+    Example:
+      >>> config = default_config("mnist")
+      >>> it = create_iterator(create_source(config, "train"), config,
+      ...                      global_batch_size=128, seed=0, train=True)
+      >>> batch = next(it); batch["image"].shape, batch["label"].dtype
+      ((128, 28, 28, 1), dtype('int32'))
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple "
+                         f"of process_count {process_count}")
+    size = len(source)
+    if size < process_count:
+        raise ValueError(f"the source has {size} examples, fewer than {process_count} processes")
+    local_batch_size = global_batch_size // process_count
+    model_input = functools.partial(_model_input, normalization=config.normalization)
+    if train:
+        # Epoch e's permutation of the indices; this process's strided slice of it.
+        indices = grain.MapDataset.range(size).shuffle(seed=seed)
+        indices = indices.slice(slice(process_index, size - size % process_count, process_count))
+        batches = indices.repeat(num_epochs).batch(local_batch_size, drop_remainder=True)
+        batches = batches.random_map(functools.partial(
+            _read_and_augment, source, flip=config.augment.flip,
+            crop_padding=config.augment.crop_padding), seed=seed).map(model_input)
+    else:
+        if num_epochs not in (None, 1):
+            raise ValueError(f"evaluation makes one pass; got num_epochs={num_epochs}")
+        padded_size = math.ceil(size / global_batch_size) * global_batch_size
+        indices = grain.MapDataset.range(padded_size).slice(
+            slice(process_index, None, process_count))
+        batches = indices.batch(local_batch_size).map(
+            functools.partial(_read_padded, source)).map(model_input)
+    iter_dataset = batches.to_iter_dataset(grain.ReadOptions(
+        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size))
+    if config.worker_count:
+        if not flags.FLAGS.is_parsed():
+            # grain's worker processes read its absl flags; outside an absl app
+            # (tests, notebooks) they take their defaults.
+            flags.FLAGS.mark_as_parsed()
+        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+    return iter(iter_dataset)
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], num_devices: int) -> Batch:
+    """Reshapes every leaf ``(B, …)`` to ``(num_devices, B / num_devices, …)`` for pmap."""
+    def reshape(x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] % num_devices:
+            raise ValueError(f"cannot split a leading dimension of shape {x.shape} over "
+                             f"{num_devices} devices")
+        return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+    return jax.tree.map(reshape, dict(batch))
+
+
+def _read(source, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Stacks the records at ``indices`` (one batched read where the source has one)."""
+    indices = [int(i) for i in indices]
+    if hasattr(source, "__getitems__"):
+        records = source.__getitems__(indices)
+    else:
+        records = [source[i] for i in indices]
+    images = [np.asarray(r["image"]) for r in records]
+    shapes = {(im.dtype, im.shape) for im in images}
+    if len(shapes) != 1 or images[0].ndim != 3 or images[0].dtype != np.uint8:
+        raise ValueError(f"records need uint8 (H, W, C) images of one shape; got {sorted(shapes)}"
+                         f" at indices {indices[:8]}…")
+    return {"image": np.stack(images), "label": np.asarray([r["label"] for r in records], np.int32)}
+
+
+def _read_and_augment(source, indices: np.ndarray, rng: np.random.Generator, *, flip: bool,
+                      crop_padding: int) -> dict[str, np.ndarray]:
+    batch = _read(source, indices)
+    return {**batch, "image": augment(batch["image"], rng, flip=flip, crop_padding=crop_padding)}
+
+
+def _read_padded(source, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Reads the indices below ``len(source)``; the others become masked zero records."""
+    mask = np.asarray(indices) < len(source)
+    batch = _read(source, np.where(mask, indices, 0))
+    batch["image"][~mask] = 0
+    batch["label"][~mask] = 0
+    return {**batch, "mask": mask}
+
+
+def _model_input(batch: dict[str, np.ndarray], *, normalization: str) -> dict[str, np.ndarray]:
+    return {**batch, "image": normalize(batch["image"], normalization)}

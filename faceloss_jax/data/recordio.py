@@ -1,0 +1,266 @@
+"""InsightFace RecordIO training sets (``train.rec`` + ``train.idx``), without MXNet.
+
+Framing (dmlc-core ``recordio.h``): every record is written as
+``magic (u32 = 0xced7230a) | lrecord (u32) | data | zero padding to 4 bytes``, with
+``lrecord = cflag << 29 | length``. A record whose data contains the magic number at
+a 4-byte-aligned offset is split there into parts (cflag 1 = first, 2 = middle,
+3 = last; 0 = whole record), the magic itself being dropped; a reader re-inserts it.
+``train.idx`` is text, one ``key<TAB>byte offset`` line per record.
+
+Payload (MXNet ``recordio.pack``): an ``IRHeader`` struct ``<IfQQ``
+``(flag, label, id, id2)`` followed, when ``flag > 0``, by ``flag`` float32 labels,
+then the encoded image. InsightFace's sets (MS1M, Glint360K, WebFace) put a header in
+record 0 whose two labels are ``(first identity record, end)``: image records are
+keys ``1 … label[0] − 1`` and identity records ``label[0] … label[1] − 1`` each hold
+the ``(start, end)`` image-key range of one identity, so
+``num_classes = label[1] − label[0]``. Image labels are class ids ``0 … C − 1``.
+"""
+
+import os
+import pathlib
+import struct
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from faceloss_jax.data import images
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_FRAME = struct.Struct("<II")
+_IR_HEADER = struct.Struct("<IfQQ")
+_LENGTH_MASK = (1 << 29) - 1
+
+
+class RecordIOError(ValueError):
+    """A malformed or truncated RecordIO file; the message names file and offset."""
+
+
+class IRHeader(NamedTuple):
+    """MXNet's image-record header; ``label`` is a float or a float32 array."""
+
+    flag: int
+    label: float | np.ndarray
+    id: int
+    id2: int
+
+
+def pack(header: IRHeader, payload: bytes) -> bytes:
+    """Packs an ``IRHeader`` and a payload like ``mxnet.recordio.pack``."""
+    label = np.asarray(header.label, np.float32)
+    if label.ndim == 0:
+        return _IR_HEADER.pack(0, float(label), header.id, header.id2) + payload
+    return (_IR_HEADER.pack(label.size, 0.0, header.id, header.id2)
+            + label.tobytes() + payload)
+
+
+def unpack(record: bytes) -> tuple[IRHeader, bytes]:
+    """Splits a record into its ``IRHeader`` and payload (``mxnet.recordio.unpack``)."""
+    if len(record) < _IR_HEADER.size:
+        raise RecordIOError(f"record of {len(record)} bytes is shorter than an IRHeader")
+    flag, label, id_, id2 = _IR_HEADER.unpack_from(record)
+    start = _IR_HEADER.size
+    if flag > 0:
+        end = start + 4 * flag
+        if len(record) < end:
+            raise RecordIOError(f"record of {len(record)} bytes is too short for {flag} labels")
+        label = np.frombuffer(record[start:end], np.float32)
+        start = end
+    return IRHeader(flag, label, id_, id2), record[start:]
+
+
+def frame(record: bytes) -> bytes:
+    """Frames one record as dmlc's ``RecordIOWriter::WriteRecord`` does."""
+    if len(record) >= 1 << 29:
+        raise ValueError("RecordIO records must be shorter than 2**29 bytes")
+    parts, start = [], 0
+    for i in range(0, len(record) - len(record) % 4, 4):
+        if record[i:i + 4] == _MAGIC_BYTES:
+            parts.append(record[start:i])
+            start = i + 4
+    parts.append(record[start:])
+    out = []
+    for k, part in enumerate(parts):
+        cflag = 0 if len(parts) == 1 else 1 if k == 0 else 3 if k == len(parts) - 1 else 2
+        out.append(_FRAME.pack(MAGIC, cflag << 29 | len(part)) + part)
+    out.append(b"\0" * (-len(record) % 4))
+    return b"".join(out)
+
+
+class IndexedRecordIO:
+    """Random access to a ``.rec`` file through its ``.idx`` (``MXIndexedRecordIO``).
+
+    Reads with ``os.pread``, so one instance serves many threads; it pickles (the
+    file is reopened in each process).
+    """
+
+    def __init__(self, idx_path: str | os.PathLike, rec_path: str | os.PathLike):
+        self.idx_path, self.rec_path = pathlib.Path(idx_path), pathlib.Path(rec_path)
+        for path in (self.rec_path, self.idx_path):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} not found: an InsightFace RecordIO set needs both "
+                    f"{self.rec_path.name} and its index {self.idx_path.name}")
+        self.keys, self._offsets = _read_index(self.idx_path)
+        self._size = self.rec_path.stat().st_size
+        self._fd = None
+        # A cut file loses its last record: check that one up front.
+        self.read_idx(int(self.keys[np.argmax(self._offsets)]))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def read_idx(self, key: int) -> bytes:
+        """The record stored under ``key`` (parts joined, padding removed)."""
+        i = np.searchsorted(self.keys, key)
+        if i == len(self.keys) or self.keys[i] != key:
+            raise KeyError(f"{self.idx_path} has no record {key}")
+        return self._read_at(int(self._offsets[i]), key)
+
+    def _read_at(self, offset: int, key: int) -> bytes:
+        if self._fd is None:
+            self._fd = os.open(self.rec_path, os.O_RDONLY)
+        parts = []
+        while True:
+            head = self._pread(_FRAME.size, offset, key)
+            magic, lrecord = _FRAME.unpack(head)
+            if magic != MAGIC:
+                raise RecordIOError(f"{self.rec_path}: record {key} at byte {offset} has no "
+                                    f"RecordIO magic (is {self.idx_path.name} the index of "
+                                    f"this file?)")
+            cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
+            parts.append(self._pread(length, offset + _FRAME.size, key))
+            offset += _FRAME.size + length + (-length % 4)
+            if cflag in (0, 3):
+                return _MAGIC_BYTES.join(parts)
+
+    def _pread(self, n: int, offset: int, key: int) -> bytes:
+        data = os.pread(self._fd, n, offset)
+        if len(data) != n:
+            raise RecordIOError(f"{self.rec_path} is truncated: record {key} needs bytes "
+                                f"{offset}..{offset + n} but the file has {self._size}")
+        return data
+
+
+class IndexedRecordIOWriter:
+    """Writes ``.rec`` + ``.idx`` files in MXNet's format (for tests and converters)."""
+
+    def __init__(self, idx_path: str | os.PathLike, rec_path: str | os.PathLike):
+        self._rec = open(rec_path, "wb")
+        self._idx = open(idx_path, "w")
+
+    def write_idx(self, key: int, record: bytes) -> None:
+        self._idx.write(f"{key}\t{self._rec.tell()}\n")
+        self._rec.write(frame(record))
+
+    def close(self) -> None:
+        self._rec.close()
+        self._idx.close()
+
+    def __enter__(self) -> "IndexedRecordIOWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_insightface_recordio(directory: str | os.PathLike,
+                               encoded_images: Sequence[bytes],
+                               labels: Sequence[int]) -> None:
+    """Writes ``train.rec``/``train.idx`` laid out as InsightFace's training sets.
+
+    Args:
+      directory: where to write (created if needed).
+      encoded_images: JPEG/PNG bytes, one per image.
+      labels: class id of each image, in ``0 … C − 1``; images are stored grouped
+        by class (as InsightFace's ``im2rec`` lists are), every class non-empty.
+    """
+    labels = np.asarray(labels, np.int64)
+    if len(labels) != len(encoded_images) or not len(labels):
+        raise ValueError(f"need as many labels as images (>0), got {len(labels)} "
+                         f"labels for {len(encoded_images)} images")
+    num_classes = int(labels.max()) + 1
+    if labels.min() < 0 or np.any(np.bincount(labels, minlength=num_classes) == 0):
+        raise ValueError("labels must be 0..C-1 with every class present")
+    order = np.argsort(labels, kind="stable")
+    first_identity = len(labels) + 1
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with IndexedRecordIOWriter(directory / "train.idx", directory / "train.rec") as writer:
+        writer.write_idx(0, pack(IRHeader(0, [first_identity, first_identity + num_classes], 0, 0), b""))
+        for key, i in enumerate(order, start=1):
+            writer.write_idx(key, pack(IRHeader(0, float(labels[i]), key, 0), encoded_images[i]))
+        bounds = np.searchsorted(labels[order], np.arange(num_classes + 1)) + 1
+        for c in range(num_classes):
+            writer.write_idx(first_identity + c,
+                             pack(IRHeader(0, [bounds[c], bounds[c + 1]], 0, 0), b""))
+
+
+class RecordIOSource:
+    """A grain ``RandomAccessDataSource`` over an InsightFace ``train.rec``/``train.idx``.
+
+    Records are ``{"image": uint8 (image_size, image_size, channels), "label": int}``;
+    JPEGs are decoded with Pillow. A set without the record-0 header (plain
+    ``im2rec`` output) is read as all of its keys; its ``num_classes`` is then the
+    largest label + 1, found by reading every record header once.
+
+    Attributes:
+      num_classes: identities in the set.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, image_size: int | None = 112,
+                 channels: int = 3, prefix: str = "train"):
+        directory = pathlib.Path(directory)
+        self._rec = IndexedRecordIO(directory / f"{prefix}.idx", directory / f"{prefix}.rec")
+        self._image_size, self._channels = image_size, channels
+        header, _ = unpack(self._rec.read_idx(0))
+        if header.flag > 0:
+            first_identity, end = int(header.label[0]), int(header.label[1])
+            self._keys = np.arange(1, first_identity)
+            self.num_classes = end - first_identity
+        else:
+            self._keys = self._rec.keys
+            self.num_classes = 1 + max(self._label(int(k)) for k in self._keys)
+        missing = np.setdiff1d(self._keys, self._rec.keys)
+        if len(missing):
+            raise RecordIOError(f"{self._rec.idx_path} lacks image records {missing[:5].tolist()}"
+                                f"… ({len(missing)} of {len(self._keys)})")
+
+    def _label(self, key: int) -> int:
+        header, _ = unpack(self._rec.read_idx(key))
+        return int(np.ravel(header.label)[0])
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key = int(self._keys[index])
+        header, payload = unpack(self._rec.read_idx(key))
+        label = int(np.ravel(header.label)[0])
+        if not 0 <= label < self.num_classes:
+            raise RecordIOError(f"{self._rec.rec_path} record {key}: label {label} outside "
+                                f"[0, {self.num_classes})")
+        image = images.decode_image(payload, name=f"{self._rec.rec_path} record {key}",
+                                    channels=self._channels, image_size=self._image_size)
+        return {"image": image, "label": label}
+
+    def __repr__(self) -> str:
+        return f"RecordIOSource({self._rec.rec_path}, {len(self)} images, {self.num_classes} classes)"
+
+
+def _read_index(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """Parses ``key<TAB>offset`` lines into key-sorted int64 arrays."""
+    try:
+        table = np.loadtxt(path, dtype=np.int64, delimiter="\t", ndmin=2)
+    except ValueError as e:
+        raise RecordIOError(f"{path} is not a RecordIO index (key<TAB>offset lines): {e}") from e
+    if table.size == 0:
+        raise RecordIOError(f"{path} is empty")
+    if table.shape[1] != 2:
+        raise RecordIOError(f"{path}: expected 2 columns (key, offset), got {table.shape[1]}")
+    order = np.argsort(table[:, 0], kind="stable")
+    return table[order, 0], table[order, 1]
