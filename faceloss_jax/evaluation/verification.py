@@ -256,6 +256,10 @@ def verification_report(
 ) -> dict[str, float | np.ndarray]:
     """Everything the LFW protocol reports for a list of pairs.
 
+    For a ``.bin`` pair set (``faceloss_jax.data.verification_bin``), whose images
+    ``2i`` and ``2i + 1`` form pair i: ``verification_report(emb[0::2], emb[1::2],
+    issame)``.
+
     Args:
       emb_a, emb_b: ``(N, d)`` embeddings of the two sides of each pair.
       issame: ``(N,)`` booleans.
