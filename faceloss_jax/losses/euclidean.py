@@ -1,0 +1,516 @@
+"""The Euclidean family: losses on distances between embeddings.
+
+Contrastive (Hadsell et al. 2006; DeepID2's verification signal), triplet
+(FaceNet) with in-batch mining, and center loss (Wen et al. 2016) with its
+explicit center update.
+
+In-batch triplet mining follows the distance / miner / reducer split of
+pytorch-metric-learning, as pure functions on fixed shapes so that it jits:
+
+* distance: `pairwise_sq_distances` gives the (B, B) squared distances;
+* miners: `batch_all_triplets`, `batch_hard_triplets` and `semi_hard_triplets`
+  select triplets (anchor, positive, negative) as fixed-shape index arrays and
+  a boolean validity mask (all of (B, B, B) for batch-all, one per anchor for
+  batch-hard, one per positive pair for semi-hard);
+* reducer: `triplet_margin_loss` averages the hinge over the mined triplets.
+
+Inputs in a low-precision float (bfloat16, float16) are computed, and the
+losses returned, in float32; float64 stays float64.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from faceloss_jax.losses import _validation
+
+MININGS = ("batch_all", "batch_hard", "semi_hard")
+
+
+def _as_float(x: ArrayLike) -> jax.Array:
+    """`x` as a float array of at least float32 precision."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _safe_sqrt(x: jax.Array) -> jax.Array:
+    """sqrt(x) for x >= 0 whose gradient at x == 0 is 0 instead of inf (NaN later)."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def _sq_distance(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Row-wise squared Euclidean distance ‖x − y‖² over the last axis."""
+    return jnp.sum(jnp.square(x - y), axis=-1)
+
+
+def contrastive_pair_loss(
+    x0: ArrayLike, x1: ArrayLike, same: ArrayLike, *, margin: float = 1.0
+) -> jax.Array:
+    """Contrastive loss of N explicit pairs, as the classic PyTorch `ContrastiveLoss`.
+
+    With D_i = ‖x0_i − x1_i‖₂ and y_i = 1 for a same-identity pair, 0 otherwise:
+
+        L = Σ_i [y_i·D_i² + (1 − y_i)·max(0, m − D_i)²] / 2 / N.
+
+    D is a safe square root: the gradient is finite (zero) where x0_i == x1_i.
+
+    References:
+      Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant
+      Mapping", CVPR 2006.
+
+    Args:
+      x0: embeddings of the first elements, shape (N, d).
+      x1: embeddings of the second elements, shape (N, d).
+      same: shape (N,), 1 (or True) for a same-identity pair, 0 for a different
+        one; fractional values blend the two terms, as in the classic code.
+      margin: the margin m that different pairs are pushed beyond.
+
+    Returns:
+      The scalar loss (0 for N = 0).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> x0 = jnp.array([[0.0, 0.0], [1.0, 0.0]])
+      >>> x1 = jnp.array([[3.0, 4.0], [1.0, 0.0]])
+      >>> print(losses.contrastive_pair_loss(x0, x1, jnp.array([True, False])))
+      6.5
+    """
+    name = "contrastive_pair_loss"
+    _validation.check_rank(x0, 2, what="x0 (N, d)", name=name)
+    _validation.check_same_shape(name, x0=x0, x1=x1)
+    _validation.check_rank(same, 1, what="same (N,)", name=name)
+    _validation.check_same_batch(name, x0=x0, same=same)
+    sq_dist = _sq_distance(_as_float(x0), _as_float(x1))
+    y = jnp.asarray(same).astype(sq_dist.dtype)
+    hinge = jax.nn.relu(margin - _safe_sqrt(sq_dist))
+    per_pair = y * sq_dist + (1 - y) * jnp.square(hinge)
+    return jnp.sum(per_pair) / 2 / max(per_pair.shape[0], 1)
+
+
+def pairwise_sq_distances(embeddings: ArrayLike) -> jax.Array:
+    """All squared Euclidean distances of a batch, D²_ij = ‖x_i − x_j‖².
+
+    Computed as ‖x_i‖² + ‖x_j‖² − 2·x_iᵀx_j (one matmul at full precision, not a
+    (B, B, d) difference tensor), clamped at 0 against rounding, with an exact
+    zero diagonal.
+
+    Args:
+      embeddings: shape (B, d).
+
+    Returns:
+      Shape (B, B), symmetric, non-negative, zero on the diagonal.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> losses.pairwise_sq_distances(jnp.array([[0.0, 0.0], [3.0, 4.0]]))
+      Array([[ 0., 25.],
+             [25.,  0.]], dtype=float32)
+    """
+    _validation.check_rank(embeddings, 2, what="embeddings (B, d)", name="pairwise_sq_distances")
+    x = _as_float(embeddings)
+    sq_norms = jnp.sum(jnp.square(x), axis=-1)
+    gram = jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+    sq_dist = jnp.maximum(sq_norms[:, None] + sq_norms[None, :] - 2 * gram, 0)
+    return jnp.where(jnp.eye(x.shape[0], dtype=bool), 0, sq_dist)
+
+
+def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float = 1.0) -> jax.Array:
+    """Contrastive loss over all in-batch pairs i < j.
+
+    With D_ij = ‖x_i − x_j‖₂, each unordered pair contributes
+
+        ½·D_ij²              if y_i = y_j,
+        ½·max(0, m − D_ij)²  otherwise,
+
+    and the loss is the mean over the B(B − 1)/2 pairs, so that it equals
+    `contrastive_pair_loss` on the list of all pairs. This is also the
+    verification signal of DeepID2 (with m learned or tuned; the joint loss is
+    `identification + λ·contrastive_loss`).
+
+    References:
+      Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant
+      Mapping", CVPR 2006.
+      Sun, Wang, Tang, "Deep Learning Face Representation by Joint
+      Identification-Verification", NeurIPS 2014.
+
+    Args:
+      embeddings: shape (B, d).
+      labels: integer identities, shape (B,).
+      margin: the margin m that different pairs are pushed beyond.
+
+    Returns:
+      The scalar loss (0 for B < 2).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> embeddings = jnp.array([[0.0, 0.0], [0.0, 0.5], [3.0, 4.0]])
+      >>> print(losses.contrastive_loss(embeddings, jnp.array([0, 0, 1])))
+      0.041666668
+    """
+    _validation.check_embeddings_labels(embeddings, labels, name="contrastive_loss")
+    labels = jnp.asarray(labels)
+    sq_dist = pairwise_sq_distances(embeddings)
+    hinge = jax.nn.relu(margin - _safe_sqrt(sq_dist))
+    same = labels[:, None] == labels[None, :]
+    per_pair = 0.5 * jnp.where(same, sq_dist, jnp.square(hinge))
+    batch = labels.shape[0]
+    upper = jnp.triu(jnp.ones((batch, batch), dtype=bool), k=1)
+    return jnp.sum(jnp.where(upper, per_pair, 0)) / max(batch * (batch - 1) // 2, 1)
+
+
+def triplet_loss(
+    anchor: ArrayLike, positive: ArrayLike, negative: ArrayLike, *, margin: float = 0.2
+) -> jax.Array:
+    """Triplet loss of explicit triplets, as the classic PyTorch `TripletLoss`.
+
+        L_i = max(0, ‖a_i − p_i‖² − ‖a_i − n_i‖² + α),
+
+    with squared Euclidean distances as in FaceNet (which L2-normalizes the
+    embeddings first and uses α = 0.2). The classic module returns `L.mean()`.
+
+    References:
+      Schroff, Kalenichenko, Philbin, "FaceNet: A Unified Embedding for Face
+      Recognition and Clustering", CVPR 2015.
+
+    Args:
+      anchor: shape (B, d).
+      positive: same identity as the anchor, shape (B, d).
+      negative: another identity, shape (B, d).
+      margin: the margin α.
+
+    Returns:
+      The per-triplet losses, shape (B,).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> a, p = jnp.array([[0.0, 0.0]]), jnp.array([[0.0, 1.0]])
+      >>> losses.triplet_loss(a, p, jnp.array([[1.0, 0.0]]))
+      Array([0.2], dtype=float32)
+    """
+    name = "triplet_loss"
+    _validation.check_rank(anchor, 2, what="anchor (B, d)", name=name)
+    _validation.check_same_shape(name, anchor=anchor, positive=positive, negative=negative)
+    anchor = _as_float(anchor)
+    d_ap = _sq_distance(anchor, _as_float(positive))
+    d_an = _sq_distance(anchor, _as_float(negative))
+    return jax.nn.relu(d_ap - d_an + margin)
+
+
+def _positive_pairs(labels: jax.Array) -> jax.Array:
+    """(B, B) mask of pairs (i, j), i ≠ j, of one identity."""
+    same = labels[:, None] == labels[None, :]
+    return same & ~jnp.eye(labels.shape[0], dtype=bool)
+
+
+def _negative_pairs(labels: jax.Array) -> jax.Array:
+    """(B, B) mask of pairs (i, j) of different identities."""
+    return labels[:, None] != labels[None, :]
+
+
+def _check_labels(labels: ArrayLike, *, name: str) -> None:
+    _validation.check_rank(labels, 1, what="labels (B,)", name=name)
+    _validation.check_integer(labels, what="labels", name=name)
+
+
+def _check_miner_inputs(sq_distances: ArrayLike, labels: ArrayLike, *, name: str) -> None:
+    _check_labels(labels, name=name)
+    batch = jnp.shape(labels)[0]
+    if jnp.shape(sq_distances) != (batch, batch):
+        raise ValueError(
+            f"{name}: sq_distances must have shape (B, B) = {(batch, batch)} for "
+            f"{batch} labels, got {jnp.shape(sq_distances)}"
+        )
+
+
+def batch_all_triplets(labels: ArrayLike) -> jax.Array:
+    """Miner: every valid triplet of the batch.
+
+    Args:
+      labels: integer identities, shape (B,).
+
+    Returns:
+      Boolean mask of shape (B, B, B), True at [a, p, n] when a ≠ p,
+      y_a = y_p and y_a ≠ y_n.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> jnp.argwhere(losses.batch_all_triplets(jnp.array([0, 0, 1]))).tolist()
+      [[0, 1, 2], [1, 0, 2]]
+    """
+    _check_labels(labels, name="batch_all_triplets")
+    labels = jnp.asarray(labels)
+    return _positive_pairs(labels)[:, :, None] & _negative_pairs(labels)[:, None, :]
+
+
+def batch_hard_triplets(
+    sq_distances: ArrayLike, labels: ArrayLike
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Miner: for each anchor, its farthest positive and its closest negative.
+
+    The "batch hard" triplets of Hermans et al., one per anchor a:
+    (a, positive[a], negative[a]), kept where valid[a], i.e. where the batch
+    holds both a positive and a negative of a. Ties go to the lowest index.
+
+    References:
+      Hermans, Beyer, Leibe, "In Defense of the Triplet Loss for Person
+      Re-Identification", arXiv:1703.07737, 2017.
+
+    Args:
+      sq_distances: pairwise squared distances, shape (B, B).
+      labels: integer identities, shape (B,).
+
+    Returns:
+      (positive, negative, valid): int indices, int indices and a boolean mask,
+      each of shape (B,).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> x, labels = jnp.array([[0.0], [1.0], [3.0], [2.0]]), jnp.array([0, 0, 0, 1])
+      >>> positive, negative, valid = losses.batch_hard_triplets(
+      ...     losses.pairwise_sq_distances(x), labels)
+      >>> print(positive, negative, valid)
+      [2 2 0 0] [3 3 3 1] [ True  True  True False]
+    """
+    _check_miner_inputs(sq_distances, labels, name="batch_hard_triplets")
+    labels = jnp.asarray(labels)
+    sq_distances = jnp.asarray(sq_distances)
+    positives, negatives = _positive_pairs(labels), _negative_pairs(labels)
+    positive = jnp.argmax(jnp.where(positives, sq_distances, -jnp.inf), axis=1)
+    negative = jnp.argmin(jnp.where(negatives, sq_distances, jnp.inf), axis=1)
+    valid = jnp.any(positives, axis=1) & jnp.any(negatives, axis=1)
+    return positive, negative, valid
+
+
+def semi_hard_triplets(sq_distances: ArrayLike, labels: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Miner: for each positive pair (a, p), FaceNet's semi-hard negative.
+
+    One triplet per pair (a, p): (a, p, negative[a, p]), kept where
+    valid[a, p], i.e. where a ≠ p share an identity and the batch holds a
+    negative of a. The rule is TensorFlow Addons' (`triplet_semihard_loss`):
+    the closest negative farther than the positive, argmin {D²_an : D²_an >
+    D²_ap}; if no negative is farther, the farthest negative, argmax D²_an. A
+    semi-hard negative (D²_ap < D²_an < D²_ap + α), when one exists, is thus
+    always the one chosen. Ties go to the lowest index.
+
+    References:
+      Schroff, Kalenichenko, Philbin, "FaceNet: A Unified Embedding for Face
+      Recognition and Clustering", CVPR 2015.
+
+    Args:
+      sq_distances: pairwise squared distances, shape (B, B).
+      labels: integer identities, shape (B,).
+
+    Returns:
+      (negative, valid): int indices and a boolean mask, each of shape (B, B).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> x, labels = jnp.array([[0.0], [1.0], [1.05], [3.0]]), jnp.array([0, 0, 1, 1])
+      >>> negative, valid = losses.semi_hard_triplets(losses.pairwise_sq_distances(x), labels)
+      >>> [(a, p, negative.tolist()[a][p]) for a, p in jnp.argwhere(valid).tolist()]
+      [(0, 1, 2), (1, 0, 3), (2, 3, 0), (3, 2, 1)]
+
+      (0, 1, 2) is semi-hard, (1, 0, 3) easy, (2, 3, 0) the fallback.
+    """
+    _check_miner_inputs(sq_distances, labels, name="semi_hard_triplets")
+    labels = jnp.asarray(labels)
+    sq_distances = jnp.asarray(sq_distances)
+    negatives = _negative_pairs(labels)
+    d_ap, d_an = sq_distances[:, :, None], sq_distances[:, None, :]
+    farther = negatives[:, None, :] & (d_an > d_ap)
+    closest_farther = jnp.argmin(jnp.where(farther, d_an, jnp.inf), axis=2)
+    # Whether a farther negative exists is read off the argmin, not from a second
+    # reduction over (B, B, B) that would make XLA materialize `farther`.
+    found = jnp.take_along_axis(negatives, closest_farther, axis=1) & (
+        jnp.take_along_axis(sq_distances, closest_farther, axis=1) > sq_distances
+    )
+    farthest = jnp.argmax(jnp.where(negatives, sq_distances, -jnp.inf), axis=1)
+    negative = jnp.where(found, closest_farther, farthest[:, None])
+    valid = _positive_pairs(labels) & jnp.any(negatives, axis=1)[:, None]
+    return negative, valid
+
+
+def triplet_margin_loss(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: float = 0.2,
+    mining: str = "batch_all",
+) -> jax.Array:
+    """Triplet loss with in-batch online mining (fixed shapes, jit-compatible).
+
+    Every triplet (a, p, n) of the batch has the FaceNet hinge on squared
+    distances, h_apn = max(0, D²_ap − D²_an + α); a miner selects triplets and
+    the loss is the mean of h over the selected ones:
+
+    * "batch_all": all valid triplets, averaged over the active ones only
+      (h > 0), the "BA≠0" variant of Hermans et al. that keeps the loss from
+      vanishing as easy triplets accumulate (pytorch-metric-learning's default
+      `AvgNonZeroReducer`); see `batch_all_triplets`. It holds (B, B, B)
+      arrays: O(B³) memory, 0.5 GiB per float32 array at B = 512.
+    * "batch_hard": one triplet per anchor (hardest positive, hardest
+      negative), averaged over the anchors that have both; see
+      `batch_hard_triplets`. O(B²) memory.
+    * "semi_hard": one triplet per positive pair (a, p), FaceNet's semi-hard
+      negative with TF-Addons' rule and fallback, averaged over the positive
+      pairs whose anchor has a negative (zero-loss triplets included, as in
+      TF-Addons); see `semi_hard_triplets`. O(B²) memory (the O(B³)
+      comparisons of the miner fuse into one reduction).
+
+    The mean of an empty selection is 0. The selection itself carries no
+    gradient; the gradient flows through the distances of the selected triplets.
+
+    References:
+      Schroff, Kalenichenko, Philbin, "FaceNet: A Unified Embedding for Face
+      Recognition and Clustering", CVPR 2015.
+      Hermans, Beyer, Leibe, "In Defense of the Triplet Loss for Person
+      Re-Identification", arXiv:1703.07737, 2017.
+
+    Args:
+      embeddings: shape (B, d); FaceNet L2-normalizes them first.
+      labels: integer identities, shape (B,).
+      margin: the margin α.
+      mining: one of "batch_all", "batch_hard", "semi_hard" (static under jit).
+
+    Returns:
+      The scalar loss.
+
+    Raises:
+      ValueError: an unknown `mining`, or bad shapes (see `check_embeddings_labels`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> x, labels = jnp.array([[0.0], [0.5], [0.6], [3.0]]), jnp.array([0, 0, 1, 1])
+      >>> print(f"{losses.triplet_margin_loss(x, labels, mining='batch_hard'):.2f}")
+      1.62
+    """
+    name = "triplet_margin_loss"
+    if mining not in MININGS:
+        raise ValueError(f"{name}: unknown mining {mining!r}; expected one of {MININGS}")
+    _validation.check_embeddings_labels(embeddings, labels, name=name)
+    sq_dist = pairwise_sq_distances(embeddings)
+    if mining == "batch_all":
+        hinge = jax.nn.relu(sq_dist[:, :, None] - sq_dist[:, None, :] + margin)
+        selected = batch_all_triplets(labels) & (hinge > 0)
+    elif mining == "batch_hard":
+        positive, negative, selected = batch_hard_triplets(sq_dist, labels)
+        anchor = jnp.arange(sq_dist.shape[0])
+        hinge = jax.nn.relu(sq_dist[anchor, positive] - sq_dist[anchor, negative] + margin)
+    else:
+        negative, selected = semi_hard_triplets(sq_dist, labels)
+        d_an = jnp.take_along_axis(sq_dist, negative, axis=1)
+        hinge = jax.nn.relu(sq_dist - d_an + margin)
+    return jnp.sum(jnp.where(selected, hinge, 0)) / jnp.maximum(jnp.sum(selected), 1)
+
+
+def _check_centers(
+    centers: ArrayLike, embeddings: ArrayLike, labels: ArrayLike, *, name: str
+) -> None:
+    """Shape, dtype and (eager) label-range checks for the center-loss pair."""
+    _validation.check_rank(centers, 2, what="centers (C, d)", name=name)
+    num_classes, dim = jnp.shape(centers)
+    _validation.check_embeddings_labels(embeddings, labels, num_classes, name=name)
+    if jnp.shape(embeddings)[1] != dim:
+        raise ValueError(
+            f"{name}: embeddings have dimension {jnp.shape(embeddings)[1]} but centers have {dim}"
+        )
+
+
+def center_loss(embeddings: ArrayLike, centers: ArrayLike, labels: ArrayLike) -> jax.Array:
+    """Center loss, the squared distance of each embedding to its class center.
+
+        L_i = ½‖x_i − c_{y_i}‖².
+
+    The paper trains with `softmax + λ·mean(L)` (λ = 0.003 on faces) and moves
+    the centers with their own rule, `update_centers`, not by gradient: keep
+    `centers` out of the differentiated arguments (the gradient with respect to
+    them is that of the learnable-centers variant).
+
+    References:
+      Wen, Zhang, Li, Qiao, "A Discriminative Feature Learning Approach for
+      Deep Face Recognition", ECCV 2016.
+
+    Args:
+      embeddings: shape (B, d).
+      centers: one center per class, shape (C, d).
+      labels: integer classes in [0, C), shape (B,); the range is checked when
+        the call is eager (see `_validation`).
+
+    Returns:
+      The per-example losses, shape (B,).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> centers = jnp.array([[0.0, 0.0], [1.0, 1.0]])
+      >>> losses.center_loss(jnp.array([[3.0, 4.0], [1.0, 1.0]]), centers, jnp.array([0, 1]))
+      Array([12.5,  0. ], dtype=float32)
+    """
+    _check_centers(centers, embeddings, labels, name="center_loss")
+    own_centers = _as_float(centers)[jnp.asarray(labels)]
+    return 0.5 * _sq_distance(_as_float(embeddings), own_centers)
+
+
+def update_centers(
+    centers: ArrayLike,
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    alpha: float = 0.5,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """The center-loss center update, an explicit state update (no gradient).
+
+        c_j ← c_j − α·Σ_{i: y_i = j} (c_j − x_i) / (1 + n_j),
+
+    n_j the number of examples of class j in the batch; classes absent from
+    the batch keep their centers. With `axis_name` (inside pmap or shard_map)
+    the per-class sums and counts are summed across the devices of that axis,
+    so every replica applies the update of the global batch.
+
+    References:
+      Wen, Zhang, Li, Qiao, "A Discriminative Feature Learning Approach for
+      Deep Face Recognition", ECCV 2016 (Eq. 4, α = 0.5).
+
+    Args:
+      centers: one center per class, shape (C, d).
+      embeddings: shape (B, d).
+      labels: integer classes in [0, C), shape (B,); the range is checked when
+        the call is eager.
+      alpha: the center learning rate α.
+      axis_name: a named device axis to aggregate the batch over, or None.
+
+    Returns:
+      The new centers, shape (C, d), in the dtype of `centers`, with the
+      gradient stopped.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> centers = jnp.zeros((2, 2))
+      >>> x = jnp.array([[2.0, 0.0], [4.0, 0.0]])
+      >>> losses.update_centers(centers, x, jnp.array([0, 0]), alpha=0.5)
+      Array([[1., 0.],
+             [0., 0.]], dtype=float32)
+    """
+    _check_centers(centers, embeddings, labels, name="update_centers")
+    old = _as_float(centers)
+    x = _as_float(embeddings)
+    labels = jnp.asarray(labels)
+    num_classes = old.shape[0]
+    counts = jax.ops.segment_sum(jnp.ones(labels.shape, x.dtype), labels, num_classes)
+    sums = jax.ops.segment_sum(x, labels, num_classes)
+    if axis_name is not None:
+        counts, sums = jax.lax.psum((counts, sums), axis_name)
+    step = (counts[:, None] * old - sums) / (1 + counts[:, None])
+    new = old - alpha * step
+    return jax.lax.stop_gradient(new.astype(jnp.asarray(centers).dtype))
