@@ -96,6 +96,18 @@ def test_mnist_other_held_out_digits_remap_labels(mnist_dir):
     assert all(label == default[d] - 1 for d, label in shared.items())  # digit d → d − 1
 
 
+def test_mnist_eval_iterator(mnist_dir):
+    config = _config("mnist", data_dir=mnist_dir)
+    source = data.create_source(config, "test")
+    batches = list(data.create_iterator(source, config, global_batch_size=128, seed=0,
+                                        train=False, process_index=0, process_count=1))
+    assert len(batches) == 6 and sum(int(b["mask"].sum()) for b in batches) == 700
+    images = np.concatenate([b["image"] for b in batches])
+    assert images.shape == (768, 28, 28, 1) and images.min() == 0.0 and images.max() == 1.0
+    sharded = data.shard_batch(batches[0], 8)
+    assert sharded["image"].shape == (8, 16, 28, 28, 1) and sharded["mask"].shape == (8, 16)
+
+
 def test_mnist_rejects_bad_held_out_and_image_size(mnist_dir):
     with pytest.raises(ValueError, match="held_out_classes"):
         mnist.builder_config((3, 10))
