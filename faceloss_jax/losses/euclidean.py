@@ -8,10 +8,10 @@ In-batch triplet mining follows the distance / miner / reducer split of
 pytorch-metric-learning, as pure functions on fixed shapes so that it jits:
 
 * distance: `pairwise_sq_distances` gives the (B, B) squared distances;
-* miners: `batch_all_triplets`, `batch_hard_triplets` and `semi_hard_triplets`
-  select triplets (anchor, positive, negative) as fixed-shape index arrays and
-  a boolean validity mask (all of (B, B, B) for batch-all, one per anchor for
-  batch-hard, one per positive pair for semi-hard);
+* miners: `batch_all_triplets` returns the (B, B, B) mask of valid triplets
+  (anchor, positive, negative); `batch_hard_triplets` (one triplet per anchor)
+  and `semi_hard_triplets` (one per positive pair) return the chosen indices
+  with a validity mask, at fixed shapes;
 * reducer: `triplet_margin_loss` averages the hinge over the mined triplets.
 
 Inputs in a low-precision float (bfloat16, float16) are computed, and the
@@ -456,7 +456,7 @@ def center_loss(embeddings: ArrayLike, centers: ArrayLike, labels: ArrayLike) ->
       Array([12.5,  0. ], dtype=float32)
     """
     _check_centers(centers, embeddings, labels, name="center_loss")
-    own_centers = _as_float(centers)[jnp.asarray(labels)]
+    own_centers = _as_float(jnp.asarray(centers)[jnp.asarray(labels)])
     return 0.5 * _sq_distance(_as_float(embeddings), own_centers)
 
 
