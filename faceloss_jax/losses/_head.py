@@ -55,24 +55,41 @@ class Logits(NamedTuple):
   scale: float | jax.Array = 1.0
 
 
+def acc_dtype(*arrays: jax.Array) -> jnp.dtype:
+  """The dtype of logits and accumulations: float32, or float64 for float64 inputs."""
+  return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
 def safe_norm(x: jax.Array, axis: int, keepdims: bool = True) -> jax.Array:
-  """The L2 norm in float32, at least ``_MIN_NORM``, with a finite gradient at 0."""
-  x = x.astype(jnp.float32)
+  """The L2 norm in ``acc_dtype``, at least ``_MIN_NORM``, finite gradient at 0."""
+  x = x.astype(acc_dtype(x))
   sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
   return jnp.sqrt(jnp.maximum(sq, _MIN_NORM**2))
 
 
 def cosine(x: jax.Array, w: jax.Array) -> jax.Array:
-  """Row-wise cosine of two (B, d) arrays in float32, 0 when either is zero."""
-  x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
-  dot = jnp.sum(x32 * w32, axis=-1)
-  cos = dot / (safe_norm(x32, -1, False) * safe_norm(w32, -1, False))
+  """Row-wise cosine of two (B, d) arrays in ``acc_dtype``, 0 when either is zero."""
+  dtype = acc_dtype(x, w)
+  x, w = x.astype(dtype), w.astype(dtype)
+  cos = jnp.sum(x * w, axis=-1) / (safe_norm(x, -1, False) * safe_norm(w, -1, False))
   return jnp.clip(cos, -1.0, 1.0)
+
+
+def safe_arccos(cos: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """arccos with the exact value but the gradient of arccos clipped to ±(1 − eps).
+
+  arccos has an infinite derivative at ±1, which a clip removes; but a clip would
+  also move the value of small angles, so the difference is added back without a
+  gradient.
+  """
+  cos = jnp.clip(cos, -1.0, 1.0)
+  clipped = jnp.arccos(jnp.clip(cos, -1.0 + eps, 1.0 - eps))
+  return clipped + lax.stop_gradient(jnp.arccos(cos) - clipped)
 
 
 def _prepare_embeddings(x: jax.Array, spec: Logits) -> jax.Array:
   if spec.normalize_embeddings:
-    return (x.astype(jnp.float32) / safe_norm(x, axis=1)).astype(x.dtype)
+    return (x.astype(acc_dtype(x)) / safe_norm(x, axis=1)).astype(x.dtype)
   return x
 
 
@@ -81,18 +98,14 @@ def _block_logits(
 ) -> jax.Array:
   """Logits (B, c) of one block of classes, accumulated in float32."""
   if spec.normalize_weights:
-    w_block = (w_block.astype(jnp.float32) / safe_norm(w_block, axis=0)).astype(
-        w_block.dtype
-    )
+    w_block = (w_block.astype(acc_dtype(w_block)) / safe_norm(w_block, axis=0)).astype(
+        w_block.dtype)
   dtype = jnp.promote_types(x_prepared.dtype, w_block.dtype)
-  z = jnp.matmul(
-      x_prepared.astype(dtype),
-      w_block.astype(dtype),
-      preferred_element_type=jnp.float32,
-  )
+  z = jnp.matmul(x_prepared.astype(dtype), w_block.astype(dtype),
+                 preferred_element_type=acc_dtype(dtype))
   z = spec.scale * z
   if b_block is not None:
-    z = z + b_block.astype(jnp.float32)
+    z = z + b_block.astype(z.dtype)
   return z
 
 
@@ -125,7 +138,7 @@ def _slice_cols(a: jax.Array | None, start, width: int, axis: int):
 def _chunked_stats(x, w, b, labels, offset, spec, chunk_size):
   """Running (max, sum of exp) over the non-target logits, block by block."""
   xp = _prepare_embeddings(x, spec)
-  batch = x.shape[0]
+  batch, dtype = x.shape[0], acc_dtype(x, w)
   num_full, rem = _chunks(w.shape[1], chunk_size)
 
   def absorb(carry, start, width):
@@ -139,7 +152,7 @@ def _chunked_stats(x, w, b, labels, offset, spec, chunk_size):
     return m_new, s
 
   # A large finite floor rather than -inf, so that exp(m - m_new) is never nan.
-  carry = (jnp.full((batch,), -1e30, jnp.float32), jnp.zeros((batch,), jnp.float32))
+  carry = (jnp.full((batch,), -1e30, dtype), jnp.zeros((batch,), dtype))
   if num_full:
     carry, _ = lax.scan(
         lambda c, i: (absorb(c, i * chunk_size, chunk_size), None),
@@ -182,7 +195,7 @@ def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None
           x, w_blk, b_blk)
       mask = _is_target(labels, offset + start, width)
       p = jnp.where(mask, 0.0, jnp.exp(z - lse[:, None]))
-      return vjp(g[:, None].astype(jnp.float32) * p)
+      return vjp(g[:, None].astype(p.dtype) * p)
 
     def step(carry, start, width):
       dx, dw, db = carry
@@ -192,7 +205,7 @@ def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None
         db = lax.dynamic_update_slice_in_dim(db, db_blk.astype(db.dtype), start, axis=0)
       return dx + dx_blk.astype(dx.dtype), dw, db
 
-    carry = (jnp.zeros(x.shape, jnp.float32), jnp.zeros_like(w),
+    carry = (jnp.zeros(x.shape, acc_dtype(x, w)), jnp.zeros_like(w),
              None if b is None else jnp.zeros_like(b))
     if num_full:
       carry, _ = lax.scan(
@@ -263,7 +276,8 @@ def margin_softmax(
     class_axis_name: axis over which the columns of W are sharded.
 
   Returns:
-    Per-example losses (B,) in float32, for this device's examples.
+    Per-example losses (B,) in float32 (float64 for float64 inputs), for this
+    device's examples.
   """
   check_chunk_size(chunk_size)
   if axis_name is not None:
@@ -285,7 +299,7 @@ def margin_softmax(
         embeddings, weights, bias, labels, offset)
 
   w_y, b_y = _target_columns(weights, bias, labels, offset, class_axis_name)
-  t = target_fn(embeddings, w_y, b_y).astype(jnp.float32)
+  t = target_fn(embeddings, w_y, b_y).astype(lse.dtype)
   loss = jnp.logaddexp(t, lse) - t
 
   if axis_name is not None:

@@ -44,8 +44,11 @@ from faceloss_jax.losses import _validation
 
 
 def _sqrt_clipped(v: jax.Array) -> jax.Array:
-    """sqrt(v) for v ≥ 0 whose gradient is 0, not inf, where v is (nearly) 0."""
-    return jnp.sqrt(jnp.clip(v, 1e-12, None))
+    """sqrt(max(v, 0)), exact in value, with gradient 0 instead of inf where v ≤ 1e-12."""
+    tiny = 1e-12
+    positive = v > tiny
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1.0)),
+                     jax.lax.stop_gradient(jnp.sqrt(jnp.maximum(v, 0.0))))
 
 
 def multiple_angle_psi(cos: jax.Array, margin: int) -> jax.Array:
@@ -107,13 +110,11 @@ def additive_angular_margin(
 def combined_angular_margin(cos: jax.Array, m1: float, m2: float, m3: float) -> jax.Array:
     """cos(m1·θ + m2) − m3, the combined margin of the ArcFace paper (Eq. 4).
 
-    Through θ = arccos(cos θ) (cos θ clipped to ±(1 − 1e-7) so the gradient stays
-    finite), as in InsightFace's original combined-margin code; no fallback is applied
-    where m1·θ + m2 > π, so the function is not monotonic there.
+    Through θ = arccos(cos θ) (with a gradient clipped near cos θ = ±1 so that it
+    stays finite), as in InsightFace's original combined-margin code; no fallback is
+    applied where m1·θ + m2 > π, so the function is not monotonic there.
     """
-    eps = 1e-7
-    theta = jnp.arccos(jnp.clip(cos, -1.0 + eps, 1.0 - eps))
-    return jnp.cos(m1 * theta + m2) - m3
+    return jnp.cos(m1 * _head.safe_arccos(cos) + m2) - m3
 
 
 # ----------------------------------------------------------------------------------
@@ -156,7 +157,8 @@ def _run(name, embeddings, weights, labels, spec, target_fn, *, bias=None, chunk
 
 
 def _dot(x: jax.Array, w: jax.Array) -> jax.Array:
-    return jnp.sum(x.astype(jnp.float32) * w.astype(jnp.float32), axis=-1)
+    dtype = _head.acc_dtype(x, w)
+    return jnp.sum(x.astype(dtype) * w.astype(dtype), axis=-1)
 
 
 def softmax_cross_entropy(

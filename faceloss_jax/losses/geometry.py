@@ -17,21 +17,6 @@ from jax.typing import ArrayLike
 from faceloss_jax.losses import _head
 from faceloss_jax.losses import _validation
 
-_ARCCOS_EPS = 1e-6
-
-
-def _angle(cos: jax.Array) -> jax.Array:
-    """arccos with the exact value but the gradient of a clipped arccos.
-
-    arccos has an infinite derivative at ±1, which a clip removes, but a clip would
-    also move the value of small angles; the difference is added back without a
-    gradient.
-    """
-    cos = jnp.clip(cos, -1.0, 1.0)
-    clipped = jnp.arccos(jnp.clip(cos, -1.0 + _ARCCOS_EPS, 1.0 - _ARCCOS_EPS))
-    return clipped + jax.lax.stop_gradient(jnp.arccos(cos) - clipped)
-
-
 def intra_angle(embeddings: ArrayLike, weights: ArrayLike, labels: ArrayLike) -> jax.Array:
     """ArcFace's L_Intra: the mean angle between x_i and its class centre, over π.
 
@@ -41,7 +26,7 @@ def intra_angle(embeddings: ArrayLike, weights: ArrayLike, labels: ArrayLike) ->
       labels: (B,) integer class ids.
 
     Returns:
-      A float32 scalar in [0, 1].
+      A scalar in [0, 1].
 
     Example:
       >>> import jax.numpy as jnp
@@ -54,7 +39,7 @@ def intra_angle(embeddings: ArrayLike, weights: ArrayLike, labels: ArrayLike) ->
     _validation.check_rank(weights, 2, what="weights (d, C)", name="intra_angle")
     _validation.check_labels_in_range(labels, jnp.shape(weights)[1], name="intra_angle")
     w_y = jnp.take(jnp.asarray(weights), jnp.asarray(labels), axis=1).T
-    return jnp.mean(_angle(_head.cosine(jnp.asarray(embeddings), w_y))) / jnp.pi
+    return jnp.mean(_head.safe_arccos(_head.cosine(jnp.asarray(embeddings), w_y))) / jnp.pi
 
 
 def inter_angle(weights: ArrayLike) -> jax.Array:
@@ -64,7 +49,7 @@ def inter_angle(weights: ArrayLike) -> jax.Array:
       weights: (d, C) class centres, C ≥ 2.
 
     Returns:
-      A float32 scalar in [−1, 0]; −0.5 for orthogonal centres.
+      A scalar in [−1, 0]; −0.5 for orthogonal centres.
 
     Example:
       >>> import jax.numpy as jnp
@@ -75,9 +60,10 @@ def inter_angle(weights: ArrayLike) -> jax.Array:
     num_classes = jnp.shape(weights)[1]
     if num_classes < 2:
         raise ValueError(f"inter_angle: needs at least 2 classes, got {num_classes}")
-    w = jnp.asarray(weights, jnp.float32)
+    w = jnp.asarray(weights)
+    w = w.astype(_head.acc_dtype(w))
     w = w / _head.safe_norm(w, axis=0)
-    angles = _angle(w.T @ w)
+    angles = _head.safe_arccos(w.T @ w)
     off_diagonal = ~jnp.eye(num_classes, dtype=bool)
     return -jnp.sum(jnp.where(off_diagonal, angles, 0.0)) / (
         jnp.pi * num_classes * (num_classes - 1))
