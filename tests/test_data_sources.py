@@ -232,6 +232,8 @@ def test_insightface_recordio_round_trip(rec_dir):
         assert {source[k - 1]["label"] for k in range(start, end)} == {c}
     config = _config("recordio", path=str(directory), image_size=16)
     assert data.num_classes(config) == 3 and len(data.create_source(config, "train")) == 9
+    copy = pickle.loads(pickle.dumps(source))  # as sent to grain worker processes
+    np.testing.assert_array_equal(copy[4]["image"], source[4]["image"])
 
 
 def test_recordio_truncated_rec_missing_idx_and_corrupt_jpeg(rec_dir):

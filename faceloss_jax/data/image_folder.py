@@ -95,6 +95,16 @@ class ImageFolderSource:
     ``CorruptImageError`` naming the file. Without validation, a file that fails
     to decode later raises the same named error when it is read.
 
+    Args:
+      root: the folder of identity folders.
+      image_size: images of another size are resized (bilinear) to it; None keeps
+        the stored size (which must then be the same for all images to batch them).
+      channels: 3 (RGB) or 1 (grayscale).
+      on_error: ``"skip"`` or ``"raise"``, for unreadable images and empty
+        identity folders.
+      validate: decode every image once now (needed to skip unreadable ones).
+      num_threads: threads for that validation.
+
     Attributes:
       identities: identity folder names; ``identities[label]``.
       report: the ``ScanReport`` of the scan.

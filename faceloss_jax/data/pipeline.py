@@ -74,8 +74,8 @@ def create_iterator(source, config: ml_collections.ConfigDict, *, global_batch_s
     """A checkpointable iterator of this process's batches.
 
     Training: each epoch a fresh permutation of the source (from ``seed``); this
-    process keeps positions ``process_index, process_index + P, …`` of it (the
-    ``len % P`` last ones dropped, so all processes have as many); augmentation
+    process keeps positions ``process_index, process_index + P, …`` of it (the last
+    ``len % P`` positions are dropped, so all processes have as many); augmentation
     (``config.augment``); endless when ``num_epochs`` is None; batches of
     ``global_batch_size / P`` that may span epochs, the last partial one dropped.
 
@@ -116,8 +116,8 @@ def create_iterator(source, config: ml_collections.ConfigDict, *, global_batch_s
         raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple "
                          f"of process_count {process_count}")
     size = len(source)
-    if size < process_count:
-        raise ValueError(f"the source has {size} examples, fewer than {process_count} processes")
+    if size < (process_count if train else 1):
+        raise ValueError(f"the source has {size} examples, too few for {process_count} processes")
     local_batch_size = global_batch_size // process_count
     model_input = functools.partial(_model_input, normalization=config.normalization)
     if train:
@@ -167,9 +167,9 @@ def _read(source, indices: np.ndarray) -> dict[str, np.ndarray]:
     else:
         records = [source[i] for i in indices]
     images = [np.asarray(r["image"]) for r in records]
-    shapes = {(im.dtype, im.shape) for im in images}
-    if len(shapes) != 1 or images[0].ndim != 3 or images[0].dtype != np.uint8:
-        raise ValueError(f"records need uint8 (H, W, C) images of one shape; got {sorted(shapes)}"
+    kinds = {f"{im.dtype} {im.shape}" for im in images}
+    if len(kinds) != 1 or images[0].ndim != 3 or images[0].dtype != np.uint8:
+        raise ValueError(f"records need uint8 (H, W, C) images of one shape; got {sorted(kinds)}"
                          f" at indices {indices[:8]}…")
     return {"image": np.stack(images), "label": np.asarray([r["label"] for r in records], np.int32)}
 

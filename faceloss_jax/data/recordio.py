@@ -103,15 +103,19 @@ class IndexedRecordIO:
                     f"{self.rec_path.name} and its index {self.idx_path.name}")
         self.keys, self._offsets = _read_index(self.idx_path)
         self._size = self.rec_path.stat().st_size
-        self._fd = None
+        self._fd = os.open(self.rec_path, os.O_RDONLY)
         # A cut file loses its last record: check that one up front.
         self.read_idx(int(self.keys[np.argmax(self._offsets)]))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fd": None}
+        return {k: v for k, v in self.__dict__.items() if k != "_fd"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fd = os.open(self.rec_path, os.O_RDONLY)
 
     def __del__(self):
-        if getattr(self, "_fd", None) is not None:
+        if hasattr(self, "_fd"):
             os.close(self._fd)
 
     def read_idx(self, key: int) -> bytes:
@@ -122,8 +126,6 @@ class IndexedRecordIO:
         return self._read_at(int(self._offsets[i]), key)
 
     def _read_at(self, offset: int, key: int) -> bytes:
-        if self._fd is None:
-            self._fd = os.open(self.rec_path, os.O_RDONLY)
         parts = []
         while True:
             head = self._pread(_FRAME.size, offset, key)
