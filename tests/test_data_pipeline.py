@@ -6,6 +6,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from faceloss_jax import data
+from faceloss_jax.data import images as images_lib
 
 
 def _tagged_source(n, size=6):
@@ -201,16 +202,20 @@ def test_bad_records_fail_with_the_file_name(tmp_path):
         next(iterator)
 
 
-def test_worker_processes_give_the_same_batches_and_errors():
-    source = _tagged_source(16)
-    source[13] = {"image": np.zeros((3, 3), np.uint8), "label": 13}  # no channel axis
+def test_worker_processes_give_the_same_batches_and_errors(tmp_path):
+    pictures = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), np.uint8)
+    for i, (who, name) in enumerate([("ann", "0.png"), ("ann", "1.png"), ("bob", "0.png")]):
+        (tmp_path / who).mkdir(exist_ok=True)
+        (tmp_path / who / name).write_bytes(images_lib.encode_image(pictures[i], image_format="PNG"))
+    (tmp_path / "bob" / "1.jpg").write_bytes(b"\xff\xd8\xff cut short")
+    source = data.ImageFolderSource(tmp_path, image_size=8, validate=False)
     make = lambda workers: data.create_iterator(
-        source, _config(worker_count=workers), global_batch_size=4, seed=2, train=False,
+        source, _config(worker_count=workers), global_batch_size=1, seed=2, train=False,
         process_index=0, process_count=1)
     iterator = make(1)
     try:
         _assert_same_batches(_take(make(0), 3), _take(iterator, 3))
-        with pytest.raises(ValueError, match=r"uint8 \(H, W, C\) images"):
-            next(iterator)  # raised in the worker, re-raised here
+        with pytest.raises(data.CorruptImageError, match="bob/1.jpg"):
+            next(iterator)  # raised in the worker process, re-raised here
     finally:
         iterator.close()

@@ -124,7 +124,7 @@ class ImageFolderSource:
                 errors = list(pool.map(self._check, paths))
             if on_error == "raise" and any(errors):
                 raise next(e for e in errors if e)
-            skipped = [(p, str(e)) for p, e in zip(paths, errors) if e]
+            skipped = [(p, e.reason) for p, e in zip(paths, errors) if e]
             keep = [i for i, e in enumerate(errors) if not e]
             paths = [paths[i] for i in keep]
             labels = [labels[i] for i in keep]
@@ -144,7 +144,7 @@ class ImageFolderSource:
         except images.CorruptImageError as e:
             return e
         except OSError as e:
-            return images.CorruptImageError(f"cannot read image {path}: {e}")
+            return images.CorruptImageError(path, str(e))
         return None
 
     def _read(self, path: str) -> np.ndarray:

@@ -9,7 +9,19 @@ _MODES = {1: "L", 3: "RGB"}
 
 
 class CorruptImageError(ValueError):
-    """An image that cannot be decoded; the message names the file or record."""
+    """An image that cannot be decoded; the message names the file or record.
+
+    Attributes:
+      name: the file or record.
+      reason: what went wrong.
+    """
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"cannot decode image {name}: {reason}")
+        self.name, self.reason = name, reason
+
+    def __reduce__(self):  # so that grain's worker processes can send it back
+        return CorruptImageError, (self.name, self.reason)
 
 
 def decode_image(data: bytes, *, name: str, channels: int = 3,
@@ -42,8 +54,10 @@ def decode_image(data: bytes, *, name: str, channels: int = 3,
             if image_size is not None and image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
+    except Image.UnidentifiedImageError as e:
+        raise CorruptImageError(name, "not an image of a format Pillow reads") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise CorruptImageError(f"cannot decode image {name}: {e}") from e
+        raise CorruptImageError(name, str(e)) from e
     return array.reshape(array.shape[:2] + (channels,))
 
 

@@ -20,6 +20,7 @@ import os
 import pathlib
 import struct
 from typing import Any, NamedTuple, Sequence
+import weakref
 
 import numpy as np
 
@@ -103,20 +104,20 @@ class IndexedRecordIO:
                     f"{self.rec_path.name} and its index {self.idx_path.name}")
         self.keys, self._offsets = _read_index(self.idx_path)
         self._size = self.rec_path.stat().st_size
-        self._fd = os.open(self.rec_path, os.O_RDONLY)
+        self._open()
         # A cut file loses its last record: check that one up front.
         self.read_idx(int(self.keys[np.argmax(self._offsets)]))
 
+    def _open(self) -> None:
+        self._fd = os.open(self.rec_path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)
+
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_fd"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fd", "_closer")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._fd = os.open(self.rec_path, os.O_RDONLY)
-
-    def __del__(self):
-        if hasattr(self, "_fd"):
-            os.close(self._fd)
+        self._open()
 
     def read_idx(self, key: int) -> bytes:
         """The record stored under ``key`` (parts joined, padding removed)."""
