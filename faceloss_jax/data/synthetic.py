@@ -2,14 +2,14 @@
 embedding batches for classifier-head benchmarks at up to millions of classes.
 
 Images: identity ``k`` is a smooth random prototype (a coarse Gaussian grid,
-interpolated bicubically); each sample of it is the prototype under a random affine jitter
-(scale, shift), an illumination change (gain, offset, a linear gradient)
-and pixel noise. Everything is a pure function of ``(seed, identity, sample)``, so a
+interpolated bicubically); each sample of it is the prototype under a random affine
+jitter (scale, shift), an illumination change (gain, offset, a linear gradient) and
+pixel noise. Everything is a pure function of ``(seed, identity, sample)``, so a
 source of any size costs no memory and two runs see the same pixels.
 
-Features: class ``c`` has a direction ``u_c`` (a normalized Gaussian drawn from
-``fold_in(key, c)``) and a sample of it is ``x = u_c + (σ/√d)·z``, ``z ~ N(0, I_d)``,
-so ``σ`` is the relative noise norm. Only the directions of the labels in a batch
+Features: class ``c`` has a direction ``u_c`` (a normalized Gaussian drawn from the
+key folded with ``c``) and a sample of it is ``x = u_c + (σ/√d)·z``,
+``z ~ N(0, I_d)``, so ``σ`` is the relative noise norm. Only the directions of the labels in a batch
 are drawn, so 1M classes need no ``(C, d)`` table.
 """
 
@@ -38,7 +38,7 @@ def render_sample(seed: int, identity: int, sample: int, *, image_size: int,
 
     The geometric jitter is an axis-aligned affine map (per-axis scale ±10%, shift
     ±5% of the view) applied by one separable bicubic resize of the prototype grid;
-    a rotation would need Pillow's general transform, three times slower.
+    a rotation would need Pillow's general transform, about three times slower.
 
     Returns:
       uint8 ``(image_size, image_size, channels)``.
