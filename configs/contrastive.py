@@ -1,0 +1,25 @@
+"""DeepID2's joint identification-verification loss (Sun et al., NeurIPS 2014).
+
+``softmax(Wᵀx + b) + λ·contrastive``, the verification term the contrastive loss of
+Hadsell, Chopra and LeCun (CVPR 2006) over all in-batch pairs: ``½D²`` for a same
+pair, ``½max(0, m − D)²`` for a different one. DeepID2 reports λ = 0.05 as the best
+trade-off (λ = 0 is identification only, large λ verification only). The margin m
+depends on the scale of the features; here m = 10 for LeNets++'s unnormalized 2-D
+features. In-batch pairs are formed within each device's part of the batch.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
+    """DeepID2 joint loss; ``variant`` as in ``configs/default.py``."""
+    config = default.get_config(variant)
+    config.loss = default.loss_config(
+        "contrastive",
+        use_bias=True,
+        weight=0.05,  # λ of the verification term (DeepID2)
+        margin=10.0,  # m of the different-pair hinge, in feature units
+    )
+    return config

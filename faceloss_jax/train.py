@@ -1,0 +1,563 @@
+"""Trains a backbone with a face recognition loss and evaluates it.
+
+``train_and_evaluate(config, workdir)`` reads top to bottom as the flax examples do:
+create the train state, the per-device train step, the evaluation, then the loop.
+
+The train step is written once, per device, with the named axis ``"data"``, and runs
+data-parallel either under ``jax.shard_map`` over a 1-D device mesh (the default, and
+the recommended path since JAX 0.8) or under ``jax.pmap`` (``config.parallelism``).
+Both give the update of the global batch: gradients, metrics and batch statistics
+are averaged over the axis, and the result equals a single device fed the whole batch
+(up to the in-batch pair and triplet terms, which pair each device's examples only).
+With ``config.loss.class_sharded`` (shard_map only) the classifier W is split by
+columns over the devices, the Partial FC layout of the angular losses.
+
+Multi-host (a TPU pod slice, several GPU nodes): every process runs the same command
+with ``--multihost`` (see ``main.py``), which calls ``jax.distributed.initialize()``
+(the coordinator is auto-detected on Cloud TPU, SLURM and Open MPI; otherwise pass
+``--coordinator_address=host0:1234 --num_processes=N --process_id=i``). Each process
+reads its own ``1/process_count`` of every global batch; checkpoints, logs and
+figures are written by process 0 (orbax coordinates the checkpoint writes). E.g. on
+SLURM with one process per node::
+
+    srun --nodes=2 --ntasks-per-node=1 python -m faceloss_jax.main --multihost \\
+        --config=configs/arcface.py:face --workdir=/shared/runs/arcface
+"""
+
+import functools
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+from flax import linen as nn
+from flax.training import train_state
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from faceloss_jax import data, evaluation, models
+from faceloss_jax.train_lib import checkpointing, objectives, optimizers, reporting
+
+DATA_AXIS = "data"
+PARALLELISMS = ("shard_map", "pmap")
+NAN_POLICIES = ("stop", "skip")
+
+
+class TrainState(train_state.TrainState):
+    """Everything a run needs to continue: ``params = {"backbone", "head"}`` (the head
+    holds the classifier W), optimizer state, BatchNorm statistics, the state of the
+    loss (center-loss centres) and the PRNG key (dropout keys are folded from it)."""
+
+    batch_stats: Any
+    loss_state: Any
+    rng: jax.Array
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a step's loss is NaN or infinite and ``config.nan_policy == "stop"``."""
+
+
+# ------------------------------------------------------------------------------------
+# Create the train state.
+# ------------------------------------------------------------------------------------
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The backbone of ``config.model``, computing in bfloat16 with ``half_precision``
+    and with BatchNorm synchronized over the data axis with ``sync_batch_norm``."""
+    model_config = config.model.copy_and_resolve_references()
+    if config.half_precision:
+        model_config.dtype = "bfloat16"
+    if config.sync_batch_norm and "bn_axis_name" in models.config_keys(model_config.name):
+        model_config.bn_axis_name = DATA_AXIS
+    return models.create_model(model_config)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    key: jax.Array,
+    *,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    learning_rate_fn: optax.Schedule,
+) -> TrainState:
+    """Initializes the backbone (float32 master weights) for (H, W, C) ``image_shape``
+    inputs, the classifier head, the loss state and the optimizer."""
+    init_key, head_key, rng = jax.random.split(key, 3)
+    variables = model.init(init_key, jnp.zeros((1, *image_shape)), train=False)
+    head, loss_state = objectives.init_head(
+        config.loss, head_key, embedding_dim=config.model.embedding_dim, num_classes=num_classes
+    )
+    return TrainState.create(
+        apply_fn=model.apply,
+        params={"backbone": variables["params"], "head": head},
+        tx=optimizers.create_optimizer(config.optimizer, learning_rate_fn),
+        batch_stats=variables.get("batch_stats", {}),
+        loss_state=loss_state,
+        rng=rng,
+    )
+
+
+def _is_class_sharded(path: tuple, leaf: Any, class_sharded: bool) -> bool:
+    """Whether a leaf is a column block of the classifier: the head's weights and
+    bias, and their optimizer moments (which sit under the same keys)."""
+    keys = [getattr(k, "key", None) for k in path]
+    return class_sharded and len(keys) >= 2 and keys[-2] == "head" and np.ndim(leaf) >= 1
+
+
+def state_partition_specs(state: TrainState, *, class_sharded: bool) -> TrainState:
+    """PartitionSpecs of the state: replicated, but for the classifier's columns
+    (``P(None, "data")`` for W (d, C), ``P("data")`` for the bias) when class-sharded."""
+
+    def spec(path, leaf):
+        if _is_class_sharded(path, leaf, class_sharded):
+            return P(*(None,) * (np.ndim(leaf) - 1), DATA_AXIS)
+        return P()
+
+    return jax.tree_util.tree_map_with_path(spec, state)
+
+
+# ------------------------------------------------------------------------------------
+# The train step, per device.
+# ------------------------------------------------------------------------------------
+
+
+def _average_gradients(grads: Any, *, class_sharded: bool, num_devices: int) -> Any:
+    """The gradient of the global mean loss.
+
+    Replicated parameters: the mean of the per-device gradients. Class-sharded columns:
+    each device already holds the gradient of the sum of all devices' losses for its
+    own columns (the all-gather and the psum of the normalizer transpose to sums), so
+    it is divided by the number of devices.
+    """
+
+    def average(path, grad):
+        if _is_class_sharded(path, grad, class_sharded):
+            return grad / num_devices
+        return jax.lax.pmean(grad, DATA_AXIS)
+
+    return jax.tree_util.tree_map_with_path(average, grads)
+
+
+def _global_norm(grads: Any, *, class_sharded: bool) -> jax.Array:
+    """The L2 norm of the whole gradient, summing the squares of sharded columns."""
+    squares = jax.tree_util.tree_map_with_path(
+        lambda path, g: (
+            jax.lax.psum(jnp.sum(jnp.square(g)), DATA_AXIS)
+            if _is_class_sharded(path, g, class_sharded)
+            else jnp.sum(jnp.square(g))
+        ),
+        grads,
+    )
+    return jnp.sqrt(sum(jax.tree.leaves(squares)))
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    num_devices: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step, as seen by one device of the ``"data"`` axis.
+
+    The backbone computes in its dtype (bfloat16 with ``half_precision``); the
+    embeddings, the loss and the gradients are float32, as are the master weights.
+    The gradient is clipped to ``config.optimizer.grad_clip_norm`` (global norm) when
+    set. With ``config.nan_policy == "skip"`` a step whose loss or gradient is not
+    finite leaves the state unchanged but for the step counter.
+
+    Args:
+      state: the replicated train state (the classifier's columns when class-sharded).
+      batch: this device's ``"image"`` (B, H, W, C) and ``"label"`` (B,).
+      model: the backbone.
+      config: the experiment config.
+      learning_rate_fn: the schedule, for logging.
+      num_devices: the size of the ``"data"`` axis.
+
+    Returns:
+      The new state and the metrics of the global batch: ``loss``, ``grad_norm``
+      (before clipping), ``learning_rate``, ``finite`` (1.0 if the loss and gradient
+      are finite), ``finite_input`` (1.0 if every image is finite), and ``accuracy``,
+      ``intra_angle`` when the loss has an unsharded classifier.
+    """
+    class_sharded = config.loss.get("class_sharded", False)
+    dropout_key = jax.random.fold_in(
+        jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(DATA_AXIS)
+    )
+
+    def loss_fn(params):
+        embeddings, updates = model.apply(
+            {"params": params["backbone"], "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": dropout_key},
+        )
+        embeddings = embeddings.astype(jnp.float32)
+        loss, loss_state = objectives.compute_loss(
+            config.loss,
+            params["head"],
+            state.loss_state,
+            embeddings,
+            batch["label"],
+            step=state.step,
+            axis_name=DATA_AXIS,
+            class_axis_name=DATA_AXIS if class_sharded else None,
+        )
+        return loss, (embeddings, updates.get("batch_stats", {}), loss_state)
+
+    (loss, (embeddings, batch_stats, loss_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True
+    )(state.params)
+    grads = _average_gradients(grads, class_sharded=class_sharded, num_devices=num_devices)
+    grad_norm = _global_norm(grads, class_sharded=class_sharded)
+    if config.optimizer.grad_clip_norm is not None:
+        clip = jnp.minimum(1.0, config.optimizer.grad_clip_norm / (grad_norm + 1e-12))
+        grads = jax.tree.map(lambda g: g * clip, grads)
+    new_state = state.apply_gradients(
+        grads=grads,
+        batch_stats=jax.lax.pmean(batch_stats, DATA_AXIS),
+        loss_state=loss_state,
+    )
+
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate_fn(state.step)}
+    if not class_sharded:
+        metrics |= objectives.batch_metrics(
+            config.loss, state.params["head"], embeddings, batch["label"]
+        )
+    metrics = jax.lax.pmean(metrics, DATA_AXIS)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    metrics["finite"] = finite.astype(jnp.float32)
+    metrics["finite_input"] = jax.lax.pmin(
+        jnp.all(jnp.isfinite(batch["image"])).astype(jnp.float32), DATA_AXIS
+    )
+    if config.nan_policy == "skip":
+        new_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), new_state, state
+        ).replace(step=state.step + 1)
+    return new_state, metrics
+
+
+def parallelize_train_step(
+    step_fn: Callable, *, parallelism: str, mesh: Mesh, state_specs: TrainState
+) -> Callable:
+    """Runs the per-device ``step_fn(state, batch)`` data-parallel over ``mesh``.
+
+    ``shard_map`` takes the global batch as a ``jax.Array`` sharded over ``"data"``;
+    ``pmap`` takes it as (local devices, per-device batch, ...). Both take and return
+    the state replicated (``in_axes=None`` for pmap) and return metrics of the global
+    batch. ``check_vma=False`` gives shard_map pmap's semantics, where a gradient is
+    per device until the explicit ``pmean``.
+    """
+    if parallelism == "pmap":
+        return jax.pmap(step_fn, axis_name=DATA_AXIS, in_axes=(None, 0), out_axes=(None, None))
+    mapped = jax.shard_map(
+        step_fn,
+        mesh=mesh,
+        in_specs=(state_specs, P(DATA_AXIS)),
+        out_specs=(state_specs, P()),
+        check_vma=False,
+    )
+    return jax.jit(mapped, donate_argnums=0)
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], *, parallelism: str, mesh: Mesh) -> dict:
+    """This process's part of the global batch, laid out for ``parallelism``."""
+    if parallelism == "pmap":
+        return data.shard_batch(dict(batch), jax.local_device_count())
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    return {
+        name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for name, value in batch.items()
+    }
+
+
+# ------------------------------------------------------------------------------------
+# Evaluation.
+# ------------------------------------------------------------------------------------
+
+
+class _Subset:
+    """The examples ``indices`` of a random-access source."""
+
+    def __init__(self, source: Any, indices: np.ndarray):
+        self._source, self._indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._source[int(self._indices[index])]
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images (preprocessed for the backbone) and labels of a dataset split: all of
+    them, or a random subset (drawn from ``config.seed``) of ``config.eval.max_examples``."""
+    source = data.create_source(config.dataset, split)
+    limit = config.eval.max_examples
+    if limit is not None and limit < len(source):
+        indices = np.random.default_rng(config.seed).choice(len(source), limit, replace=False)
+        source = _Subset(source, np.sort(indices))
+    iterator = data.create_iterator(
+        source,
+        config.dataset,
+        global_batch_size=config.eval.batch_size,
+        seed=config.seed,
+        train=False,
+        num_epochs=1,
+        process_index=0,
+        process_count=1,
+    )
+    images, labels = [], []
+    for batch in iterator:
+        mask = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)))
+        images.append(np.asarray(batch["image"])[mask])
+        labels.append(np.asarray(batch["label"])[mask])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def load_eval_data(config: ml_collections.ConfigDict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The evaluation sets: ``"test"`` (training classes) and ``"open"`` (held-out ones)."""
+    return {
+        "test": load_split(config, config.eval.test_split),
+        "open": load_split(config, config.eval.open_split),
+    }
+
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    state: TrainState,
+    eval_data: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    workdir: epath.PathLike | None,
+    step: int,
+) -> dict[str, float]:
+    """Closed-set accuracy, open-set verification and geometry of the current model.
+
+    Runs ``evaluation.evaluate_run`` on ``eval_data["test"]`` (the training classes)
+    and ``eval_data["open"]`` (held-out identities) on every process (each on its
+    local devices, from a host copy of the variables); process 0 writes the figures
+    and ``<workdir>/eval/step_<step>.json``. Closed-set accuracy uses the classifier
+    (cosine for the normalized losses), or nearest class centres for the triplet loss.
+    """
+    host = multihost_utils.process_allgather(
+        {"params": state.params, "batch_stats": state.batch_stats}, tiled=True
+    )
+    variables = {"params": host["params"]["backbone"], "batch_stats": host["batch_stats"]}
+    weights = None
+    if objectives.has_classifier(config.loss):
+        weights = np.asarray(objectives.classifier_weights(config.loss, host["params"]["head"]))
+    write = workdir is not None and jax.process_index() == 0
+    (test_images, test_labels), (open_images, open_labels) = eval_data["test"], eval_data["open"]
+    metrics = evaluation.evaluate_run(
+        lambda images: model.apply(variables, images, train=False),
+        test_images=test_images,
+        test_labels=test_labels,
+        open_images=open_images,
+        open_labels=open_labels,
+        weights=weights,
+        workdir=str(workdir) if write else None,
+        step=step,
+        seed=config.seed,
+        plot=config.eval.plot,
+        num_pairs=config.eval.num_pairs,
+        n_folds=config.eval.n_folds,
+        flip=config.eval.flip,
+        batch_size=config.eval.batch_size,
+    )
+    if write:
+        eval_dir = epath.Path(workdir) / "eval"
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        (eval_dir / f"step_{step}.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------
+# The loop.
+# ------------------------------------------------------------------------------------
+
+
+def check_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+    """Raises a ValueError naming the first inconsistent setting."""
+    objectives.check_loss_name(config.loss.name)
+    if config.parallelism not in PARALLELISMS:
+        raise ValueError(
+            f"unknown parallelism {config.parallelism!r}; valid: {', '.join(PARALLELISMS)}"
+        )
+    if config.nan_policy not in NAN_POLICIES:
+        raise ValueError(
+            f"unknown nan_policy {config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}"
+        )
+    if config.batch_size % num_devices:
+        raise ValueError(
+            f"batch_size={config.batch_size} is not divisible by the {num_devices} devices"
+        )
+    for name in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "eval_every_steps"):
+        if config[name] < 1:
+            raise ValueError(f"{name} must be positive; got {config[name]}")
+    if config.loss.get("class_sharded", False) and (
+        config.parallelism != "shard_map" or not objectives.has_classifier(config.loss)
+    ):
+        raise ValueError(
+            "loss.class_sharded needs parallelism='shard_map' and a loss with a classifier"
+        )
+
+
+def _non_finite_message(step: int, metrics: Mapping[str, float], last_checkpoint: int | None) -> str:
+    cause = (
+        "the input batch contains non-finite values (NaN or Inf): check the data"
+        if metrics["finite_input"] < 1
+        else "the inputs are finite, so training diverged: lower optimizer.learning_rate "
+        "or set optimizer.grad_clip_norm"
+    )
+    kept = (
+        "no checkpoint was written yet"
+        if last_checkpoint is None
+        else f"the last good checkpoint (step {last_checkpoint}) is intact"
+    )
+    return (
+        f"non-finite loss at step {step} (loss={metrics['loss']}, grad_norm="
+        f"{metrics['grad_norm']}): {cause}; {kept}. Set nan_policy='skip' to skip such steps."
+    )
+
+
+def _summarize(window: list[dict[str, float]]) -> dict[str, float]:
+    """Means over the finite steps of a logging window, and the count of skipped ones."""
+    finite = [m for m in window if m["finite"] > 0]
+    summary = {
+        name: float(np.mean([m[name] for m in finite]))
+        for name in window[0]
+        if name not in ("finite", "finite_input")
+    } if finite else {}
+    summary["skipped_steps"] = float(len(window) - len(finite))
+    return summary
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint, and
+    evaluates every ``eval_every_steps`` and at the end.
+
+    Args:
+      config: the experiment (see ``configs/default.py``).
+      workdir: the run directory: ``checkpoints/``, ``tensorboard/``, ``metrics.jsonl``,
+        ``config.json``, ``eval/step_<N>.json`` and figures.
+
+    Returns:
+      The evaluation metrics of the final model (see ``evaluation.evaluate_run``).
+
+    Raises:
+      NonFiniteLossError: a step's loss is not finite and ``nan_policy == "stop"``;
+        the checkpoints written before it are kept.
+    """
+    workdir = epath.Path(workdir)
+    num_devices = jax.device_count()
+    check_config(config, num_devices=num_devices)
+    mesh = jax.make_mesh((num_devices,), (DATA_AXIS,))
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    train_iter = data.create_iterator(
+        data.create_source(config.dataset, "train"),
+        config.dataset,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        train=True,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    eval_data = load_eval_data(config)
+
+    model = create_model(config)
+    learning_rate_fn = optimizers.create_learning_rate_schedule(
+        config.optimizer, num_train_steps=config.num_train_steps
+    )
+    state = create_train_state(
+        config,
+        model,
+        jax.random.PRNGKey(config.seed),
+        num_classes=data.num_classes(config.dataset),
+        image_shape=eval_data["test"][0].shape[1:],
+        learning_rate_fn=learning_rate_fn,
+    )
+    state_specs = state_partition_specs(state, class_sharded=config.loss.get("class_sharded", False))
+    state = jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs))
+
+    manager = checkpointing.create_checkpoint_manager(
+        workdir / "checkpoints", max_to_keep=config.max_checkpoints_to_keep
+    )
+    state = checkpointing.restore_latest(manager, state, train_iter) or state
+    start_step = int(state.step)
+    last_checkpoint = manager.latest_step()
+    if start_step:
+        logging.info("Resumed from the checkpoint of step %d.", start_step)
+
+    p_train_step = parallelize_train_step(
+        functools.partial(
+            train_step,
+            model=model,
+            config=config,
+            learning_rate_fn=learning_rate_fn,
+            num_devices=num_devices,
+        ),
+        parallelism=config.parallelism,
+        mesh=mesh,
+        state_specs=state_specs,
+    )
+
+    writer = reporting.MetricWriter(workdir)
+    progress = reporting.ProgressBar(
+        total=config.num_train_steps, initial=start_step, batch_size=config.batch_size
+    )
+    window: list[dict[str, jax.Array]] = []
+    try:
+        for step in range(start_step + 1, config.num_train_steps + 1):
+            batch = shard_batch(next(train_iter), parallelism=config.parallelism, mesh=mesh)
+            state, metrics = p_train_step(state, batch)
+            window.append(metrics)
+
+            is_last = step == config.num_train_steps
+            save = is_last or step % config.checkpoint_every_steps == 0
+            run_eval = is_last or step % config.eval_every_steps == 0
+            if not (save or run_eval or step % config.log_every_steps == 0):
+                continue
+            host_window = jax.device_get(window)
+            window = []
+            for offset, step_metrics in enumerate(host_window):
+                if step_metrics["finite"] < 1 and config.nan_policy == "stop":
+                    failed = step - len(host_window) + 1 + offset
+                    raise NonFiniteLossError(
+                        _non_finite_message(failed, step_metrics, last_checkpoint)
+                    )
+            summary = _summarize(host_window)
+            summary["steps_per_second"] = progress.update(step, summary.get("loss", np.nan))
+            writer.write_scalars(step, "train", summary)
+            if save:
+                checkpointing.save_checkpoint(manager, step, state, train_iter)
+                last_checkpoint = step
+            if run_eval:
+                eval_metrics = evaluate(config, model, state, eval_data, workdir=workdir, step=step)
+                writer.write_scalars(step, "eval", eval_metrics)
+                logging.info("Evaluation at step %d: %s", step, eval_metrics)
+        if start_step >= config.num_train_steps:
+            eval_metrics = evaluate(
+                config, model, state, eval_data, workdir=workdir, step=start_step
+            )
+    finally:
+        progress.close()
+        writer.close()
+        manager.wait_until_finished()
+        manager.close()
+    return eval_metrics
