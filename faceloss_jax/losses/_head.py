@@ -124,6 +124,22 @@ def _dense_lse(x, w, b, labels, offset, spec):
   return jax.nn.logsumexp(z, axis=1)
 
 
+def _vma(a) -> frozenset:
+  """The manual mesh axes that ``a`` varies over (empty outside ``shard_map``)."""
+  manual = getattr(jax.typeof(a), "manual_axis_type", None)
+  return frozenset() if manual is None else manual.varying
+
+
+def _varying_like(init: jax.Array, *refs) -> jax.Array:
+  """Marks a fresh scan carry as varying over the manual axes its inputs vary over.
+
+  Inside ``shard_map`` a constant is device-invariant while the blocks it is
+  combined with vary across the mesh axes; scan needs one type for both.
+  """
+  axes = frozenset().union(*(_vma(r) for r in refs if r is not None)) - _vma(init)
+  return lax.pcast(init, tuple(sorted(axes)), to="varying") if axes else init
+
+
 def _chunks(num_classes: int, chunk_size: int) -> tuple[int, int]:
   """Number of full chunks and the width of the remainder block."""
   return num_classes // chunk_size, num_classes % chunk_size
@@ -152,7 +168,8 @@ def _chunked_stats(x, w, b, labels, offset, spec, chunk_size):
     return m_new, s
 
   # A large finite floor rather than -inf, so that exp(m - m_new) is never nan.
-  carry = (jnp.full((batch,), -1e30, dtype), jnp.zeros((batch,), dtype))
+  carry = tuple(_varying_like(c, x, w, b, labels, offset) for c in (
+      jnp.full((batch,), -1e30, dtype), jnp.zeros((batch,), dtype)))
   if num_full:
     carry, _ = lax.scan(
         lambda c, i: (absorb(c, i * chunk_size, chunk_size), None),
@@ -207,6 +224,8 @@ def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None
 
     carry = (jnp.zeros(x.shape, acc_dtype(x, w)), jnp.zeros_like(w),
              None if b is None else jnp.zeros_like(b))
+    carry = tuple(None if c is None else _varying_like(c, x, w, b, labels, offset, g)
+                  for c in carry)
     if num_full:
       carry, _ = lax.scan(
           lambda c, i: (step(c, i * chunk_size, chunk_size), None),
@@ -214,9 +233,8 @@ def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None
     if rem:
       carry = step(carry, num_full * chunk_size, rem)
     dx, dw, db = carry
-    if class_axis_name is not None:
-      # Every device saw all embeddings but only its own classes.
-      dx = lax.psum(dx, class_axis_name)
+    # dx is this device's partial sum over its classes; the broadcast that x went
+    # through on entry (see ``_Collectives``) sums the partials across devices.
     return dx.astype(x.dtype), dw, db, None, None
 
   lse_fn.defvjp(fwd, bwd)
@@ -228,17 +246,62 @@ def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None
 # ----------------------------------------------------------------------------------
 
 
-def _target_columns(w, b, labels, offset, class_axis_name):
-  """w_{y_i} as (B, d) and b_{y_i} as (B,), gathered from whichever device owns them."""
+def _psum_of_replicated(axis_name):
+  """psum whose backward is the identity: for sums whose cotangent every device holds.
+
+  Under legacy ``pmap`` (no varying-axis types) ``lax.psum`` transposes to another
+  psum, which would count the replicated cotangent of a replicated loss once per
+  device; under ``shard_map`` JAX's own transpose of psum is already the identity.
+  """
+
+  @jax.custom_vjp
+  def psum(v):
+    return lax.psum(v, axis_name)
+
+  psum.defvjp(lambda v: (psum(v), None), lambda _, g: (g,))
+  return psum
+
+
+def _broadcast_to_devices(axis_name):
+  """Identity whose backward sums over ``axis_name``: a replicated value used by every
+  device for a different part of the work (what shard_map's implicit pvary does)."""
+
+  @jax.custom_vjp
+  def broadcast(v):
+    return v
+
+  broadcast.defvjp(lambda v: (v, None), lambda _, g: (lax.psum(g, axis_name),))
+  return broadcast
+
+
+class _Collectives(NamedTuple):
+  """The two collectives of the class-sharded head, right for pmap and shard_map."""
+
+  psum: Callable[[jax.Array], jax.Array]
+  broadcast: Callable[[jax.Array], jax.Array]
+
+
+def _collectives(axis_name: str, weights: jax.Array) -> _Collectives:
+  if axis_name in _vma(weights):  # shard_map with varying-axis types
+    def broadcast(v):
+      return v if axis_name in _vma(v) else lax.pcast(v, (axis_name,), to="varying")
+    return _Collectives(lambda v: lax.psum(v, axis_name), broadcast)
+  return _Collectives(_psum_of_replicated(axis_name), _broadcast_to_devices(axis_name))
+
+
+def _target_logits(target_fn, x, w, b, labels, offset, extra, comm):
+  """Target logits t (B,), each computed on the device that owns the label's column.
+
+  Non-owners contribute zeros, so the gradient of t reaches x and w_y exactly once.
+  """
   local = labels - offset
   owned = (local >= 0) & (local < w.shape[1])
   idx = jnp.clip(local, 0, w.shape[1] - 1)
-  w_y = jnp.where(owned[:, None], jnp.take(w, idx, axis=1).T, 0)
-  b_y = None if b is None else jnp.where(owned, jnp.take(b, idx), 0)
-  if class_axis_name is not None:
-    w_y = lax.psum(w_y, class_axis_name)
-    b_y = None if b_y is None else lax.psum(b_y, class_axis_name)
-  return w_y, b_y
+  w_y = jnp.take(w, idx, axis=1).T
+  b_y = None if b is None else jnp.take(b, idx)
+  t = target_fn(x, w_y, b_y, *extra)
+  t = jnp.where(owned, t, 0.0)
+  return t if comm is None else comm.psum(t)
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
@@ -254,8 +317,9 @@ def margin_softmax(
     labels: jax.Array,
     *,
     spec: Logits,
-    target_fn: Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array],
+    target_fn: Callable[..., jax.Array],
     bias: jax.Array | None = None,
+    per_example: tuple[jax.Array, ...] = (),
     chunk_size: int | None = None,
     axis_name: str | None = None,
     class_axis_name: str | None = None,
@@ -268,9 +332,12 @@ def margin_softmax(
       block of columns, block index = ``axis_index(class_axis_name)``.
     labels: (B,) global integer class ids.
     spec: how the non-target logits are formed.
-    target_fn: ``(x, w_y, b_y) -> t`` the target logit of each example, from its
-      embedding (B, d), its class centre (B, d) and bias (B,) or None.
+    target_fn: ``(x, w_y, b_y, *per_example) -> t`` the target logit of each
+      example, from its embedding (B, d), its class centre (B, d), its bias (B,) or
+      None, and the ``per_example`` arrays.
     bias: optional (C,) bias, sharded like the columns of ``weights``.
+    per_example: arrays with a leading batch axis that ``target_fn`` needs (per-example
+      margins, say); gathered with the embeddings under ``axis_name``.
     chunk_size: stream W in blocks of this many classes (per device when sharded).
     axis_name: data-parallel axis; the global batch is scored on every device.
     class_axis_name: axis over which the columns of W are sharded.
@@ -282,26 +349,43 @@ def margin_softmax(
   check_chunk_size(chunk_size)
   if axis_name is not None:
     local_batch = embeddings.shape[0]
-    index = lax.axis_index(axis_name)
-    embeddings = lax.all_gather(embeddings, axis_name, tiled=True)
-    labels = lax.all_gather(labels, axis_name, tiled=True)
+    index = _axis_index(axis_name)
+    embeddings, labels, *per_example = (
+        lax.all_gather(a, axis_name, tiled=True) for a in (embeddings, labels, *per_example))
 
-  offset = 0 if class_axis_name is None else (
-      lax.axis_index(class_axis_name) * weights.shape[1])
+  comm, offset = None, 0
+  if class_axis_name is not None:
+    offset = _axis_index(class_axis_name) * weights.shape[1]
+    comm = _collectives(class_axis_name, weights)
+    embeddings = comm.broadcast(embeddings)
+
   if chunk_size is None or chunk_size >= weights.shape[1]:
     lse = _dense_lse(embeddings, weights, bias, labels, offset, spec)
-    if class_axis_name is not None:
+    if comm is not None:
       # The max only stabilizes the sum; no gradient flows through it.
       m = lax.stop_gradient(lax.pmax(lax.stop_gradient(lse), class_axis_name))
-      lse = m + jnp.log(lax.psum(jnp.exp(lse - m), class_axis_name))
+      lse = m + jnp.log(comm.psum(jnp.exp(lse - m)))
   else:
     lse = _make_chunked_lse(spec, chunk_size, class_axis_name)(
         embeddings, weights, bias, labels, offset)
 
-  w_y, b_y = _target_columns(weights, bias, labels, offset, class_axis_name)
-  t = target_fn(embeddings, w_y, b_y).astype(lse.dtype)
+  t = _target_logits(target_fn, embeddings, weights, bias, labels, offset, per_example,
+                     comm).astype(lse.dtype)
   loss = jnp.logaddexp(t, lse) - t
 
   if axis_name is not None:
+    if comm is not None and axis_name not in _vma(loss):
+      # Legacy pmap: the global-batch loss is replicated, so the slice's cotangent
+      # must reach every device's classes (shard_map's types do this implicitly).
+      loss = _broadcast_to_devices(axis_name)(loss)
     loss = lax.dynamic_slice_in_dim(loss, index * local_batch, local_batch)
   return loss
+
+
+def _axis_index(axis_name: str) -> jax.Array:
+  try:
+    return lax.axis_index(axis_name)
+  except NameError as e:
+    raise ValueError(
+        f"axis name {axis_name!r} is not bound: call the loss inside jax.pmap or "
+        f"jax.shard_map over a mesh with that axis ({e})") from None
