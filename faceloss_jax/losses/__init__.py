@@ -31,8 +31,37 @@ from faceloss_jax.losses.angular import normface
 from faceloss_jax.losses.angular import softmax_cross_entropy
 from faceloss_jax.losses.angular import sphereface
 
+# Scale: Partial FC sampling and class sharding (partial_fc.py)
+from faceloss_jax.losses.partial_fc import class_block_size
+from faceloss_jax.losses.partial_fc import num_sampled
+from faceloss_jax.losses.partial_fc import sample_classes
+
 # Geometry, schedules (geometry.py, schedules.py)
 from faceloss_jax.losses.geometry import inter_angle
 from faceloss_jax.losses.geometry import intra_angle
 from faceloss_jax.losses.schedules import lambda_schedule
 from faceloss_jax.losses.schedules import weight_at
+
+# Successors (successors.py)
+from faceloss_jax.losses.successors import AdaFaceStats
+from faceloss_jax.losses.successors import SubcenterCleanup
+from faceloss_jax.losses.successors import adacos
+from faceloss_jax.losses.successors import adacos_dynamic_scale
+from faceloss_jax.losses.successors import adacos_fixed_scale
+from faceloss_jax.losses.successors import adaface
+from faceloss_jax.losses.successors import adaface_init_stats
+from faceloss_jax.losses.successors import adaface_update_stats
+from faceloss_jax.losses.successors import circle_loss
+from faceloss_jax.losses.successors import circle_pair_loss
+from faceloss_jax.losses.successors import curricularface
+from faceloss_jax.losses.successors import curricularface_update_t
+from faceloss_jax.losses.successors import elasticface_arc
+from faceloss_jax.losses.successors import elasticface_cos
+from faceloss_jax.losses.successors import magface
+from faceloss_jax.losses.successors import subcenter_arcface
+from faceloss_jax.losses.successors import subcenter_cleanup
+from faceloss_jax.losses.successors_xbm import CrossBatchMemory
+from faceloss_jax.losses.successors_xbm import xbm_contrastive_loss
+from faceloss_jax.losses.successors_xbm import xbm_enqueue
+from faceloss_jax.losses.successors_xbm import xbm_init
+from faceloss_jax.losses.successors_xbm import xbm_triplet_loss

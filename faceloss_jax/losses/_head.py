@@ -275,18 +275,24 @@ def _broadcast_to_devices(axis_name):
 
 
 class _Collectives(NamedTuple):
-  """The two collectives of the class-sharded head, right for pmap and shard_map."""
+  """The two collectives of the class-sharded head, right for pmap and shard_map.
+
+  ``typed`` is True under shard_map's varying-axis types, where JAX inserts the
+  broadcasts itself; False under legacy pmap, where they are explicit.
+  """
 
   psum: Callable[[jax.Array], jax.Array]
   broadcast: Callable[[jax.Array], jax.Array]
+  typed: bool
 
 
 def _collectives(axis_name: str, weights: jax.Array) -> _Collectives:
   if axis_name in _vma(weights):  # shard_map with varying-axis types
     def broadcast(v):
       return v if axis_name in _vma(v) else lax.pcast(v, (axis_name,), to="varying")
-    return _Collectives(lambda v: lax.psum(v, axis_name), broadcast)
-  return _Collectives(_psum_of_replicated(axis_name), _broadcast_to_devices(axis_name))
+    return _Collectives(lambda v: lax.psum(v, axis_name), broadcast, typed=True)
+  return _Collectives(_psum_of_replicated(axis_name), _broadcast_to_devices(axis_name),
+                      typed=False)
 
 
 def _target_logits(target_fn, x, w, b, labels, offset, extra, comm):
@@ -357,7 +363,10 @@ def margin_softmax(
   if class_axis_name is not None:
     offset = _axis_index(class_axis_name) * weights.shape[1]
     comm = _collectives(class_axis_name, weights)
-    embeddings = comm.broadcast(embeddings)
+    if class_axis_name != axis_name:
+      # Every device scores x against its own classes; gathered over this same axis,
+      # x already has the all_gather whose transpose sums those partial gradients.
+      embeddings = comm.broadcast(embeddings)
 
   if chunk_size is None or chunk_size >= weights.shape[1]:
     lse = _dense_lse(embeddings, weights, bias, labels, offset, spec)
@@ -374,7 +383,7 @@ def margin_softmax(
   loss = jnp.logaddexp(t, lse) - t
 
   if axis_name is not None:
-    if comm is not None and axis_name not in _vma(loss):
+    if comm is not None and not comm.typed:
       # Legacy pmap: the global-batch loss is replicated, so the slice's cotangent
       # must reach every device's classes (shard_map's types do this implicitly).
       loss = _broadcast_to_devices(axis_name)(loss)
