@@ -7,12 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 from jax.test_util import check_grads
 
 from faceloss_jax import losses
 from faceloss_jax.losses import angular, geometry, schedules
-
-import reference
 
 # (loss name, hyper-parameters): every loss, with its papers' settings and variants.
 CASES = [
@@ -75,7 +74,8 @@ def _at_angles(thetas, dim=3, classes=5):
 def test_hand_made_angles(x64, name, hp):
     x, w, y = _at_angles([0.0, np.pi / 2, np.pi, 0.8 * np.pi, 0.3])
     np.testing.assert_allclose(
-        _fn(name)(x, w, y, **hp), reference.loss(name, x, w, y, **hp), rtol=1e-9, atol=1e-9)
+        _fn(name)(x, w, y, **hp), reference.loss(name, x, w, y, **hp), rtol=1e-9, atol=1e-9
+    )
 
 
 def test_arcface_falls_back_beyond_pi(x64):
@@ -89,14 +89,16 @@ def test_arcface_falls_back_beyond_pi(x64):
     np.testing.assert_allclose(angular.additive_angular_margin(jnp.cos(0.5), m), np.cos(1.0))
     # easy_margin keeps cos θ where cos θ ≤ 0.
     np.testing.assert_allclose(
-        angular.additive_angular_margin(jnp.cos(theta), m, easy_margin=True), np.cos(theta))
+        angular.additive_angular_margin(jnp.cos(theta), m, easy_margin=True), np.cos(theta)
+    )
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5])
 def test_psi_matches_piecewise_definition(x64, m):
     theta = np.linspace(0.0, np.pi, 721)
     np.testing.assert_allclose(
-        angular.multiple_angle_psi(jnp.cos(theta), m), reference.psi(theta, m), atol=1e-9)
+        angular.multiple_angle_psi(jnp.cos(theta), m), reference.psi(theta, m), atol=1e-9
+    )
     assert np.all(np.diff(reference.psi(theta, m)) <= 1e-12), "ψ must decrease"
 
 
@@ -106,15 +108,19 @@ def test_reductions(x64):
     softmax = losses.softmax_cross_entropy(x, w, y)
     np.testing.assert_allclose(losses.large_margin_softmax(x, w, y, margin=1), softmax)
     np.testing.assert_allclose(
-        losses.sphereface(x, w, y, margin=1), losses.softmax_cross_entropy(x, wn, y))
+        losses.sphereface(x, w, y, margin=1), losses.softmax_cross_entropy(x, wn, y)
+    )
     norm = losses.normface(x, w, y, scale=30.0)
     np.testing.assert_allclose(losses.arcface(x, w, y, scale=30.0, margin=0.0), norm)
     np.testing.assert_allclose(losses.cosface(x, w, y, scale=30.0, margin=0.0), norm)
     np.testing.assert_allclose(
-        losses.combined_margin(x, w, y, scale=30.0, m1=1.0, m2=0.0, m3=0.0), norm, rtol=1e-6)
+        losses.combined_margin(x, w, y, scale=30.0, m1=1.0, m2=0.0, m3=0.0), norm, rtol=1e-6
+    )
     np.testing.assert_allclose(
         losses.combined_margin(x, w, y, scale=30.0, m1=1.0, m2=0.0, m3=0.35),
-        losses.cosface(x, w, y, scale=30.0, margin=0.35), rtol=1e-6)
+        losses.cosface(x, w, y, scale=30.0, margin=0.35),
+        rtol=1e-6,
+    )
     # A margin makes the loss larger: the target logit only decreases.
     assert np.all(np.asarray(losses.arcface(x, w, y, scale=30.0, margin=0.3)) > norm)
 
@@ -143,8 +149,9 @@ def test_gradients_finite_over_all_target_angles(name, hp, dtype):
     w = jnp.concatenate([w, jnp.zeros((w.shape[0], 1), dtype)], axis=1)
     y = jnp.concatenate([jnp.asarray(y), jnp.array([w.shape[1] - 1], jnp.int32)])
 
-    value, grads = jax.jit(jax.value_and_grad(
-        lambda x, w: _fn(name)(x, w, y, **hp).sum(), argnums=(0, 1)))(x, w)
+    value, grads = jax.jit(
+        jax.value_and_grad(lambda x, w: _fn(name)(x, w, y, **hp).sum(), argnums=(0, 1))
+    )(x, w)
     assert value.dtype == jnp.float32
     assert np.isfinite(np.asarray(value))
     for g in grads:
@@ -176,8 +183,9 @@ def test_chunked_equals_dense(x64, name, hp, chunk_size):
     dense = f(x, w, None)
     np.testing.assert_allclose(f(x, w, chunk_size), dense, rtol=1e-10)
     g_dense = jax.grad(lambda x, w: (f(x, w, None) * np.arange(10)).sum(), (0, 1))(x, w)
-    g_chunk = jax.jit(jax.grad(lambda x, w: (f(x, w, chunk_size) * np.arange(10)).sum(),
-                               (0, 1)))(x, w)
+    g_chunk = jax.jit(jax.grad(lambda x, w: (f(x, w, chunk_size) * np.arange(10)).sum(), (0, 1)))(
+        x, w
+    )
     for a, b in zip(g_chunk, g_dense):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
 
@@ -186,7 +194,8 @@ def test_chunked_bias_gradient_equals_dense():
     x, w, y = _data(10, 6, 23, seed=5, dtype=np.float32)
     b = np.linspace(-0.5, 0.5, 23).astype(np.float32)
     grad = lambda c: jax.grad(  # noqa: E731
-        lambda b: losses.softmax_cross_entropy(x, w, y, bias=b, chunk_size=c).sum())(b)
+        lambda b: losses.softmax_cross_entropy(x, w, y, bias=b, chunk_size=c).sum()
+    )(b)
     np.testing.assert_allclose(grad(5), grad(None), rtol=1e-5, atol=1e-6)
 
 
@@ -194,15 +203,22 @@ def test_chunked_bias_gradient_equals_dense():
 def test_chunked_check_grads(x64, name, hp):
     x, w, y = _data(4, 3, 11, seed=7)
     hp = dict(hp, **({"scale": 4.0} if "scale" in hp else {}))
-    check_grads(lambda x, w: _fn(name)(x, w, y, chunk_size=4, **hp).sum(), (x, w),
-                order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+    check_grads(
+        lambda x, w: _fn(name)(x, w, y, chunk_size=4, **hp).sum(),
+        (x, w),
+        order=1,
+        modes=["rev"],
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_chunked_bfloat16_is_finite_and_close():
     x, w, y = _data(16, 32, 300, seed=2, dtype=np.float32)
     xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
-    loss, grads = jax.jit(jax.value_and_grad(
-        lambda x, w: losses.arcface(x, w, y, chunk_size=64).sum(), (0, 1)))(xb, wb)
+    loss, grads = jax.jit(
+        jax.value_and_grad(lambda x, w: losses.arcface(x, w, y, chunk_size=64).sum(), (0, 1))
+    )(xb, wb)
     assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
     assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads)
     ref = losses.arcface(xb.astype(jnp.float32), wb.astype(jnp.float32), y).sum()
@@ -260,11 +276,13 @@ def test_geometry_matches_reference(x64):
     cos = (x * w[:, y].T).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(w[:, y], axis=0)
     np.testing.assert_allclose(losses.intra_angle(x, w, y), np.arccos(cos).mean() / np.pi)
     wn = w / np.linalg.norm(w, axis=0)
-    angles = [math.acos(np.clip(wn[:, i] @ wn[:, j], -1, 1))
-              for i in range(7) for j in range(7) if i != j]
+    angles = [
+        math.acos(np.clip(wn[:, i] @ wn[:, j], -1, 1)) for i in range(7) for j in range(7) if i != j
+    ]
     np.testing.assert_allclose(losses.inter_angle(w), -np.mean(angles) / np.pi)
-    grads = jax.grad(lambda x, w: losses.intra_angle(x, w, y) + losses.inter_angle(w),
-                     (0, 1))(x, np.tile(w[:, :1], (1, 7)))  # all centres equal: cos = 1
+    grads = jax.grad(lambda x, w: losses.intra_angle(x, w, y) + losses.inter_angle(w), (0, 1))(
+        x, np.tile(w[:, :1], (1, 7))
+    )  # all centres equal: cos = 1
     assert all(np.all(np.isfinite(g)) for g in grads)
 
 
@@ -284,7 +302,8 @@ def test_lambda_from_schedule_traces_under_jit():
     sched = losses.lambda_schedule()
     f = jax.jit(lambda step: losses.sphereface(x, w, y, lambda_=sched(step)).sum())
     np.testing.assert_allclose(
-        f(10), losses.sphereface(x, w, y, lambda_=float(sched(10))).sum(), rtol=1e-6)
+        f(10), losses.sphereface(x, w, y, lambda_=float(sched(10))).sum(), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("module", [angular, geometry, schedules])

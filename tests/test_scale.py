@@ -51,8 +51,7 @@ def mesh():
 
 def _dense(name, hp, x, w, y):
     """Reference: the dense loss summed, and its gradients w.r.t. x and w."""
-    return jax.value_and_grad(lambda x, w: getattr(losses, name)(x, w, y, **hp).sum(),
-                              (0, 1))(x, w)
+    return jax.value_and_grad(lambda x, w: getattr(losses, name)(x, w, y, **hp).sum(), (0, 1))(x, w)
 
 
 def _assert_close(got, want):
@@ -67,10 +66,11 @@ LAYOUTS = {
     # name: (in_specs of x, w, y; loss kwargs; whether the loss output is per-device)
     "data_parallel": ((P("d"), P(), P("d")), {"axis_name": "d"}),
     "class_sharded": ((P(), P(None, "d"), P()), {"class_axis_name": "d"}),
-    "class_sharded_chunked": ((P(), P(None, "d"), P()),
-                              {"class_axis_name": "d", "chunk_size": 2}),
-    "partial_fc": ((P("d"), P(None, "d"), P("d")),
-                   {"axis_name": "d", "class_axis_name": "d", "chunk_size": 3}),
+    "class_sharded_chunked": ((P(), P(None, "d"), P()), {"class_axis_name": "d", "chunk_size": 2}),
+    "partial_fc": (
+        (P("d"), P(None, "d"), P("d")),
+        {"axis_name": "d", "class_axis_name": "d", "chunk_size": 3},
+    ),
 }
 
 
@@ -84,8 +84,9 @@ def test_shard_map_equals_dense(data, mesh, name, hp, layout):
     def local(x, w, y):
         return getattr(losses, name)(x, w, y, **kwargs, **hp)
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs,
-                            out_specs=P("d") if batch_sharded else P())
+    sharded = jax.shard_map(
+        local, mesh=mesh, in_specs=in_specs, out_specs=P("d") if batch_sharded else P()
+    )
     got = jax.jit(jax.value_and_grad(lambda x, w: sharded(x, w, y).sum(), (0, 1)))(x, w)
     _assert_close(got, _dense(name, hp, x, w, y))
 
@@ -100,7 +101,8 @@ def test_pmap_in_step_gradient_equals_dense(data, name, hp, layout):
 
     def step(x, w, y):
         value, (gx, gw) = jax.value_and_grad(
-            lambda x, w: getattr(losses, name)(x, w, y, **kwargs, **hp).sum(), (0, 1))(x, w)
+            lambda x, w: getattr(losses, name)(x, w, y, **kwargs, **hp).sum(), (0, 1)
+        )(x, w)
         if batch_sharded:  # each device holds a part of the loss: sum the parts
             value = jax.lax.psum(value, "d")
         else:  # x is replicated: average its gradient like any replicated input
@@ -113,10 +115,15 @@ def test_pmap_in_step_gradient_equals_dense(data, name, hp, layout):
     ys = y.reshape(N, B // N) if batch_sharded else y
     ws = w.reshape(D, N, C // N) if class_sharded else w
     value, gx, gw = jax.pmap(
-        step, axis_name="d",
-        in_axes=(0 if batch_sharded else None, 1 if class_sharded else None,
-                 0 if batch_sharded else None),
-        out_axes=(0, 0, 1 if class_sharded else 0))(xs, ws, ys)
+        step,
+        axis_name="d",
+        in_axes=(
+            0 if batch_sharded else None,
+            1 if class_sharded else None,
+            0 if batch_sharded else None,
+        ),
+        out_axes=(0, 0, 1 if class_sharded else 0),
+    )(xs, ws, ys)
     gx = gx.reshape(B, D) if batch_sharded else gx[0]
     gw = gw.reshape(D, C) if class_sharded else gw[0]
     _assert_close((value[0], (gx, gw)), _dense(name, hp, x, w, y))
@@ -131,16 +138,13 @@ def test_sampling_rate_one_equals_dense(data, mesh, name, hp):
         classes, y_s = losses.sample_classes(key, y, C, sample_rate=1.0)
         return getattr(losses, name)(x, w[:, classes], y_s, **hp).sum()
 
-    _assert_close(jax.jit(jax.value_and_grad(sampled, (0, 1)))(x, w),
-                  _dense(name, hp, x, w, y))
+    _assert_close(jax.jit(jax.value_and_grad(sampled, (0, 1)))(x, w), _dense(name, hp, x, w, y))
 
     def local(x, w, y):
-        classes, y_s = losses.sample_classes(key, y, C // N, sample_rate=1.0,
-                                             class_axis_name="d")
+        classes, y_s = losses.sample_classes(key, y, C // N, sample_rate=1.0, class_axis_name="d")
         return getattr(losses, name)(x, w[:, classes], y_s, class_axis_name="d", **hp)
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, "d"), P()),
-                            out_specs=P())
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, "d"), P()), out_specs=P())
     got = jax.jit(jax.value_and_grad(lambda x, w: sharded(x, w, y).sum(), (0, 1)))(x, w)
     _assert_close(got, _dense(name, hp, x, w, y))
 
@@ -150,12 +154,12 @@ def test_sampling_keeps_positives_and_fixed_shape():
     labels = jnp.array([3, 3, 999, 0, 512, 77])
     for rate in (0.1, 0.3):
         classes, sampled = jax.jit(
-            lambda k, y: losses.sample_classes(k, y, 1000, sample_rate=rate))(key, labels)
+            lambda k, y: losses.sample_classes(k, y, 1000, sample_rate=rate)
+        )(key, labels)
         assert classes.shape == (losses.num_sampled(1000, rate, 6),)
         assert np.all(np.diff(classes) > 0), "sorted and distinct"
         np.testing.assert_array_equal(classes[sampled], labels)
-        other, _ = losses.sample_classes(jax.random.PRNGKey(1), labels, 1000,
-                                         sample_rate=rate)
+        other, _ = losses.sample_classes(jax.random.PRNGKey(1), labels, 1000, sample_rate=rate)
         assert not np.array_equal(classes, other), "the key decides the negatives"
     # The sampled loss is the dense loss on the sampled columns.
     x = jax.random.normal(key, (6, 4))
@@ -163,7 +167,8 @@ def test_sampling_keeps_positives_and_fixed_shape():
     classes, sampled = losses.sample_classes(key, labels, 1000, sample_rate=0.2)
     np.testing.assert_allclose(
         losses.cosface(x, w[:, classes], sampled),
-        losses.cosface(x, jnp.take(w, classes, axis=1), sampled))
+        losses.cosface(x, jnp.take(w, classes, axis=1), sampled),
+    )
     # A batch larger than r·C still gets all of its positives.
     assert losses.num_sampled(10, 0.1, 6) == 6
 
@@ -173,9 +178,11 @@ def test_bfloat16_sharded_chunked_is_finite(data, mesh):
     xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
     sharded = jax.shard_map(
         lambda x, w, y: losses.arcface(x, w, y, class_axis_name="d", chunk_size=2),
-        mesh=mesh, in_specs=(P(), P(None, "d"), P()), out_specs=P())
-    value, grads = jax.jit(jax.value_and_grad(
-        lambda x, w: sharded(x, w, y).sum(), (0, 1)))(xb, wb)
+        mesh=mesh,
+        in_specs=(P(), P(None, "d"), P()),
+        out_specs=P(),
+    )
+    value, grads = jax.jit(jax.value_and_grad(lambda x, w: sharded(x, w, y).sum(), (0, 1)))(xb, wb)
     assert value.dtype == jnp.float32 and np.isfinite(float(value))
     assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads)
     np.testing.assert_allclose(float(value), float(losses.arcface(x, w, y).sum()), rtol=3e-2)
@@ -186,8 +193,12 @@ def test_errors(data, mesh):
     with pytest.raises(ValueError, match="cannot be sharded evenly over 8 devices"):
         losses.class_block_size(1001, 8)
     with pytest.raises(ValueError, match="axis name 'nope' is not bound"):
-        jax.shard_map(lambda x, w, y: losses.arcface(x, w, y, class_axis_name="nope"),
-                      mesh=mesh, in_specs=(P(), P(None, "d"), P()), out_specs=P())(x, w, y)
+        jax.shard_map(
+            lambda x, w, y: losses.arcface(x, w, y, class_axis_name="nope"),
+            mesh=mesh,
+            in_specs=(P(), P(None, "d"), P()),
+            out_specs=P(),
+        )(x, w, y)
     with pytest.raises(ValueError, match="axis name 'batch' is not bound"):
         losses.cosface(x, w, y, axis_name="batch")
     for bad in (0, -3, 2.5, True):

@@ -42,75 +42,77 @@ TargetFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class Logits(NamedTuple):
-  """How the non-target logits ``z = scale·(x̃·w̃) + b`` are formed.
+    """How the non-target logits ``z = scale·(x̃·w̃) + b`` are formed.
 
-  Attributes:
-    normalize_embeddings: whether x is L2-normalized before the product.
-    normalize_weights: whether each column of W is L2-normalized.
-    scale: the constant s multiplying the product.
-  """
+    Attributes:
+      normalize_embeddings: whether x is L2-normalized before the product.
+      normalize_weights: whether each column of W is L2-normalized.
+      scale: the constant s multiplying the product.
+    """
 
-  normalize_embeddings: bool
-  normalize_weights: bool
-  scale: float | jax.Array = 1.0
+    normalize_embeddings: bool
+    normalize_weights: bool
+    scale: float | jax.Array = 1.0
 
 
 def acc_dtype(*arrays: jax.Array) -> jnp.dtype:
-  """The dtype of logits and accumulations: float32, or float64 for float64 inputs."""
-  return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+    """The dtype of logits and accumulations: float32, or float64 for float64 inputs."""
+    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
 
 
 def safe_norm(x: jax.Array, axis: int, keepdims: bool = True) -> jax.Array:
-  """The L2 norm in ``acc_dtype``, at least ``_MIN_NORM``, finite gradient at 0."""
-  x = x.astype(acc_dtype(x))
-  sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-  return jnp.sqrt(jnp.maximum(sq, _MIN_NORM**2))
+    """The L2 norm in ``acc_dtype``, at least ``_MIN_NORM``, finite gradient at 0."""
+    x = x.astype(acc_dtype(x))
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    return jnp.sqrt(jnp.maximum(sq, _MIN_NORM**2))
 
 
 def cosine(x: jax.Array, w: jax.Array) -> jax.Array:
-  """Row-wise cosine of two (B, d) arrays in ``acc_dtype``, 0 when either is zero."""
-  dtype = acc_dtype(x, w)
-  x, w = x.astype(dtype), w.astype(dtype)
-  cos = jnp.sum(x * w, axis=-1) / (safe_norm(x, -1, False) * safe_norm(w, -1, False))
-  return jnp.clip(cos, -1.0, 1.0)
+    """Row-wise cosine of two (B, d) arrays in ``acc_dtype``, 0 when either is zero."""
+    dtype = acc_dtype(x, w)
+    x, w = x.astype(dtype), w.astype(dtype)
+    cos = jnp.sum(x * w, axis=-1) / (safe_norm(x, -1, False) * safe_norm(w, -1, False))
+    return jnp.clip(cos, -1.0, 1.0)
 
 
 def safe_arccos(cos: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """arccos with the exact value but the gradient of arccos clipped to ±(1 − eps).
+    """arccos with the exact value but the gradient of arccos clipped to ±(1 − eps).
 
-  arccos has an infinite derivative at ±1, which a clip removes; but a clip would
-  also move the value of small angles, so the difference is added back without a
-  gradient.
-  """
-  cos = jnp.clip(cos, -1.0, 1.0)
-  clipped = jnp.arccos(jnp.clip(cos, -1.0 + eps, 1.0 - eps))
-  return clipped + lax.stop_gradient(jnp.arccos(cos) - clipped)
+    arccos has an infinite derivative at ±1, which a clip removes; but a clip would
+    also move the value of small angles, so the difference is added back without a
+    gradient.
+    """
+    cos = jnp.clip(cos, -1.0, 1.0)
+    clipped = jnp.arccos(jnp.clip(cos, -1.0 + eps, 1.0 - eps))
+    return clipped + lax.stop_gradient(jnp.arccos(cos) - clipped)
 
 
 def _prepare_embeddings(x: jax.Array, spec: Logits) -> jax.Array:
-  if spec.normalize_embeddings:
-    return (x.astype(acc_dtype(x)) / safe_norm(x, axis=1)).astype(x.dtype)
-  return x
+    if spec.normalize_embeddings:
+        return (x.astype(acc_dtype(x)) / safe_norm(x, axis=1)).astype(x.dtype)
+    return x
 
 
 def _block_logits(
     x_prepared: jax.Array, w_block: jax.Array, b_block: jax.Array | None, spec: Logits
 ) -> jax.Array:
-  """Logits (B, c) of one block of classes, accumulated in float32."""
-  if spec.normalize_weights:
-    w_block = (w_block.astype(acc_dtype(w_block)) / safe_norm(w_block, axis=0)).astype(
-        w_block.dtype)
-  dtype = jnp.promote_types(x_prepared.dtype, w_block.dtype)
-  z = jnp.matmul(x_prepared.astype(dtype), w_block.astype(dtype),
-                 preferred_element_type=acc_dtype(dtype))
-  z = spec.scale * z
-  if b_block is not None:
-    z = z + b_block.astype(z.dtype)
-  return z
+    """Logits (B, c) of one block of classes, accumulated in float32."""
+    if spec.normalize_weights:
+        w_block = (w_block.astype(acc_dtype(w_block)) / safe_norm(w_block, axis=0)).astype(
+            w_block.dtype
+        )
+    dtype = jnp.promote_types(x_prepared.dtype, w_block.dtype)
+    z = jnp.matmul(
+        x_prepared.astype(dtype), w_block.astype(dtype), preferred_element_type=acc_dtype(dtype)
+    )
+    z = spec.scale * z
+    if b_block is not None:
+        z = z + b_block.astype(z.dtype)
+    return z
 
 
 def _is_target(labels: jax.Array, offset: jax.Array | int, width: int) -> jax.Array:
-  return labels[:, None] == offset + jnp.arange(width)[None, :]
+    return labels[:, None] == offset + jnp.arange(width)[None, :]
 
 
 # ----------------------------------------------------------------------------------
@@ -119,126 +121,139 @@ def _is_target(labels: jax.Array, offset: jax.Array | int, width: int) -> jax.Ar
 
 
 def _dense_lse(x, w, b, labels, offset, spec):
-  z = _block_logits(_prepare_embeddings(x, spec), w, b, spec)
-  z = jnp.where(_is_target(labels, offset, w.shape[1]), -jnp.inf, z)
-  return jax.nn.logsumexp(z, axis=1)
+    z = _block_logits(_prepare_embeddings(x, spec), w, b, spec)
+    z = jnp.where(_is_target(labels, offset, w.shape[1]), -jnp.inf, z)
+    return jax.nn.logsumexp(z, axis=1)
 
 
 def _vma(a) -> frozenset:
-  """The manual mesh axes that ``a`` varies over (empty outside ``shard_map``)."""
-  manual = getattr(jax.typeof(a), "manual_axis_type", None)
-  return frozenset() if manual is None else manual.varying
+    """The manual mesh axes that ``a`` varies over (empty outside ``shard_map``)."""
+    manual = getattr(jax.typeof(a), "manual_axis_type", None)
+    return frozenset() if manual is None else manual.varying
 
 
 def _varying_like(init: jax.Array, *refs) -> jax.Array:
-  """Marks a fresh scan carry as varying over the manual axes its inputs vary over.
+    """Marks a fresh scan carry as varying over the manual axes its inputs vary over.
 
-  Inside ``shard_map`` a constant is device-invariant while the blocks it is
-  combined with vary across the mesh axes; scan needs one type for both.
-  """
-  axes = frozenset().union(*(_vma(r) for r in refs if r is not None)) - _vma(init)
-  return lax.pcast(init, tuple(sorted(axes)), to="varying") if axes else init
+    Inside ``shard_map`` a constant is device-invariant while the blocks it is
+    combined with vary across the mesh axes; scan needs one type for both.
+    """
+    axes = frozenset().union(*(_vma(r) for r in refs if r is not None)) - _vma(init)
+    return lax.pcast(init, tuple(sorted(axes)), to="varying") if axes else init
 
 
 def _chunks(num_classes: int, chunk_size: int) -> tuple[int, int]:
-  """Number of full chunks and the width of the remainder block."""
-  return num_classes // chunk_size, num_classes % chunk_size
+    """Number of full chunks and the width of the remainder block."""
+    return num_classes // chunk_size, num_classes % chunk_size
 
 
 def _slice_cols(a: jax.Array | None, start, width: int, axis: int):
-  if a is None:
-    return None
-  return lax.dynamic_slice_in_dim(a, start, width, axis=axis)
+    if a is None:
+        return None
+    return lax.dynamic_slice_in_dim(a, start, width, axis=axis)
 
 
 def _chunked_stats(x, w, b, labels, offset, spec, chunk_size):
-  """Running (max, sum of exp) over the non-target logits, block by block."""
-  xp = _prepare_embeddings(x, spec)
-  batch, dtype = x.shape[0], acc_dtype(x, w)
-  num_full, rem = _chunks(w.shape[1], chunk_size)
+    """Running (max, sum of exp) over the non-target logits, block by block."""
+    xp = _prepare_embeddings(x, spec)
+    batch, dtype = x.shape[0], acc_dtype(x, w)
+    num_full, rem = _chunks(w.shape[1], chunk_size)
 
-  def absorb(carry, start, width):
-    m, s = carry
-    z = _block_logits(xp, _slice_cols(w, start, width, 1),
-                      _slice_cols(b, start, width, 0), spec)
-    mask = _is_target(labels, offset + start, width)
-    m_new = jnp.maximum(m, jnp.max(jnp.where(mask, -jnp.inf, z), axis=1))
-    s = s * jnp.exp(m - m_new) + jnp.sum(
-        jnp.where(mask, 0.0, jnp.exp(z - m_new[:, None])), axis=1)
-    return m_new, s
+    def absorb(carry, start, width):
+        m, s = carry
+        z = _block_logits(
+            xp, _slice_cols(w, start, width, 1), _slice_cols(b, start, width, 0), spec
+        )
+        mask = _is_target(labels, offset + start, width)
+        m_new = jnp.maximum(m, jnp.max(jnp.where(mask, -jnp.inf, z), axis=1))
+        s = s * jnp.exp(m - m_new) + jnp.sum(
+            jnp.where(mask, 0.0, jnp.exp(z - m_new[:, None])), axis=1
+        )
+        return m_new, s
 
-  # A large finite floor rather than -inf, so that exp(m - m_new) is never nan.
-  carry = tuple(_varying_like(c, x, w, b, labels, offset) for c in (
-      jnp.full((batch,), -1e30, dtype), jnp.zeros((batch,), dtype)))
-  if num_full:
-    carry, _ = lax.scan(
-        lambda c, i: (absorb(c, i * chunk_size, chunk_size), None),
-        carry, jnp.arange(num_full))
-  if rem:
-    carry = absorb(carry, num_full * chunk_size, rem)
-  return carry
+    # A large finite floor rather than -inf, so that exp(m - m_new) is never nan.
+    carry = tuple(
+        _varying_like(c, x, w, b, labels, offset)
+        for c in (jnp.full((batch,), -1e30, dtype), jnp.zeros((batch,), dtype))
+    )
+    if num_full:
+        carry, _ = lax.scan(
+            lambda c, i: (absorb(c, i * chunk_size, chunk_size), None), carry, jnp.arange(num_full)
+        )
+    if rem:
+        carry = absorb(carry, num_full * chunk_size, rem)
+    return carry
 
 
 def _combine_shards(m, s, class_axis_name):
-  """Merges per-device (max, sum) pairs of the log-sum-exp across the class axis."""
-  if class_axis_name is not None:
-    m_all = lax.pmax(m, class_axis_name)
-    s = lax.psum(s * jnp.exp(m - m_all), class_axis_name)
-    m = m_all
-  return m + jnp.log(s)
+    """Merges per-device (max, sum) pairs of the log-sum-exp across the class axis."""
+    if class_axis_name is not None:
+        m_all = lax.pmax(m, class_axis_name)
+        s = lax.psum(s * jnp.exp(m - m_all), class_axis_name)
+        m = m_all
+    return m + jnp.log(s)
 
 
 def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None):
-  """A custom_vjp non-target LSE(x, w, b, labels, offset) streaming W in blocks."""
+    """A custom_vjp non-target LSE(x, w, b, labels, offset) streaming W in blocks."""
 
-  @jax.custom_vjp
-  def lse_fn(x, w, b, labels, offset):
-    m, s = _chunked_stats(x, w, b, labels, offset, spec, chunk_size)
-    return _combine_shards(m, s, class_axis_name)
+    @jax.custom_vjp
+    def lse_fn(x, w, b, labels, offset):
+        m, s = _chunked_stats(x, w, b, labels, offset, spec, chunk_size)
+        return _combine_shards(m, s, class_axis_name)
 
-  def fwd(x, w, b, labels, offset):
-    lse = lse_fn(x, w, b, labels, offset)
-    return lse, (x, w, b, labels, offset, lse)
+    def fwd(x, w, b, labels, offset):
+        lse = lse_fn(x, w, b, labels, offset)
+        return lse, (x, w, b, labels, offset, lse)
 
-  def bwd(res, g):
-    x, w, b, labels, offset, lse = res
-    num_full, rem = _chunks(w.shape[1], chunk_size)
+    def bwd(res, g):
+        x, w, b, labels, offset, lse = res
+        num_full, rem = _chunks(w.shape[1], chunk_size)
 
-    def block_grads(start, width):
-      w_blk = _slice_cols(w, start, width, 1)
-      b_blk = _slice_cols(b, start, width, 0)
-      z, vjp = jax.vjp(
-          lambda x_, w_, b_: _block_logits(_prepare_embeddings(x_, spec), w_, b_, spec),
-          x, w_blk, b_blk)
-      mask = _is_target(labels, offset + start, width)
-      p = jnp.where(mask, 0.0, jnp.exp(z - lse[:, None]))
-      return vjp(g[:, None].astype(p.dtype) * p)
+        def block_grads(start, width):
+            w_blk = _slice_cols(w, start, width, 1)
+            b_blk = _slice_cols(b, start, width, 0)
+            z, vjp = jax.vjp(
+                lambda x_, w_, b_: _block_logits(_prepare_embeddings(x_, spec), w_, b_, spec),
+                x,
+                w_blk,
+                b_blk,
+            )
+            mask = _is_target(labels, offset + start, width)
+            p = jnp.where(mask, 0.0, jnp.exp(z - lse[:, None]))
+            return vjp(g[:, None].astype(p.dtype) * p)
 
-    def step(carry, start, width):
-      dx, dw, db = carry
-      dx_blk, dw_blk, db_blk = block_grads(start, width)
-      dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw.dtype), start, axis=1)
-      if db is not None:
-        db = lax.dynamic_update_slice_in_dim(db, db_blk.astype(db.dtype), start, axis=0)
-      return dx + dx_blk.astype(dx.dtype), dw, db
+        def step(carry, start, width):
+            dx, dw, db = carry
+            dx_blk, dw_blk, db_blk = block_grads(start, width)
+            dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw.dtype), start, axis=1)
+            if db is not None:
+                db = lax.dynamic_update_slice_in_dim(db, db_blk.astype(db.dtype), start, axis=0)
+            return dx + dx_blk.astype(dx.dtype), dw, db
 
-    carry = (jnp.zeros(x.shape, acc_dtype(x, w)), jnp.zeros_like(w),
-             None if b is None else jnp.zeros_like(b))
-    carry = tuple(None if c is None else _varying_like(c, x, w, b, labels, offset, g)
-                  for c in carry)
-    if num_full:
-      carry, _ = lax.scan(
-          lambda c, i: (step(c, i * chunk_size, chunk_size), None),
-          carry, jnp.arange(num_full))
-    if rem:
-      carry = step(carry, num_full * chunk_size, rem)
-    dx, dw, db = carry
-    # dx is this device's partial sum over its classes; the broadcast that x went
-    # through on entry (see ``_Collectives``) sums the partials across devices.
-    return dx.astype(x.dtype), dw, db, None, None
+        carry = (
+            jnp.zeros(x.shape, acc_dtype(x, w)),
+            jnp.zeros_like(w),
+            None if b is None else jnp.zeros_like(b),
+        )
+        carry = tuple(
+            None if c is None else _varying_like(c, x, w, b, labels, offset, g) for c in carry
+        )
+        if num_full:
+            carry, _ = lax.scan(
+                lambda c, i: (step(c, i * chunk_size, chunk_size), None),
+                carry,
+                jnp.arange(num_full),
+            )
+        if rem:
+            carry = step(carry, num_full * chunk_size, rem)
+        dx, dw, db = carry
+        # dx is this device's partial sum over its classes; the broadcast that x went
+        # through on entry (see ``_Collectives``) sums the partials across devices.
+        return dx.astype(x.dtype), dw, db, None, None
 
-  lse_fn.defvjp(fwd, bwd)
-  return lse_fn
+    lse_fn.defvjp(fwd, bwd)
+    return lse_fn
 
 
 # ----------------------------------------------------------------------------------
@@ -247,74 +262,77 @@ def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None
 
 
 def _psum_of_replicated(axis_name):
-  """psum whose backward is the identity: for sums whose cotangent every device holds.
+    """psum whose backward is the identity: for sums whose cotangent every device holds.
 
-  Under legacy ``pmap`` (no varying-axis types) ``lax.psum`` transposes to another
-  psum, which would count the replicated cotangent of a replicated loss once per
-  device; under ``shard_map`` JAX's own transpose of psum is already the identity.
-  """
+    Under legacy ``pmap`` (no varying-axis types) ``lax.psum`` transposes to another
+    psum, which would count the replicated cotangent of a replicated loss once per
+    device; under ``shard_map`` JAX's own transpose of psum is already the identity.
+    """
 
-  @jax.custom_vjp
-  def psum(v):
-    return lax.psum(v, axis_name)
+    @jax.custom_vjp
+    def psum(v):
+        return lax.psum(v, axis_name)
 
-  psum.defvjp(lambda v: (psum(v), None), lambda _, g: (g,))
-  return psum
+    psum.defvjp(lambda v: (psum(v), None), lambda _, g: (g,))
+    return psum
 
 
 def _broadcast_to_devices(axis_name):
-  """Identity whose backward sums over ``axis_name``: a replicated value used by every
-  device for a different part of the work (what shard_map's implicit pvary does)."""
+    """Identity whose backward sums over ``axis_name``: a replicated value used by every
+    device for a different part of the work (what shard_map's implicit pvary does)."""
 
-  @jax.custom_vjp
-  def broadcast(v):
-    return v
+    @jax.custom_vjp
+    def broadcast(v):
+        return v
 
-  broadcast.defvjp(lambda v: (v, None), lambda _, g: (lax.psum(g, axis_name),))
-  return broadcast
+    broadcast.defvjp(lambda v: (v, None), lambda _, g: (lax.psum(g, axis_name),))
+    return broadcast
 
 
 class _Collectives(NamedTuple):
-  """The two collectives of the class-sharded head, right for pmap and shard_map.
+    """The two collectives of the class-sharded head, right for pmap and shard_map.
 
-  ``typed`` is True under shard_map's varying-axis types, where JAX inserts the
-  broadcasts itself; False under legacy pmap, where they are explicit.
-  """
+    ``typed`` is True under shard_map's varying-axis types, where JAX inserts the
+    broadcasts itself; False under legacy pmap, where they are explicit.
+    """
 
-  psum: Callable[[jax.Array], jax.Array]
-  broadcast: Callable[[jax.Array], jax.Array]
-  typed: bool
+    psum: Callable[[jax.Array], jax.Array]
+    broadcast: Callable[[jax.Array], jax.Array]
+    typed: bool
 
 
 def _collectives(axis_name: str, weights: jax.Array) -> _Collectives:
-  if axis_name in _vma(weights):  # shard_map with varying-axis types
-    def broadcast(v):
-      return v if axis_name in _vma(v) else lax.pcast(v, (axis_name,), to="varying")
-    return _Collectives(lambda v: lax.psum(v, axis_name), broadcast, typed=True)
-  return _Collectives(_psum_of_replicated(axis_name), _broadcast_to_devices(axis_name),
-                      typed=False)
+    if axis_name in _vma(weights):  # shard_map with varying-axis types
+
+        def broadcast(v):
+            return v if axis_name in _vma(v) else lax.pcast(v, (axis_name,), to="varying")
+
+        return _Collectives(lambda v: lax.psum(v, axis_name), broadcast, typed=True)
+    return _Collectives(
+        _psum_of_replicated(axis_name), _broadcast_to_devices(axis_name), typed=False
+    )
 
 
 def _target_logits(target_fn, x, w, b, labels, offset, extra, comm):
-  """Target logits t (B,), each computed on the device that owns the label's column.
+    """Target logits t (B,), each computed on the device that owns the label's column.
 
-  Non-owners contribute zeros, so the gradient of t reaches x and w_y exactly once.
-  """
-  local = labels - offset
-  owned = (local >= 0) & (local < w.shape[1])
-  idx = jnp.clip(local, 0, w.shape[1] - 1)
-  w_y = jnp.take(w, idx, axis=1).T
-  b_y = None if b is None else jnp.take(b, idx)
-  t = target_fn(x, w_y, b_y, *extra)
-  t = jnp.where(owned, t, 0.0)
-  return t if comm is None else comm.psum(t)
+    Non-owners contribute zeros, so the gradient of t reaches x and w_y exactly once.
+    """
+    local = labels - offset
+    owned = (local >= 0) & (local < w.shape[1])
+    idx = jnp.clip(local, 0, w.shape[1] - 1)
+    w_y = jnp.take(w, idx, axis=1).T
+    b_y = None if b is None else jnp.take(b, idx)
+    t = target_fn(x, w_y, b_y, *extra)
+    t = jnp.where(owned, t, 0.0)
+    return t if comm is None else comm.psum(t)
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
-  if chunk_size is not None and (
-      isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-  ):
-    raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
 def margin_softmax(
@@ -330,71 +348,75 @@ def margin_softmax(
     axis_name: str | None = None,
     class_axis_name: str | None = None,
 ) -> jax.Array:
-  """Per-example ``logaddexp(t, LSE_{j≠y} z_j) − t`` in the requested layout.
+    """Per-example ``logaddexp(t, LSE_{j≠y} z_j) − t`` in the requested layout.
 
-  Args:
-    embeddings: (B, d) embeddings; under ``axis_name`` this device's part of the batch.
-    weights: (d, C) class centres; under ``class_axis_name`` this device's contiguous
-      block of columns, block index = ``axis_index(class_axis_name)``.
-    labels: (B,) global integer class ids.
-    spec: how the non-target logits are formed.
-    target_fn: ``(x, w_y, b_y, *per_example) -> t`` the target logit of each
-      example, from its embedding (B, d), its class centre (B, d), its bias (B,) or
-      None, and the ``per_example`` arrays.
-    bias: optional (C,) bias, sharded like the columns of ``weights``.
-    per_example: arrays with a leading batch axis that ``target_fn`` needs (per-example
-      margins, say); gathered with the embeddings under ``axis_name``.
-    chunk_size: stream W in blocks of this many classes (per device when sharded).
-    axis_name: data-parallel axis; the global batch is scored on every device.
-    class_axis_name: axis over which the columns of W are sharded.
+    Args:
+      embeddings: (B, d) embeddings; under ``axis_name`` this device's part of the batch.
+      weights: (d, C) class centres; under ``class_axis_name`` this device's contiguous
+        block of columns, block index = ``axis_index(class_axis_name)``.
+      labels: (B,) global integer class ids.
+      spec: how the non-target logits are formed.
+      target_fn: ``(x, w_y, b_y, *per_example) -> t`` the target logit of each
+        example, from its embedding (B, d), its class centre (B, d), its bias (B,) or
+        None, and the ``per_example`` arrays.
+      bias: optional (C,) bias, sharded like the columns of ``weights``.
+      per_example: arrays with a leading batch axis that ``target_fn`` needs (per-example
+        margins, say); gathered with the embeddings under ``axis_name``.
+      chunk_size: stream W in blocks of this many classes (per device when sharded).
+      axis_name: data-parallel axis; the global batch is scored on every device.
+      class_axis_name: axis over which the columns of W are sharded.
 
-  Returns:
-    Per-example losses (B,) in float32 (float64 for float64 inputs), for this
-    device's examples.
-  """
-  check_chunk_size(chunk_size)
-  if axis_name is not None:
-    local_batch = embeddings.shape[0]
-    index = _axis_index(axis_name)
-    embeddings, labels, *per_example = (
-        lax.all_gather(a, axis_name, tiled=True) for a in (embeddings, labels, *per_example))
+    Returns:
+      Per-example losses (B,) in float32 (float64 for float64 inputs), for this
+      device's examples.
+    """
+    check_chunk_size(chunk_size)
+    if axis_name is not None:
+        local_batch = embeddings.shape[0]
+        index = _axis_index(axis_name)
+        embeddings, labels, *per_example = (
+            lax.all_gather(a, axis_name, tiled=True) for a in (embeddings, labels, *per_example)
+        )
 
-  comm, offset = None, 0
-  if class_axis_name is not None:
-    offset = _axis_index(class_axis_name) * weights.shape[1]
-    comm = _collectives(class_axis_name, weights)
-    if class_axis_name != axis_name:
-      # Every device scores x against its own classes; gathered over this same axis,
-      # x already has the all_gather whose transpose sums those partial gradients.
-      embeddings = comm.broadcast(embeddings)
+    comm, offset = None, 0
+    if class_axis_name is not None:
+        offset = _axis_index(class_axis_name) * weights.shape[1]
+        comm = _collectives(class_axis_name, weights)
+        if class_axis_name != axis_name:
+            # Every device scores x against its own classes; gathered over this same axis,
+            # x already has the all_gather whose transpose sums those partial gradients.
+            embeddings = comm.broadcast(embeddings)
 
-  if chunk_size is None or chunk_size >= weights.shape[1]:
-    lse = _dense_lse(embeddings, weights, bias, labels, offset, spec)
-    if comm is not None:
-      # The max only stabilizes the sum; no gradient flows through it.
-      m = lax.stop_gradient(lax.pmax(lax.stop_gradient(lse), class_axis_name))
-      lse = m + jnp.log(comm.psum(jnp.exp(lse - m)))
-  else:
-    lse = _make_chunked_lse(spec, chunk_size, class_axis_name)(
-        embeddings, weights, bias, labels, offset)
+    if chunk_size is None or chunk_size >= weights.shape[1]:
+        lse = _dense_lse(embeddings, weights, bias, labels, offset, spec)
+        if comm is not None:
+            # The max only stabilizes the sum; no gradient flows through it.
+            m = lax.stop_gradient(lax.pmax(lax.stop_gradient(lse), class_axis_name))
+            lse = m + jnp.log(comm.psum(jnp.exp(lse - m)))
+    else:
+        lse = _make_chunked_lse(spec, chunk_size, class_axis_name)(
+            embeddings, weights, bias, labels, offset
+        )
 
-  t = _target_logits(target_fn, embeddings, weights, bias, labels, offset, per_example,
-                     comm).astype(lse.dtype)
-  loss = jnp.logaddexp(t, lse) - t
+    t = _target_logits(
+        target_fn, embeddings, weights, bias, labels, offset, per_example, comm
+    ).astype(lse.dtype)
+    loss = jnp.logaddexp(t, lse) - t
 
-  if axis_name is not None:
-    if comm is not None and not comm.typed:
-      # Legacy pmap: the global-batch loss is replicated, so the slice's cotangent
-      # must reach every device's classes (shard_map's types do this implicitly).
-      loss = _broadcast_to_devices(axis_name)(loss)
-    loss = lax.dynamic_slice_in_dim(loss, index * local_batch, local_batch)
-  return loss
+    if axis_name is not None:
+        if comm is not None and not comm.typed:
+            # Legacy pmap: the global-batch loss is replicated, so the slice's cotangent
+            # must reach every device's classes (shard_map's types do this implicitly).
+            loss = _broadcast_to_devices(axis_name)(loss)
+        loss = lax.dynamic_slice_in_dim(loss, index * local_batch, local_batch)
+    return loss
 
 
 def _axis_index(axis_name: str) -> jax.Array:
-  try:
-    return lax.axis_index(axis_name)
-  except NameError as e:
-    raise ValueError(
-        f"axis name {axis_name!r} is not bound: call the loss inside jax.pmap or "
-        f"jax.shard_map over a mesh with that axis ({e})") from None
+    try:
+        return lax.axis_index(axis_name)
+    except NameError as e:
+        raise ValueError(
+            f"axis name {axis_name!r} is not bound: call the loss inside jax.pmap or "
+            f"jax.shard_map over a mesh with that axis ({e})"
+        ) from None

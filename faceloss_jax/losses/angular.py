@@ -35,8 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _head
-from faceloss_jax.losses import _validation
+from faceloss_jax.losses import _head, _validation
 
 # ----------------------------------------------------------------------------------
 # Margin functions: target cosine (B,) -> modified target cosine (B,).
@@ -47,8 +46,11 @@ def _sqrt_clipped(v: jax.Array) -> jax.Array:
     """sqrt(max(v, 0)), exact in value, with gradient 0 instead of inf where v ≤ 1e-12."""
     tiny = 1e-12
     positive = v > tiny
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1.0)),
-                     jax.lax.stop_gradient(jnp.sqrt(jnp.maximum(v, 0.0))))
+    return jnp.where(
+        positive,
+        jnp.sqrt(jnp.where(positive, v, 1.0)),
+        jax.lax.stop_gradient(jnp.sqrt(jnp.maximum(v, 0.0))),
+    )
 
 
 def multiple_angle_psi(cos: jax.Array, margin: int) -> jax.Array:
@@ -75,9 +77,7 @@ def multiple_angle_psi(cos: jax.Array, margin: int) -> jax.Array:
     t_prev, t = jnp.ones_like(cos), cos
     for _ in range(margin - 1):
         t_prev, t = t, 2 * cos * t - t_prev
-    k = sum(
-        (cos <= math.cos(j * math.pi / margin)).astype(cos.dtype) for j in range(1, margin)
-    )
+    k = sum((cos <= math.cos(j * math.pi / margin)).astype(cos.dtype) for j in range(1, margin))
     sign = 1.0 - 2.0 * jnp.mod(k, 2.0)
     return sign * t - 2.0 * k
 
@@ -146,14 +146,31 @@ def _check_integer_margin(name: str, margin: int) -> None:
         raise ValueError(f"{name}: margin must be an integer ≥ 1, got {margin!r}")
 
 
-def _run(name, embeddings, weights, labels, spec, target_fn, *, bias=None, chunk_size,
-         axis_name, class_axis_name):
+def _run(
+    name,
+    embeddings,
+    weights,
+    labels,
+    spec,
+    target_fn,
+    *,
+    bias=None,
+    chunk_size,
+    axis_name,
+    class_axis_name,
+):
     _check(name, embeddings, weights, labels, bias, class_axis_name)
     return _head.margin_softmax(
-        jnp.asarray(embeddings), jnp.asarray(weights), jnp.asarray(labels),
-        spec=spec, target_fn=target_fn,
+        jnp.asarray(embeddings),
+        jnp.asarray(weights),
+        jnp.asarray(labels),
+        spec=spec,
+        target_fn=target_fn,
         bias=None if bias is None else jnp.asarray(bias),
-        chunk_size=chunk_size, axis_name=axis_name, class_axis_name=class_axis_name)
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
 
 
 def _dot(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -199,13 +216,23 @@ def softmax_cross_entropy(
     def target(x, w_y, b_y):
         return _dot(x, w_y) if b_y is None else _dot(x, w_y) + b_y
 
-    return _run("softmax_cross_entropy", embeddings, weights, labels, spec, target,
-                bias=bias, chunk_size=chunk_size, axis_name=axis_name,
-                class_axis_name=class_axis_name)
+    return _run(
+        "softmax_cross_entropy",
+        embeddings,
+        weights,
+        labels,
+        spec,
+        target,
+        bias=bias,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
 
 
-def _normalized(name, embeddings, weights, labels, scale, margin_fn, chunk_size, axis_name,
-                class_axis_name):
+def _normalized(
+    name, embeddings, weights, labels, scale, margin_fn, chunk_size, axis_name, class_axis_name
+):
     """A loss with both x and W normalized: logits s·cos θ, target s·margin_fn(cos θ_y)."""
     spec = _head.Logits(normalize_embeddings=True, normalize_weights=True, scale=scale)
 
@@ -213,8 +240,17 @@ def _normalized(name, embeddings, weights, labels, scale, margin_fn, chunk_size,
         del b_y
         return scale * margin_fn(_head.cosine(x, w_y))
 
-    return _run(name, embeddings, weights, labels, spec, target, chunk_size=chunk_size,
-                axis_name=axis_name, class_axis_name=class_axis_name)
+    return _run(
+        name,
+        embeddings,
+        weights,
+        labels,
+        spec,
+        target,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
 
 
 def normface(
@@ -251,8 +287,17 @@ def normface(
       >>> [round(float(v), 4) for v in loss]
       [0.3133, 0.3133]
     """
-    return _normalized("normface", embeddings, weights, labels, scale, lambda c: c,
-                       chunk_size, axis_name, class_axis_name)
+    return _normalized(
+        "normface",
+        embeddings,
+        weights,
+        labels,
+        scale,
+        lambda c: c,
+        chunk_size,
+        axis_name,
+        class_axis_name,
+    )
 
 
 def cosface(
@@ -292,8 +337,17 @@ def cosface(
       >>> [round(float(v), 4) for v in loss]
       [0.3133, 0.3133]
     """
-    return _normalized("cosface", embeddings, weights, labels, scale, lambda c: c - margin,
-                       chunk_size, axis_name, class_axis_name)
+    return _normalized(
+        "cosface",
+        embeddings,
+        weights,
+        labels,
+        scale,
+        lambda c: c - margin,
+        chunk_size,
+        axis_name,
+        class_axis_name,
+    )
 
 
 def arcface(
@@ -338,9 +392,16 @@ def arcface(
       [0.3133, 0.3133]
     """
     return _normalized(
-        "arcface", embeddings, weights, labels, scale,
+        "arcface",
+        embeddings,
+        weights,
+        labels,
+        scale,
         lambda c: additive_angular_margin(c, margin, easy_margin=easy_margin),
-        chunk_size, axis_name, class_axis_name)
+        chunk_size,
+        axis_name,
+        class_axis_name,
+    )
 
 
 def combined_margin(
@@ -386,13 +447,30 @@ def combined_margin(
       [0.3133, 0.3133]
     """
     return _normalized(
-        "combined_margin", embeddings, weights, labels, scale,
+        "combined_margin",
+        embeddings,
+        weights,
+        labels,
+        scale,
         lambda c: combined_angular_margin(c, m1, m2, m3),
-        chunk_size, axis_name, class_axis_name)
+        chunk_size,
+        axis_name,
+        class_axis_name,
+    )
 
 
-def _multiplicative(name, embeddings, weights, labels, margin, lambda_, normalize_weights,
-                    chunk_size, axis_name, class_axis_name):
+def _multiplicative(
+    name,
+    embeddings,
+    weights,
+    labels,
+    margin,
+    lambda_,
+    normalize_weights,
+    chunk_size,
+    axis_name,
+    class_axis_name,
+):
     """L-Softmax / A-Softmax: target ‖w̃_y‖‖x‖(λ cos θ_y + ψ(θ_y)) / (1 + λ)."""
     _check_integer_margin(name, margin)
     spec = _head.Logits(normalize_embeddings=False, normalize_weights=normalize_weights)
@@ -405,8 +483,17 @@ def _multiplicative(name, embeddings, weights, labels, margin, lambda_, normaliz
             norms = norms * _head.safe_norm(w_y, -1, False)
         return norms * (lambda_ * cos + multiple_angle_psi(cos, margin)) / (1.0 + lambda_)
 
-    return _run(name, embeddings, weights, labels, spec, target, chunk_size=chunk_size,
-                axis_name=axis_name, class_axis_name=class_axis_name)
+    return _run(
+        name,
+        embeddings,
+        weights,
+        labels,
+        spec,
+        target,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
 
 
 def large_margin_softmax(
@@ -449,8 +536,18 @@ def large_margin_softmax(
       >>> [round(float(v), 4) for v in loss]
       [0.1269, 0.1269]
     """
-    return _multiplicative("large_margin_softmax", embeddings, weights, labels, margin,
-                           lambda_, False, chunk_size, axis_name, class_axis_name)
+    return _multiplicative(
+        "large_margin_softmax",
+        embeddings,
+        weights,
+        labels,
+        margin,
+        lambda_,
+        False,
+        chunk_size,
+        axis_name,
+        class_axis_name,
+    )
 
 
 def sphereface(
@@ -491,5 +588,15 @@ def sphereface(
       >>> [round(float(v), 4) for v in loss]
       [0.3133, 0.3133]
     """
-    return _multiplicative("sphereface", embeddings, weights, labels, margin, lambda_,
-                           True, chunk_size, axis_name, class_axis_name)
+    return _multiplicative(
+        "sphereface",
+        embeddings,
+        weights,
+        labels,
+        margin,
+        lambda_,
+        True,
+        chunk_size,
+        axis_name,
+        class_axis_name,
+    )

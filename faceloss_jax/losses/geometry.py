@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _head
-from faceloss_jax.losses import _validation
+from faceloss_jax.losses import _head, _validation
+
 
 def intra_angle(embeddings: ArrayLike, weights: ArrayLike, labels: ArrayLike) -> jax.Array:
     """ArcFace's L_Intra: the mean angle between x_i and its class centre, over π.
@@ -66,4 +66,5 @@ def inter_angle(weights: ArrayLike) -> jax.Array:
     angles = _head.safe_arccos(w.T @ w)
     off_diagonal = ~jnp.eye(num_classes, dtype=bool)
     return -jnp.sum(jnp.where(off_diagonal, angles, 0.0)) / (
-        jnp.pi * num_classes * (num_classes - 1))
+        jnp.pi * num_classes * (num_classes - 1)
+    )

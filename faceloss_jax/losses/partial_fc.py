@@ -45,7 +45,8 @@ def class_block_size(num_classes: int, num_shards: int) -> int:
         raise ValueError(
             f"{num_classes} classes cannot be sharded evenly over {num_shards} devices; "
             f"choose num_classes divisible by {num_shards} (e.g. "
-            f"{-(-num_classes // num_shards) * num_shards}) or another device count")
+            f"{-(-num_classes // num_shards) * num_shards}) or another device count"
+        )
     return num_classes // num_shards
 
 
@@ -88,8 +89,9 @@ def sample_classes(
         offset = shard * num_classes
     local = labels - offset
     owned = (local >= 0) & (local < num_classes)
-    positive = jnp.zeros(num_classes, bool).at[jnp.where(owned, local, num_classes)].set(
-        True, mode="drop")
+    positive = (
+        jnp.zeros(num_classes, bool).at[jnp.where(owned, local, num_classes)].set(True, mode="drop")
+    )
     # Positives score above every random negative, so top-k keeps them all.
     scores = jnp.where(positive, 2.0, jax.random.uniform(key, (num_classes,)))
     classes = jnp.sort(lax.top_k(scores, k)[1])
