@@ -1,0 +1,323 @@
+"""What every experiment runner shares: configs with overrides, a fresh training run per
+(setting, seed), the learned features of a run, tables (CSV + Markdown) and figures.
+
+A runner builds a list of ``Setting``s (a name and a config), calls ``run_settings``
+and writes its table and figure; each run trains from scratch in its own work directory
+``<out>_runs/<setting>/seed_<seed>`` (removed first, so a rerun never resumes), so the
+numbers depend only on the configs and seeds.
+"""
+
+import argparse
+import csv
+import dataclasses
+import importlib
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from faceloss_jax import data, evaluation, train
+from faceloss_jax.train_lib import checkpointing, optimizers
+
+# The metrics of every table: evaluate_run's keys, and the wall time of the run.
+METRICS = (
+    "closed_set_accuracy",
+    "verification_accuracy",
+    "auc",
+    "l_intra",
+    "l_inter",
+    "train_seconds",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One row of a table: a ``name`` and the experiment ``config`` (seed not yet set)."""
+
+    name: str
+    config: ml_collections.ConfigDict
+
+
+def load_config(loss: str, variant: str = "mnist", **overrides: Any) -> ml_collections.ConfigDict:
+    """``configs/<loss>.py:get_config(variant)`` with dotted-key ``overrides``.
+
+    Args:
+      loss: the config file's name, e.g. "arcface".
+      variant: the config variant ("mnist", "face").
+      **overrides: ``{"loss.margin": 0.3}``-style values; use ``dict(...)`` unpacking for
+        dotted keys. An unknown key is an error naming it.
+
+    Returns:
+      The config.
+    """
+    config = importlib.import_module(f"configs.{loss}").get_config(variant)
+    return override(config, overrides)
+
+
+def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the dotted-key ``overrides`` set (existing keys only)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"config has no field {key!r}")
+        node[leaf] = value
+    return config
+
+
+def shorten(config: ml_collections.ConfigDict, *, steps: int | None) -> ml_collections.ConfigDict:
+    """The config for an experiment run: ``steps`` training steps (None: the config's),
+    one checkpoint and one evaluation at the end, no per-run figures."""
+    steps = steps or config.num_train_steps
+    warmup = min(config.optimizer.warmup_steps, steps // 10)
+    return override(
+        config,
+        {
+            "num_train_steps": steps,
+            "optimizer.warmup_steps": warmup,
+            "log_every_steps": min(config.log_every_steps, steps),
+            "checkpoint_every_steps": steps,
+            "eval_every_steps": steps,
+            "max_checkpoints_to_keep": 1,
+            "eval.plot": False,
+        },
+    )
+
+
+def train_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains ``config`` from scratch in ``workdir`` (deleted first) and returns the final
+    metrics of ``evaluation.evaluate_run`` plus ``train_seconds`` (wall time of training
+    and evaluation, compilation included)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    start = time.perf_counter()
+    metrics = train.train_and_evaluate(config, workdir)
+    return {**metrics, "train_seconds": time.perf_counter() - start}
+
+
+def test_features(config: ml_collections.ConfigDict, workdir: str) -> tuple[np.ndarray, np.ndarray]:
+    """The raw (unnormalized) test-split features and labels of the run in ``workdir``,
+    from its final checkpoint."""
+    images, labels = train.load_split(config, config.eval.test_split)
+    model = train.create_model(config)
+    template = train.create_train_state(
+        config,
+        model,
+        jax.random.PRNGKey(config.seed),
+        num_classes=data.num_classes(config.dataset),
+        image_shape=images.shape[1:],
+        learning_rate_fn=optimizers.create_learning_rate_schedule(
+            config.optimizer, num_train_steps=config.num_train_steps
+        ),
+    )
+    manager = checkpointing.create_checkpoint_manager(
+        os.path.join(workdir, "checkpoints"), max_to_keep=1
+    )
+    try:
+        state = checkpointing.restore_latest(manager, template)
+    finally:
+        manager.close()
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats}
+    features = evaluation.extract_embeddings(
+        lambda x: model.apply(variables, x, train=False),
+        images,
+        batch_size=config.eval.batch_size,
+        flip=False,
+        normalize=False,
+    )
+    return features, labels
+
+
+def run_settings(
+    settings: Sequence[Setting],
+    *,
+    seeds: Sequence[int],
+    steps: int | None,
+    out: str,
+    on_run: Callable[[Setting, int, ml_collections.ConfigDict, str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Trains every setting with every seed and returns one row per setting.
+
+    Args:
+      settings: the rows.
+      seeds: the seeds (``config.seed``: initialization, data order, pairs).
+      steps: training steps per run (None: each config's own).
+      out: the output prefix; runs live in ``<out>_runs/``.
+      on_run: called as ``on_run(setting, seed, config, workdir)`` after each run
+        (e.g. to collect its features).
+
+    Returns:
+      Rows ``{"setting": name, "steps": n, "seeds": k, <metric>: mean,
+      <metric>_std: std over seeds}`` for the ``METRICS``.
+    """
+    rows = []
+    for setting in settings:
+        per_seed = []
+        for seed in seeds:
+            config = override(shorten(setting.config, steps=steps), {"seed": seed})
+            workdir = os.path.join(f"{out}_runs", setting.name, f"seed_{seed}")
+            metrics = train_run(config, workdir)
+            print(f"[{setting.name} seed {seed}] "
+                  + ", ".join(f"{k}={metrics[k]:.4f}" for k in METRICS), flush=True)
+            per_seed.append(metrics)
+            if on_run is not None:
+                on_run(setting, seed, config, workdir)
+        row = {"setting": setting.name, "steps": config.num_train_steps, "seeds": len(seeds)}
+        for key in METRICS:
+            values = np.array([m[key] for m in per_seed])
+            row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: Sequence[Mapping[str, Any]], out: str, *, title: str, notes: str = "") -> None:
+    """Writes ``<out>.csv`` (every column) and ``<out>.md``: a title, the command that
+    produced it, and the metrics as ``mean ± std`` (std over seeds)."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    columns = list(rows[0])
+    with open(f"{out}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    extra = [c for c in columns if c not in ("setting", "steps", "seeds")
+             and not c.endswith("_std") and c not in METRICS]
+    header = ["setting", *extra, "steps", "seeds", *METRICS]
+    lines = [
+        f"# {title}",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in rows:
+        cells = [_format(row, c) for c in header]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _LEGEND]
+    if notes:
+        lines += ["", notes]
+    with open(f"{out}.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+_LEGEND = (
+    "closed_set_accuracy: test digits of the training classes; verification_accuracy, auc: "
+    "10-fold verification on pairs of the held-out classes (open set); l_intra, l_inter: "
+    "ArcFace's angle metrics (in units of π) of the test features against their class "
+    "centres; train_seconds: wall time of training + evaluation on a shared 2-core CPU "
+    "(varies between runs, unlike the other columns). Values are mean ± std over seeds."
+)
+
+
+def _format(row: Mapping[str, Any], column: str) -> str:
+    value = row[column]
+    if isinstance(value, float):
+        digits = 1 if column == "train_seconds" else 4
+        std = row.get(f"{column}_std")
+        if std is not None and row.get("seeds", 1) > 1:
+            return f"{value:.{digits}f} ± {std:.{digits}f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def command_line() -> str:
+    """The command that is running, as one would type it from the repository root."""
+    module = os.path.relpath(sys.argv[0]).removesuffix(".py").replace(os.sep, ".")
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+
+
+def plot_feature_grid(
+    panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str, *, columns: int = 3
+) -> str:
+    """One figure of several runs' features: 2-D features on the plane, 3-D ones on the
+    unit sphere (the center-loss paper's Fig. 2, SphereFace's Fig. 1).
+
+    Args:
+      panels: ``(title, features (N, d), labels (N,))`` with d = 2 or 3 for all panels.
+      path: the PNG to write.
+      columns: panels per row.
+    """
+    dims = {features.shape[1] for _, features, _ in panels}
+    if dims - {2, 3} or len(dims) != 1:
+        raise ValueError(f"panels need features of one dimension, 2 or 3; got {sorted(dims)}")
+    three_d = dims == {3}
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(3.0 * columns, 3.0 * rows))
+    colors = np.array(colormaps["tab10"].colors)
+    for index, (title, features, labels) in enumerate(panels, start=1):
+        if three_d:
+            ax = fig.add_subplot(rows, columns, index, projection="3d")
+            points = evaluation.l2_normalize(features)
+            ax.set_box_aspect((1, 1, 1))
+            ax.set_axis_off()
+        else:
+            ax = fig.add_subplot(rows, columns, index)
+            points = features
+            ax.set_aspect("equal", adjustable="datalim")
+            ax.tick_params(labelsize=6)
+        ax.scatter(*points.T, c=colors[labels % 10], s=1, linewidths=0)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=80, format="png")
+    return path
+
+
+def plot_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+    path: str,
+    *,
+    xlabel: str,
+    ylabel: str = "open-set verification accuracy",
+) -> str:
+    """Lines with error bars: ``name -> (x, mean, std)``, one line per name."""
+    fig = Figure(figsize=(5.0, 3.5))
+    ax = fig.add_subplot()
+    for name, (x, mean, std) in curves.items():
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=80, format="png")
+    return path
+
+
+def parser(description: str, *, out: str) -> argparse.ArgumentParser:
+    """The flags of every runner: ``--steps``, ``--seeds``, ``--out``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per run (default: each config's own)")
+    p.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated seeds")
+    p.add_argument("--out", default=out, help="output prefix: <out>.csv, .md, .png")
+    return p
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(","))
+
+
+def floats(text: str) -> tuple[float, ...]:
+    """Parses a comma-separated list of numbers (a flag value)."""
+    return tuple(float(t) for t in text.split(","))
+
+
+def names(text: str) -> tuple[str, ...]:
+    """Parses a comma-separated list of names (a flag value)."""
+    return tuple(t for t in text.split(",") if t)
+
