@@ -42,6 +42,16 @@ def config_keys(name: str) -> tuple[str, ...]:
     )
 
 
+def _float_dtype(value: Any) -> jnp.dtype:
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype such as 'bfloat16'; got {value!r}")
+    return dtype
+
+
 def create_model(config: ml_collections.ConfigDict | Mapping[str, Any]) -> nn.Module:
     """Creates the backbone that ``config`` names.
 
@@ -59,15 +69,17 @@ def create_model(config: ml_collections.ConfigDict | Mapping[str, Any]) -> nn.Mo
       float (B, H, W, C) images to float32 (B, embedding_dim) embeddings.
 
     Raises:
-      ValueError: for an unknown name, an unknown key, a non-positive ``embedding_dim``
-        or a dropout rate outside [0, 1).
+      ValueError: for an unknown name, an unknown key, a non-positive ``embedding_dim``,
+        a dropout rate outside [0, 1) or a dtype that is not floating point.
 
     Example:
       >>> model = create_model(ml_collections.ConfigDict(
       ...     {"name": "lenet_pp", "embedding_dim": 2}))
       >>> images = jnp.zeros((4, *input_shape("lenet_pp")))
-      >>> variables = model.init(jax.random.key(0), images, train=False)
-      >>> model.apply(variables, images, train=False).shape
+      >>> init = jax.jit(model.init, static_argnames="train")
+      >>> variables = init(jax.random.key(0), images, train=False)
+      >>> embed = jax.jit(model.apply, static_argnames="train")
+      >>> embed(variables, images, train=False).shape
       (4, 2)
     """
     options = dict(config.items())
@@ -88,7 +100,7 @@ def create_model(config: ml_collections.ConfigDict | Mapping[str, Any]) -> nn.Mo
     if "dropout" in options and not 0.0 <= options["dropout"] < 1.0:
         raise ValueError(f"dropout must be in [0, 1); got {options['dropout']!r}")
     if "dtype" in options:
-        options["dtype"] = jnp.dtype(options["dtype"])
+        options["dtype"] = _float_dtype(options["dtype"])
     return cls(**fixed, **options)
 
 
