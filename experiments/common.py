@@ -3,20 +3,24 @@
 
 A runner builds a list of ``Setting``s (a name and a config), calls ``run_settings``
 and writes its table and figure; each run trains from scratch in its own work directory
-``<out>_runs/<setting>/seed_<seed>`` (removed first, so a rerun never resumes), so the
+``<runs>/<setting>/seed_<seed>`` (removed first, so a rerun never resumes), so the
 numbers depend only on the configs and seeds.
 """
 
 import argparse
+import ast
 import csv
+from concurrent import futures
 import dataclasses
 import importlib
+import multiprocessing
 import os
+import re
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -47,20 +51,21 @@ class Setting:
     config: ml_collections.ConfigDict
 
 
-def load_config(loss: str, variant: str = "mnist", **overrides: Any) -> ml_collections.ConfigDict:
+def load_config(
+    loss: str, overrides: Mapping[str, Any] | None = None, *, variant: str = "mnist"
+) -> ml_collections.ConfigDict:
     """``configs/<loss>.py:get_config(variant)`` with dotted-key ``overrides``.
 
     Args:
       loss: the config file's name, e.g. "arcface".
+      overrides: ``{"loss.margin": 0.3}``: dotted keys of existing fields and their values.
       variant: the config variant ("mnist", "face").
-      **overrides: ``{"loss.margin": 0.3}``-style values; use ``dict(...)`` unpacking for
-        dotted keys. An unknown key is an error naming it.
 
     Returns:
       The config.
     """
     config = importlib.import_module(f"configs.{loss}").get_config(variant)
-    return override(config, overrides)
+    return override(config, overrides or {})
 
 
 def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -141,46 +146,70 @@ def test_features(config: ml_collections.ConfigDict, workdir: str) -> tuple[np.n
     return features, labels
 
 
+def _run_one(
+    config: ml_collections.ConfigDict, workdir: str, name: str, with_features: bool
+) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
+    """One run (in this process or a worker): its metrics and, optionally, its test
+    features and labels."""
+    metrics = train_run(config, workdir)
+    print(f"[{name} seed {config.seed}] "
+          + ", ".join(f"{k}={metrics[k]:.4f}" for k in METRICS), flush=True)
+    return metrics, test_features(config, workdir) if with_features else None
+
+
 def run_settings(
     settings: Sequence[Setting],
     *,
     seeds: Sequence[int],
     steps: int | None,
-    out: str,
-    on_run: Callable[[Setting, int, ml_collections.ConfigDict, str], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Trains every setting with every seed and returns one row per setting.
+    runs: str,
+    overrides: Mapping[str, Any] | None = None,
+    jobs: int = 1,
+    with_features: bool = False,
+) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Trains every setting with every seed; returns one row per setting.
 
     Args:
       settings: the rows.
       seeds: the seeds (``config.seed``: initialization, data order, pairs).
       steps: training steps per run (None: each config's own).
-      out: the output prefix; runs live in ``<out>_runs/``.
-      on_run: called as ``on_run(setting, seed, config, workdir)`` after each run
-        (e.g. to collect its features).
+      runs: the directory of the runs' work directories (checkpoints, logs).
+      overrides: dotted-key values set in every config (e.g. smaller evaluation sets).
+      jobs: runs trained at once, each in its own process (a run's numbers do not
+        depend on it; its wall time does).
+      with_features: also return each setting's test features of the first seed.
 
     Returns:
       Rows ``{"setting": name, "steps": n, "seeds": k, <metric>: mean,
-      <metric>_std: std over seeds}`` for the ``METRICS``.
+      <metric>_std: std over seeds}`` for the ``METRICS``, and the panels
+      ``(name, features, labels)`` (empty without ``with_features``).
     """
-    rows = []
+    tasks = []
     for setting in settings:
-        per_seed = []
         for seed in seeds:
-            config = override(shorten(setting.config, steps=steps), {"seed": seed})
-            workdir = os.path.join(f"{out}_runs", setting.name, f"seed_{seed}")
-            metrics = train_run(config, workdir)
-            print(f"[{setting.name} seed {seed}] "
-                  + ", ".join(f"{k}={metrics[k]:.4f}" for k in METRICS), flush=True)
-            per_seed.append(metrics)
-            if on_run is not None:
-                on_run(setting, seed, config, workdir)
-        row = {"setting": setting.name, "steps": config.num_train_steps, "seeds": len(seeds)}
+            config = override(shorten(setting.config, steps=steps),
+                              {**(overrides or {}), "seed": seed})
+            workdir = os.path.join(runs, re.sub(r"[^\w.=-]+", "_", setting.name), f"seed_{seed}")
+            tasks.append((config, workdir, setting.name, with_features and seed == seeds[0]))
+    if jobs > 1:
+        context = multiprocessing.get_context("spawn")  # JAX does not survive a fork.
+        with futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            results = list(pool.map(_run_one, *zip(*tasks)))
+    else:
+        results = [_run_one(*task) for task in tasks]
+
+    rows, panels = [], []
+    for index, setting in enumerate(settings):
+        per_seed = results[index * len(seeds):(index + 1) * len(seeds)]
+        row = {"setting": setting.name, "steps": tasks[index * len(seeds)][0].num_train_steps,
+               "seeds": len(seeds)}
         for key in METRICS:
-            values = np.array([m[key] for m in per_seed])
+            values = np.array([metrics[key] for metrics, _ in per_seed])
             row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
         rows.append(row)
-    return rows
+        if per_seed[0][1] is not None:
+            panels.append((setting.name, *per_seed[0][1]))
+    return rows, panels
 
 
 def write_table(rows: Sequence[Mapping[str, Any]], out: str, *, title: str, notes: str = "") -> None:
@@ -299,13 +328,28 @@ def plot_curves(
 
 
 def parser(description: str, *, out: str) -> argparse.ArgumentParser:
-    """The flags of every runner: ``--steps``, ``--seeds``, ``--out``."""
+    """The flags of every runner: ``--steps``, ``--seeds``, ``--out``, ``--runs``."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per run (default: each config's own)")
     p.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated seeds")
     p.add_argument("--out", default=out, help="output prefix: <out>.csv, .md, .png")
+    p.add_argument("--runs", default=os.path.join("/tmp/faceloss_experiments", os.path.basename(out)),
+                   help="where the runs' work directories go (not committed)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
+    p.add_argument("--set", type=_assignment, action="append", default=[],
+                   help="KEY=VALUE: a config field set in every run, e.g. eval.num_pairs=600")
     return p
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -321,3 +365,16 @@ def names(text: str) -> tuple[str, ...]:
     """Parses a comma-separated list of names (a flag value)."""
     return tuple(t for t in text.split(",") if t)
 
+
+
+def run_table_and_features(
+    settings: Sequence[Setting], args: argparse.Namespace, *, title: str, columns: int = 3
+) -> list[dict[str, Any]]:
+    """Runs ``settings`` with the runner's flags and writes the table ``<out>.csv/.md``
+    and the grid of the first seed's test features ``<out>.png``."""
+    rows, panels = run_settings(settings, seeds=args.seeds, steps=args.steps, runs=args.runs,
+                                overrides=dict(args.set), jobs=args.jobs, with_features=True)
+    write_table(rows, args.out, title=title,
+                notes=f"Figure: `{args.out}.png` (test features of seed {args.seeds[0]}).")
+    plot_feature_grid(panels, f"{args.out}.png", columns=columns)
+    return rows

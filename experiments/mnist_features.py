@@ -33,7 +33,7 @@ LOSSES = (
 def settings(losses: tuple[str, ...], *, dims: int) -> list[common.Setting]:
     """One setting per loss: its MNIST config with ``dims``-dimensional features."""
     return [
-        common.Setting(loss, common.load_config(loss, **{"model.embedding_dim": dims}))
+        common.Setting(loss, common.load_config(loss, {"model.embedding_dim": dims}))
         for loss in losses
     ]
 
@@ -44,27 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dims", type=int, choices=(2, 3), default=2)
     args = parser.parse_args(argv)
 
-    panels = []
-
-    def collect(setting, seed, config, workdir):
-        if seed == args.seeds[0]:
-            features, labels = common.test_features(config, workdir)
-            panels.append((setting.name, features, labels))
-
-    rows = common.run_settings(
+    common.run_table_and_features(
         settings(args.losses, dims=args.dims),
-        seeds=args.seeds,
-        steps=args.steps,
-        out=args.out,
-        on_run=collect,
-    )
-    common.write_table(
-        rows,
-        args.out,
+        args,
         title=f"LeNets++ with {args.dims}-D features on MNIST (digits 0-6; open set 7, 8, 9)",
-        notes=f"Figure: `{args.out}.png` (test features of seed {args.seeds[0]}).",
     )
-    common.plot_feature_grid(panels, f"{args.out}.png")
 
 
 if __name__ == "__main__":
