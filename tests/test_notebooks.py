@@ -1,0 +1,75 @@
+"""The notebooks run end to end (few steps, ``FACELOSS_NB_FAST=1``) in a kernel of this
+interpreter, and the committed ``.ipynb`` files are exactly what ``make_notebooks.py``
+writes, without outputs."""
+
+import importlib.util
+import os
+import pathlib
+import sys
+
+import nbclient
+import nbformat
+import pytest
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+NAMES = ("loss_geometry", "euclidean_vs_angular", "composition", "train_and_inspect")
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location("make_notebooks", NOTEBOOKS / "make_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kernel_env() -> dict[str, str]:
+    """This process's environment, in fast mode and with JAX's real device count (the
+    8 forced host devices of conftest would only slow the notebooks down)."""
+    env = dict(os.environ, FACELOSS_NB_FAST="1", JAX_PLATFORMS="cpu")
+    flags = env.pop("XLA_FLAGS", "").split()
+    flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
+
+def test_committed_notebooks_are_the_generated_ones_without_outputs():
+    generator = _load_generator()
+    assert tuple(generator.NOTEBOOKS) == NAMES
+    for name in NAMES:
+        committed = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        assert committed == generator.build(name), (
+            f"{name}.ipynb differs from make_notebooks.py: run python notebooks/make_notebooks.py"
+        )
+        for cell in committed.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_executes(name):
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    # The first code cell of every notebook imports faceloss_jax; ask the kernel which
+    # interpreter and package it got.
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        "import sys, faceloss_jax; print(sys.executable); print(faceloss_jax.__file__)"
+    ))
+    client = nbclient.NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=240,
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    client.execute(env=_kernel_env())  # a failing cell raises CellExecutionError
+
+    executable, package = notebook.cells[-1].outputs[0]["text"].split()
+    assert pathlib.Path(executable).resolve() == pathlib.Path(sys.executable).resolve()
+    import faceloss_jax
+
+    assert package == faceloss_jax.__file__
+    images = sum(
+        "image/png" in output.get("data", {})
+        for cell in notebook.cells if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert images >= 2, f"{name} drew {images} figures"
