@@ -378,3 +378,21 @@ def run_table_and_features(
                 notes=f"Figure: `{args.out}.png` (test features of seed {args.seeds[0]}).")
     plot_feature_grid(panels, f"{args.out}.png", columns=columns)
     return rows
+
+
+def plot_bars(rows: Sequence[Mapping[str, Any]], path: str) -> str:
+    """Closed-set and open-set verification accuracy per setting, mean ± std bars."""
+    fig = Figure(figsize=(1.2 * len(rows) + 2.0, 3.5))
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    for offset, key, label in ((-0.2, "closed_set_accuracy", "closed-set accuracy"),
+                               (0.2, "verification_accuracy", "open-set verification")):
+        ax.bar(x + offset, [r[key] for r in rows], 0.4, yerr=[r[f"{key}_std"] for r in rows],
+               capsize=3, label=label)
+    ax.set_xticks(x, [r["setting"] for r in rows], fontsize=8)
+    ax.set_ylim(0.0, 1.0)
+    ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=80, format="png")
+    return path

@@ -1,0 +1,107 @@
+"""The experiment runners end to end at toy sizes, and their helpers."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from experiments import common, lambda_ablation, margin_sweeps, mnist_features, synthetic_openset
+
+# Small evaluation sets and batches: a run costs its compilation and little else.
+TINY = ["--steps=2", "--set=batch_size=16", "--set=eval.max_examples=64",
+        "--set=eval.num_pairs=100", "--set=eval.n_folds=2"]
+
+
+def _read_csv(path: str) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _check_outputs(out: str, *, settings: list[str]) -> list[dict[str, str]]:
+    """The CSV has one row per setting with metrics in range, the Markdown names the
+    command, the PNG exists and is small."""
+    rows = _read_csv(f"{out}.csv")
+    assert [r["setting"] for r in rows] == settings
+    for row in rows:
+        for key in ("closed_set_accuracy", "verification_accuracy", "auc"):
+            assert 0.0 <= float(row[key]) <= 1.0, (key, row[key])
+        assert float(row["train_seconds"]) > 0
+    with open(f"{out}.md") as f:
+        markdown = f.read()
+    assert f"--out={out}" in markdown and "| setting |" in markdown
+    assert 0 < os.path.getsize(f"{out}.png") < 300_000
+    return rows
+
+
+def test_mnist_features(tmp_path):
+    out = str(tmp_path / "mnist")
+    mnist_features.main([*TINY, "--losses=arcface,triplet", f"--out={out}",
+                         f"--runs={tmp_path / 'runs'}"])
+    _check_outputs(out, settings=["arcface", "triplet"])
+
+
+def test_lambda_ablation(tmp_path):
+    out = str(tmp_path / "lambda")
+    lambda_ablation.main([*TINY, "--losses=sphereface", f"--out={out}",
+                          f"--runs={tmp_path / 'runs'}"])
+    _check_outputs(out, settings=["sphereface annealed λ", "sphereface λ = 0"])
+
+
+def test_margin_sweep_keeps_integer_margins(tmp_path):
+    out = str(tmp_path / "sweep")
+    margin_sweeps.main([*TINY, "--loss=sphereface", "--values=1,2", f"--out={out}",
+                        f"--runs={tmp_path / 'runs'}"])
+    rows = _check_outputs(out, settings=["sphereface margin=1", "sphereface margin=2"])
+    assert [r["margin"] for r in rows] == ["1", "2"]
+
+
+def test_synthetic_openset(tmp_path):
+    out = str(tmp_path / "synthetic")
+    synthetic_openset.main([
+        *TINY, "--losses=cosface", "--seeds=0", "--set=dataset.image_size=16",
+        "--set=dataset.num_identities=8", "--set=dataset.held_out_identities=4",
+        "--set=dataset.images_per_identity=4", "--set=dataset.test_images_per_identity=2",
+        "--set=model.embedding_dim=8", f"--out={out}", f"--runs={tmp_path / 'runs'}",
+    ])
+    _check_outputs(out, settings=["cosface"])
+
+
+def test_margin_sweep_rejects_unknown_parameter():
+    with pytest.raises(KeyError, match="no loss.radius"):
+        margin_sweeps.settings("arcface", "radius", (0.1,))
+
+
+def test_override_rejects_unknown_key():
+    config = common.load_config("arcface")
+    with pytest.raises(KeyError, match="loss.margn"):
+        common.override(config, {"loss.margn": 0.3})
+    assert common.override(config, {"loss.margin": 0.3}).loss.margin == 0.3
+    assert config.loss.margin != 0.3  # the original is untouched
+
+
+def test_lambda_ablation_turns_annealing_off():
+    annealed, fixed = lambda_ablation.settings(("lsoftmax",))
+    assert annealed.config.loss.lambda_base > fixed.config.loss.lambda_base == 0.0
+    assert fixed.config.loss.lambda_min == 0.0
+
+
+def test_synthetic_lambda_reaches_minimum_halfway():
+    (setting,) = synthetic_openset.settings(("sphereface",), steps=100)
+    loss = setting.config.loss
+    value = loss.lambda_base * (1 + loss.lambda_gamma * 50) ** -loss.lambda_power
+    np.testing.assert_allclose(value, loss.lambda_min)
+
+
+def test_feature_grid_rejects_mixed_dimensions(tmp_path):
+    labels = np.arange(10) % 3
+    panels = [("a", np.zeros((10, 2)), labels), ("b", np.ones((10, 3)), labels)]
+    with pytest.raises(ValueError, match="one dimension"):
+        common.plot_feature_grid(panels, str(tmp_path / "grid.png"))
+
+
+def test_set_flag_parses_values():
+    args = common.parser("x", out="o").parse_args(
+        ["--set=eval.num_pairs=600", "--set=model.name=iresnet18", "--seeds=0,1"])
+    assert dict(args.set) == {"eval.num_pairs": 600, "model.name": "iresnet18"}
+    assert args.seeds == (0, 1)
