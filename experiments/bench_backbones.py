@@ -76,7 +76,7 @@ def _time(name: str, batch_size: int) -> dict[str, object]:
         "compile (s)": f"{compile_s:.1f}",
         "ms/step": f"{1e3 * step_s:.1f}",
         "steps/s": f"{1 / step_s:.2f}",
-        "images/s": f"{batch_size / step_s:.0f}",
+        "images/s": f"{batch_size / step_s:.1f}",
     }
 
 
@@ -90,7 +90,8 @@ def main(argv):
         rows.append(_time(name, int(batch)))
     device = jax.devices()[0]
     print(f"\n{device.platform} ({device.device_kind}), {os.cpu_count()} host CPUs, "
-          f"jax {jax.__version__}; forward+backward, {_STEPS.value} timed steps\n")
+          f"1-min load average {os.getloadavg()[0]:.1f}, jax {jax.__version__}; "
+          f"forward+backward, {_STEPS.value} timed steps\n")
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")
