@@ -4,8 +4,8 @@ Target logit ``s·cos(θ_y + m)``, computed as ``cos θ cos m − sin θ sin m``
 ``θ_y + m > π`` it falls back to ``cos θ − m·sin m`` (InsightFace), or with
 ``easy_margin`` to ``cos θ`` where ``cos θ < 0``. Paper: s = 64, m = 0.5; ResNet-100
 on MS1MV2, batch 512, SGD momentum 0.9, weight decay 5e-4, lr 0.1 divided by 10 at
-100k and 160k iterations, 180k in all. MNIST: s = 16 and m = 0.2 rad for 2-D features
-(7 classes on a circle, 51° apart) within a few minutes of CPU.
+100k and 160k iterations, 180k in all. MNIST: s = 16 and m = 0.2 rad on 3-D features
+(LeNets++, see ``configs/default.py``), which train in a few minutes of CPU.
 
     python -m faceloss_jax.main --config=configs/arcface.py --workdir=/tmp/fl_arcface
     python -m faceloss_jax.main --config=configs/arcface.py:face --workdir=/tmp/fl_face
@@ -18,7 +18,7 @@ from configs import default
 
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """ArcFace; ``variant`` as in ``configs/default.py``."""
-    config = default.get_config(variant)
+    config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "arcface",
         scale=16.0 if variant == "mnist" else 64.0,  # s

@@ -13,7 +13,7 @@ from configs import default
 
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """Combined margin; ``variant`` as in ``configs/default.py``."""
-    config = default.get_config(variant)
+    config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "combined",
         scale=16.0 if variant == "mnist" else 64.0,

@@ -15,7 +15,7 @@ from configs import default
 
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """SphereFace (A-Softmax); ``variant`` as in ``configs/default.py``."""
-    config = default.get_config(variant)
+    config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "sphereface",
         margin=4,  # m, an integer

@@ -21,6 +21,6 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
         mining="batch_all" if variant == "mnist" else "semi_hard",
     )
     if variant == "mnist":
-        # Unit 2-D features would live on a circle; 3-D ones on a sphere have room.
+        # Unit 2-D features would live on a circle; on the sphere classes can pass.
         config.model.embedding_dim = 3
     return config

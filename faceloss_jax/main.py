@@ -42,8 +42,12 @@ def main(argv: Sequence[str]) -> None:
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
-    logging.info("JAX devices: %s (process %d of %d)",
-                 jax.devices(), jax.process_index(), jax.process_count())
+    logging.info(
+        "JAX devices: %s (process %d of %d)",
+        jax.devices(),
+        jax.process_index(),
+        jax.process_count(),
+    )
     metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:
         print(reporting.format_report(metrics))

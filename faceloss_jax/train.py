@@ -106,7 +106,12 @@ def create_train_state(
     )
 
 
-def _is_class_sharded(path: tuple, leaf: Any, class_sharded: bool) -> bool:
+def is_class_sharded(config: ml_collections.ConfigDict) -> bool:
+    """Whether the classifier's columns are split over the devices (Partial FC)."""
+    return config.loss.get("class_sharded", False)
+
+
+def _is_sharded_leaf(path: tuple, leaf: Any, class_sharded: bool) -> bool:
     """Whether a leaf is a column block of the classifier: the head's weights and
     bias, and their optimizer moments (which sit under the same keys)."""
     keys = [getattr(k, "key", None) for k in path]
@@ -118,7 +123,7 @@ def state_partition_specs(state: TrainState, *, class_sharded: bool) -> TrainSta
     (``P(None, "data")`` for W (d, C), ``P("data")`` for the bias) when class-sharded."""
 
     def spec(path, leaf):
-        if _is_class_sharded(path, leaf, class_sharded):
+        if _is_sharded_leaf(path, leaf, class_sharded):
             return P(*(None,) * (np.ndim(leaf) - 1), DATA_AXIS)
         return P()
 
@@ -140,7 +145,7 @@ def _average_gradients(grads: Any, *, class_sharded: bool, num_devices: int) -> 
     """
 
     def average(path, grad):
-        if _is_class_sharded(path, grad, class_sharded):
+        if _is_sharded_leaf(path, grad, class_sharded):
             return grad / num_devices
         return jax.lax.pmean(grad, DATA_AXIS)
 
@@ -152,7 +157,7 @@ def _global_norm(grads: Any, *, class_sharded: bool) -> jax.Array:
     squares = jax.tree_util.tree_map_with_path(
         lambda path, g: (
             jax.lax.psum(jnp.sum(jnp.square(g)), DATA_AXIS)
-            if _is_class_sharded(path, g, class_sharded)
+            if _is_sharded_leaf(path, g, class_sharded)
             else jnp.sum(jnp.square(g))
         ),
         grads,
@@ -191,7 +196,7 @@ def train_step(
       are finite), ``finite_input`` (1.0 if every image is finite), and ``accuracy``,
       ``intra_angle`` when the loss has an unsharded classifier.
     """
-    class_sharded = config.loss.get("class_sharded", False)
+    class_sharded = is_class_sharded(config)
     dropout_key = jax.random.fold_in(
         jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(DATA_AXIS)
     )
@@ -404,10 +409,14 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None
         raise ValueError(
             f"batch_size={config.batch_size} is not divisible by the {num_devices} devices"
         )
-    for name in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "eval_every_steps"):
+    intervals = ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "eval_every_steps")
+    for name in intervals:
         if config[name] < 1:
             raise ValueError(f"{name} must be positive; got {config[name]}")
-    if config.loss.get("class_sharded", False) and (
+    clip = config.optimizer.grad_clip_norm
+    if clip is not None and clip <= 0:
+        raise ValueError(f"optimizer.grad_clip_norm must be positive or None; got {clip}")
+    if is_class_sharded(config) and (
         config.parallelism != "shard_map" or not objectives.has_classifier(config.loss)
     ):
         raise ValueError(
@@ -415,32 +424,45 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None
         )
 
 
-def _non_finite_message(step: int, metrics: Mapping[str, float], last_checkpoint: int | None) -> str:
-    cause = (
-        "the input batch contains non-finite values (NaN or Inf): check the data"
-        if metrics["finite_input"] < 1
-        else "the inputs are finite, so training diverged: lower optimizer.learning_rate "
-        "or set optimizer.grad_clip_norm"
-    )
-    kept = (
-        "no checkpoint was written yet"
-        if last_checkpoint is None
-        else f"the last good checkpoint (step {last_checkpoint}) is intact"
-    )
-    return (
-        f"non-finite loss at step {step} (loss={metrics['loss']}, grad_norm="
-        f"{metrics['grad_norm']}): {cause}; {kept}. Set nan_policy='skip' to skip such steps."
-    )
+def _raise_if_non_finite(
+    window: list[dict[str, float]], *, last_step: int, last_checkpoint: int | None
+) -> None:
+    """Raises NonFiniteLossError for the first non-finite step of a logging window that
+    ends at ``last_step``, saying whether the input batch was the cause."""
+    for offset, metrics in enumerate(window):
+        if metrics["finite"] > 0:
+            continue
+        step = last_step - len(window) + 1 + offset
+        cause = (
+            "the input batch contains non-finite values (NaN or Inf): check the data"
+            if metrics["finite_input"] < 1
+            else "the inputs are finite, so training diverged: lower "
+            "optimizer.learning_rate or set optimizer.grad_clip_norm"
+        )
+        kept = (
+            "no checkpoint was written yet"
+            if last_checkpoint is None
+            else f"the last good checkpoint (step {last_checkpoint}) is intact"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (loss={metrics['loss']}, grad_norm="
+            f"{metrics['grad_norm']}): {cause}; {kept}. Set nan_policy='skip' to skip such "
+            "steps instead."
+        )
 
 
 def _summarize(window: list[dict[str, float]]) -> dict[str, float]:
     """Means over the finite steps of a logging window, and the count of skipped ones."""
     finite = [m for m in window if m["finite"] > 0]
-    summary = {
-        name: float(np.mean([m[name] for m in finite]))
-        for name in window[0]
-        if name not in ("finite", "finite_input")
-    } if finite else {}
+    summary = (
+        {
+            name: float(np.mean([m[name] for m in finite]))
+            for name in window[0]
+            if name not in ("finite", "finite_input")
+        }
+        if finite
+        else {}
+    )
     summary["skipped_steps"] = float(len(window) - len(finite))
     return summary
 
@@ -469,6 +491,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
+    learning_rate_fn = optimizers.create_learning_rate_schedule(
+        config.optimizer, num_train_steps=config.num_train_steps
+    )
     train_iter = data.create_iterator(
         data.create_source(config.dataset, "train"),
         config.dataset,
@@ -481,9 +506,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_data = load_eval_data(config)
 
     model = create_model(config)
-    learning_rate_fn = optimizers.create_learning_rate_schedule(
-        config.optimizer, num_train_steps=config.num_train_steps
-    )
     state = create_train_state(
         config,
         model,
@@ -492,7 +514,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         image_shape=eval_data["test"][0].shape[1:],
         learning_rate_fn=learning_rate_fn,
     )
-    state_specs = state_partition_specs(state, class_sharded=config.loss.get("class_sharded", False))
+    state_specs = state_partition_specs(state, class_sharded=is_class_sharded(config))
     state = jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs))
 
     manager = checkpointing.create_checkpoint_manager(
@@ -533,14 +555,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             run_eval = is_last or step % config.eval_every_steps == 0
             if not (save or run_eval or step % config.log_every_steps == 0):
                 continue
-            host_window = jax.device_get(window)
-            window = []
-            for offset, step_metrics in enumerate(host_window):
-                if step_metrics["finite"] < 1 and config.nan_policy == "stop":
-                    failed = step - len(host_window) + 1 + offset
-                    raise NonFiniteLossError(
-                        _non_finite_message(failed, step_metrics, last_checkpoint)
-                    )
+            host_window, window = jax.device_get(window), []
+            if config.nan_policy == "stop":
+                _raise_if_non_finite(host_window, last_step=step, last_checkpoint=last_checkpoint)
             summary = _summarize(host_window)
             summary["steps_per_second"] = progress.update(step, summary.get("loss", np.nan))
             writer.write_scalars(step, "train", summary)

@@ -33,8 +33,18 @@ from faceloss_jax import data, losses, train
 from faceloss_jax.train_lib import objectives, optimizers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-LOSSES = ("softmax", "contrastive", "triplet", "center", "lsoftmax", "sphereface",
-          "normface", "cosface", "arcface", "combined")
+LOSSES = (
+    "softmax",
+    "contrastive",
+    "triplet",
+    "center",
+    "lsoftmax",
+    "sphereface",
+    "normface",
+    "cosface",
+    "arcface",
+    "combined",
+)
 NUM_CLASSES = 8
 IMAGE_SHAPE = (8, 8, 1)
 
@@ -58,8 +68,13 @@ def tiny_config(loss: str = "softmax") -> ml_collections.ConfigDict:
     config.model.embedding_dim = 4
     config.dataset = data.default_config("synthetic")
     config.dataset.update(
-        image_size=8, channels=1, num_identities=NUM_CLASSES, held_out_identities=2,
-        images_per_identity=8, test_images_per_identity=4, read_threads=1,
+        image_size=8,
+        channels=1,
+        num_identities=NUM_CLASSES,
+        held_out_identities=2,
+        images_per_identity=8,
+        test_images_per_identity=4,
+        read_threads=1,
         prefetch_buffer_size=16,
     )
     config.optimizer.update(name="adamw", learning_rate=1e-2, schedule="constant", warmup_steps=0)
@@ -85,17 +100,31 @@ def make_step(config, mesh, parallelism="shard_map"):
     """A fresh train state on ``mesh`` and the parallel step of ``config``."""
     model = TinyNet(config.model.embedding_dim)
     lr_fn = optimizers.create_learning_rate_schedule(
-        config.optimizer, num_train_steps=config.num_train_steps)
+        config.optimizer, num_train_steps=config.num_train_steps
+    )
     state = train.create_train_state(
-        config, model, jax.random.PRNGKey(0), num_classes=NUM_CLASSES,
-        image_shape=IMAGE_SHAPE, learning_rate_fn=lr_fn)
+        config,
+        model,
+        jax.random.PRNGKey(0),
+        num_classes=NUM_CLASSES,
+        image_shape=IMAGE_SHAPE,
+        learning_rate_fn=lr_fn,
+    )
     class_sharded = config.loss.get("class_sharded", False)
     specs = train.state_partition_specs(state, class_sharded=class_sharded)
     state = jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
     step = train.parallelize_train_step(
-        functools.partial(train.train_step, model=model, config=config,
-                          learning_rate_fn=lr_fn, num_devices=mesh.size),
-        parallelism=parallelism, mesh=mesh, state_specs=specs)
+        functools.partial(
+            train.train_step,
+            model=model,
+            config=config,
+            learning_rate_fn=lr_fn,
+            num_devices=mesh.size,
+        ),
+        parallelism=parallelism,
+        mesh=mesh,
+        state_specs=specs,
+    )
     return state, step
 
 
@@ -135,13 +164,15 @@ def test_lambda_is_annealed_by_the_step(loss):
     labels = jnp.arange(6) % 3
     head = {"weights": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
     fn = {"lsoftmax": losses.large_margin_softmax, "sphereface": losses.sphereface}[loss]
-    schedule = losses.lambda_schedule(config.lambda_base, config.lambda_gamma,
-                                      config.lambda_power, config.lambda_min)
+    schedule = losses.lambda_schedule(
+        config.lambda_base, config.lambda_gamma, config.lambda_power, config.lambda_min
+    )
     values = []
     for step in (0, 1000):
         value, _ = objectives.compute_loss(config, head, {}, embeddings, labels, step=step)
-        expected = fn(embeddings, head["weights"], labels, margin=config.margin,
-                      lambda_=schedule(step)).mean()
+        expected = fn(
+            embeddings, head["weights"], labels, margin=config.margin, lambda_=schedule(step)
+        ).mean()
         np.testing.assert_allclose(value, expected, rtol=1e-6)
         values.append(float(value))
     assert values[1] > values[0]  # the margin bites once λ has decayed
@@ -158,14 +189,19 @@ def test_unknown_loss_name_is_an_error():
 def _assert_trees_close(a, b):
     jax.tree.map(
         lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-5, atol=2e-6),
-        a, b)
+        a,
+        b,
+    )
 
 
-@pytest.mark.parametrize("loss,class_sharded", [
-    ("softmax", False),  # with synchronized BatchNorm statistics
-    ("center", False),  # centres updated from the global batch
-    ("arcface", True),  # W split by columns over the 8 devices (Partial FC)
-])
+@pytest.mark.parametrize(
+    "loss,class_sharded",
+    [
+        ("softmax", False),  # with synchronized BatchNorm statistics
+        ("center", False),  # centres updated from the global batch
+        ("arcface", True),  # W split by columns over the 8 devices (Partial FC)
+    ],
+)
 def test_eight_devices_equal_one(loss, class_sharded):
     config = tiny_config(loss)
     # SGD: the update is linear in the gradient (Adam's first step is ~sign(g)).
@@ -188,8 +224,9 @@ def test_eight_devices_equal_one(loss, class_sharded):
 
 def test_gradient_clipping_bounds_the_update():
     config = tiny_config("softmax")
-    config.optimizer.update(name="sgd", learning_rate=1.0, momentum=0.0, weight_decay=0.0,
-                            grad_clip_norm=1e-3)
+    config.optimizer.update(
+        name="sgd", learning_rate=1.0, momentum=0.0, weight_decay=0.0, grad_clip_norm=1e-3
+    )
     state, step = make_step(config, mesh_of(1))
     before = jax.device_get(state.params)  # the step donates the state's buffers
     state, (metrics,) = run_steps(state, step, tiny_batch(), mesh_of(1), "shard_map", 1)
@@ -268,7 +305,9 @@ def test_nan_policy_skip_skips_the_step(tiny_model, tmp_path, monkeypatch):
     config = tiny_config()
     config.nan_policy = "skip"
     train.train_and_evaluate(config, str(tmp_path))
-    skipped = {r["step"]: r["skipped_steps"] for r in _read_metrics(tmp_path) if r["split"] == "train"}
+    skipped = {
+        r["step"]: r["skipped_steps"] for r in _read_metrics(tmp_path) if r["split"] == "train"
+    }
     assert skipped == {2: 0, 4: 1, 6: 0}
 
 
@@ -313,13 +352,26 @@ _RUN_SCRIPT = textwrap.dedent("""
     manager = checkpointing.create_checkpoint_manager(workdir + "/checkpoints", max_to_keep=3)
     restored = manager.restore(30, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
-    np.savez(workdir + "/final.npz", **{{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}})
+    arrays = {{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}}
+    np.savez(workdir + "/final.npz", **arrays)
 """)
 
 
+def _saved_steps(workdir):
+    directory = workdir / "checkpoints"
+    return (
+        [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
+    )
+
+
 def _launch(script, workdir):
-    return subprocess.Popen([sys.executable, "-c", script, str(workdir)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(workdir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
@@ -327,8 +379,8 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
     uninterrupted = _launch(script, tmp_path / "uninterrupted")
     killed_dir = tmp_path / "killed"
     killed = _launch(script, killed_dir)
-    deadline = time.time() + 120
-    while not (killed_dir / "checkpoints" / "12").exists():
+    deadline = time.time() + 300
+    while max(_saved_steps(killed_dir), default=0) < 12:
         assert killed.poll() is None and time.time() < deadline, killed.communicate()[0]
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)

@@ -22,7 +22,9 @@ from jax.experimental import multihost_utils
 State = TypeVar("State")
 
 
-def create_checkpoint_manager(directory: epath.PathLike, *, max_to_keep: int) -> ocp.CheckpointManager:
+def create_checkpoint_manager(
+    directory: epath.PathLike, *, max_to_keep: int
+) -> ocp.CheckpointManager:
     """An asynchronous orbax manager of ``state`` + ``data`` checkpoints.
 
     Args:
@@ -97,7 +99,9 @@ def restore_latest(
       The restored state, or None if there is no readable checkpoint (the iterator
       is then left as it was).
     """
-    items = {"state": ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, state))}
+    items = {
+        "state": ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+    }
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     for step in sorted(manager.all_steps(), reverse=True):
@@ -107,7 +111,11 @@ def restore_latest(
             logging.warning(
                 "The checkpoint at step %d in %s cannot be restored (%s: %s); moving it to "
                 "%s_corrupt/ and falling back to the previous checkpoint.",
-                step, manager.directory, type(error).__name__, error, manager.directory,
+                step,
+                manager.directory,
+                type(error).__name__,
+                error,
+                manager.directory,
             )
             _quarantine(manager, step)
             continue

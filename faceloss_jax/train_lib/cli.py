@@ -3,7 +3,7 @@ error for an override of a config key that does not exist."""
 
 import importlib.util
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import ml_collections
 from absl import flags
@@ -27,17 +27,21 @@ def unknown_key_error(config: ml_collections.ConfigDict, key: str) -> str | None
     at that level, or None if ``key`` exists in ``config``."""
     node, path = config, []
     for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+        is_dict = isinstance(node, ml_collections.ConfigDict)
+        if not is_dict or part not in node:
             where = "config" + "".join(f".{p}" for p in path)
-            valid = ", ".join(sorted(node)) if isinstance(node, Mapping) else "(none: a leaf)"
-            return f"unknown config key '{key}': {where} has no field '{part}'. Valid keys of {where}: {valid}"
+            valid = ", ".join(sorted(node.keys())) if is_dict else "(none: a leaf)"
+            return (
+                f"unknown config key '{key}': {where} has no field '{part}'. "
+                f"Valid keys of {where}: {valid}"
+            )
         node, path = node[part], [*path, part]
     return None
 
 
 def _override_keys(argv: Sequence[str]) -> list[str]:
     """The dotted keys of the ``--config.<key>[=value]`` arguments."""
-    return [a[len(_CONFIG_PREFIX):].split("=", 1)[0] for a in argv if a.startswith(_CONFIG_PREFIX)]
+    return [a[len(_CONFIG_PREFIX) :].split("=", 1)[0] for a in argv if a.startswith(_CONFIG_PREFIX)]
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -12,7 +12,6 @@ One place maps a loss config onto the pure functions of ``faceloss_jax.losses``:
 """
 
 from collections.abc import Mapping
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -154,9 +153,7 @@ def compute_loss(
         return loss, loss_state
     loss = _margin_loss(config, head, embeddings, labels, step, class_axis_name)
     if config.name == "contrastive":
-        loss += config.weight * losses.contrastive_loss(
-            embeddings, labels, margin=config.margin
-        )
+        loss += config.weight * losses.contrastive_loss(embeddings, labels, margin=config.margin)
     elif config.name == "center":
         centers = loss_state["centers"]
         loss += config.weight * jnp.mean(losses.center_loss(embeddings, centers, labels))

@@ -3,7 +3,7 @@
 The recipes of the face recognition papers: SGD with momentum 0.9 and weight decay
 5e-4 on the weights only (SphereFace, CosFace, ArcFace), a linear warmup, then a step
 (divide by 10 at fixed iterations), cosine or polynomial decay; AdamW for quick
-experiments; optional clipping of the global gradient norm.
+experiments.
 """
 
 from collections.abc import Sequence
@@ -54,8 +54,10 @@ def _decay_schedule(config: ml_collections.ConfigDict, decay_steps: int) -> opta
 def _check_boundaries(boundaries: Sequence[int], warmup_steps: int, decay_steps: int) -> tuple:
     boundaries = tuple(boundaries)
     end = warmup_steps + decay_steps
-    if not boundaries or list(boundaries) != sorted(boundaries) or not all(
-        warmup_steps < b < end for b in boundaries
+    if (
+        not boundaries
+        or list(boundaries) != sorted(boundaries)
+        or not all(warmup_steps < b < end for b in boundaries)
     ):
         raise ValueError(
             f"optimizer.boundaries must be increasing steps strictly between the end of "
@@ -107,28 +109,27 @@ def create_optimizer(
 
     ``sgd``: PyTorch's SGD, ``v ← μv + (g + λw)``, ``w ← w − η·v`` (``nesterov``
     optional); ``adamw``: decoupled weight decay (Loshchilov & Hutter, ICLR 2019).
-    With ``grad_clip_norm`` the raw gradients are first rescaled to that global norm
-    at most (as ``torch.nn.utils.clip_grad_norm_`` before ``optimizer.step``).
+    Gradient clipping (``grad_clip_norm``) is done by the train step, which knows the
+    norm of a gradient whose classifier columns are sharded over devices.
 
     Args:
-      config: the optimizer config: ``name`` in ``OPTIMIZERS``, ``weight_decay``,
-        ``grad_clip_norm`` (None for no clipping); ``momentum``, ``nesterov`` (sgd);
-        ``b1``, ``b2``, ``eps`` (adamw).
+      config: the optimizer config: ``name`` in ``OPTIMIZERS``, ``weight_decay``;
+        ``momentum``, ``nesterov`` (sgd); ``b1``, ``b2``, ``eps`` (adamw).
       learning_rate: a schedule (see ``create_learning_rate_schedule``).
 
     Returns:
       An optax gradient transformation.
 
     Raises:
-      ValueError: for an unknown name or a non-positive ``grad_clip_norm``.
+      ValueError: for an unknown name.
     """
     if config.name == "sgd":
-        tx = optax.chain(
+        return optax.chain(
             optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
             optax.sgd(learning_rate, momentum=config.momentum, nesterov=config.nesterov),
         )
-    elif config.name == "adamw":
-        tx = optax.adamw(
+    if config.name == "adamw":
+        return optax.adamw(
             learning_rate,
             b1=config.b1,
             b2=config.b2,
@@ -136,10 +137,4 @@ def create_optimizer(
             weight_decay=config.weight_decay,
             mask=decay_mask,
         )
-    else:
-        raise ValueError(f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}")
-    if config.grad_clip_norm is None:
-        return tx
-    if config.grad_clip_norm <= 0:
-        raise ValueError(f"optimizer.grad_clip_norm must be positive or None; got {config.grad_clip_norm}")
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+    raise ValueError(f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}")
