@@ -1,7 +1,12 @@
-"""The notebooks run end to end (few steps, ``FACELOSS_NB_FAST=1``) in a kernel of this
+"""The notebooks run end to end (few steps, ``FACELOSS_NB_FAST=1``) in kernels of this
 interpreter, and the committed ``.ipynb`` files are exactly what ``make_notebooks.py``
-writes, without outputs."""
+writes, without outputs.
 
+The four notebooks execute concurrently, each in its own kernel process, so that the
+module takes about the time of the slowest one plus what the cores cannot overlap.
+"""
+
+import asyncio
 import importlib.util
 import os
 import pathlib
@@ -11,8 +16,12 @@ import nbclient
 import nbformat
 import pytest
 
+import faceloss_jax
+
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("loss_geometry", "euclidean_vs_angular", "composition", "train_and_inspect")
+# Appended to every notebook: which interpreter and which faceloss_jax the kernel got.
+_WHOAMI = "import sys, faceloss_jax; print(sys.executable); print(faceloss_jax.__file__)"
 
 
 def _load_generator():
@@ -33,6 +42,32 @@ def _kernel_env() -> dict[str, str]:
     return env
 
 
+async def _execute(name: str) -> nbformat.NotebookNode | BaseException:
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(_WHOAMI))
+    client = nbclient.NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=300,
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    try:
+        await client.async_execute(env=_kernel_env())
+    except Exception as error:  # reported by the test of this notebook
+        return error
+    return notebook
+
+
+@pytest.fixture(scope="module")
+def executed() -> dict[str, nbformat.NotebookNode | BaseException]:
+    """Every notebook executed (concurrently), or the error that stopped it."""
+
+    async def run_all():
+        return await asyncio.gather(*(_execute(name) for name in NAMES))
+
+    return dict(zip(NAMES, asyncio.run(run_all())))
+
+
 def test_committed_notebooks_are_the_generated_ones_without_outputs():
     generator = _load_generator()
     assert tuple(generator.NOTEBOOKS) == NAMES
@@ -47,29 +82,18 @@ def test_committed_notebooks_are_the_generated_ones_without_outputs():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes(name):
-    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    # The first code cell of every notebook imports faceloss_jax; ask the kernel which
-    # interpreter and package it got.
-    notebook.cells.append(nbformat.v4.new_code_cell(
-        "import sys, faceloss_jax; print(sys.executable); print(faceloss_jax.__file__)"
-    ))
-    client = nbclient.NotebookClient(
-        notebook,
-        kernel_name="python3",
-        timeout=240,
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
-    )
-    client.execute(env=_kernel_env())  # a failing cell raises CellExecutionError
+def test_notebook_executes(executed, name):
+    notebook = executed[name]
+    if isinstance(notebook, BaseException):  # a failing cell: CellExecutionError
+        raise notebook
 
     executable, package = notebook.cells[-1].outputs[0]["text"].split()
     assert pathlib.Path(executable).resolve() == pathlib.Path(sys.executable).resolve()
-    import faceloss_jax
-
     assert package == faceloss_jax.__file__
     images = sum(
         "image/png" in output.get("data", {})
-        for cell in notebook.cells if cell.cell_type == "code"
+        for cell in notebook.cells
+        if cell.cell_type == "code"
         for output in cell.outputs
     )
     assert images >= 2, f"{name} drew {images} figures"
