@@ -830,8 +830,9 @@ print("test features", test_features.shape, "| open-set features", open_features
 
 The raw 2-D features (`evaluation.plot_features_2d`, the center-loss paper's figure), and
 the same features normalized onto the circle with the learned class centres $W_j$, which is
-where ArcFace's margin acts: each class should gather around its centre, $m$ = 0.2 rad
-(11°) away from the boundaries of its neighbours.
+where ArcFace's margin acts: a trained model gathers each class around its centre, at
+least $m$ = 0.2 rad (11°) inside the boundaries with its neighbours (in fast mode, after a
+few steps, the features have not separated yet).
 """),
     code(r"""
 figures = pathlib.Path(WORKDIR) / "inspect"
