@@ -263,9 +263,12 @@ def _format(row: Mapping[str, Any], column: str) -> str:
 
 
 def command_line() -> str:
-    """The command that is running, as one would type it from the repository root."""
+    """The command that is running, as one would type it from the repository root
+    (with ``XLA_FLAGS`` when set: thread settings change the wall times)."""
     module = os.path.relpath(sys.argv[0]).removesuffix(".py").replace(os.sep, ".")
-    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+    command = shlex.join(["python", "-m", module, *sys.argv[1:]])
+    xla_flags = os.environ.get("XLA_FLAGS")
+    return f"XLA_FLAGS={shlex.quote(xla_flags)} {command}" if xla_flags else command
 
 
 def plot_feature_grid(
