@@ -10,7 +10,6 @@ numbers depend only on the configs and seeds.
 import argparse
 import ast
 import csv
-from concurrent import futures
 import dataclasses
 import importlib
 import multiprocessing
@@ -21,6 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent import futures
 from typing import Any
 
 import jax
@@ -68,7 +68,9 @@ def load_config(
     return override(config, overrides or {})
 
 
-def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def override(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     """A copy of ``config`` with the dotted-key ``overrides`` set (existing keys only)."""
     config = ml_collections.ConfigDict(config.to_dict())
     for key, value in overrides.items():
@@ -212,7 +214,9 @@ def run_settings(
     return rows, panels
 
 
-def write_table(rows: Sequence[Mapping[str, Any]], out: str, *, title: str, notes: str = "") -> None:
+def write_table(
+    rows: Sequence[Mapping[str, Any]], out: str, *, title: str, notes: str = ""
+) -> None:
     """Writes ``<out>.csv`` (every column) and ``<out>.md``: a title, the command that
     produced it, and the metrics as ``mean ± std`` (std over seeds)."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -337,7 +341,8 @@ def parser(description: str, *, out: str) -> argparse.ArgumentParser:
                    help="training steps per run (default: each config's own)")
     p.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated seeds")
     p.add_argument("--out", default=out, help="output prefix: <out>.csv, .md, .png")
-    p.add_argument("--runs", default=os.path.join("/tmp/faceloss_experiments", os.path.basename(out)),
+    p.add_argument("--runs",
+                   default=os.path.join("/tmp/faceloss_experiments", os.path.basename(out)),
                    help="where the runs' work directories go (not committed)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
     p.add_argument("--set", type=_assignment, action="append", default=[],

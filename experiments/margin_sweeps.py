@@ -25,7 +25,8 @@ def settings(loss: str, param: str, values: tuple[float, ...]) -> list[common.Se
         raise KeyError(f"the {loss} config has no loss.{param}; it has {sorted(base.loss)}")
     cast = type(base.loss[param])
     return [
-        common.Setting(f"{loss} {param}={cast(v)}", common.override(base, {f"loss.{param}": cast(v)}))
+        common.Setting(f"{loss} {param}={cast(v)}",
+                       common.override(base, {f"loss.{param}": cast(v)}))
         for v in values
     ]
 
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__.splitlines()[0], out="experiments/results/sweep_arcface_margin")
     parser.add_argument("--loss", default="arcface")
     parser.add_argument("--param", default="margin", help="the loss hyper-parameter swept")
-    parser.add_argument("--values", type=common.floats, default=(0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7))
+    parser.add_argument("--values", type=common.floats,
+                        default=(0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7))
     args = parser.parse_args(argv)
 
     sweep = settings(args.loss, args.param, args.values)
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
                                   overrides=dict(args.set), jobs=args.jobs)
     for row, setting in zip(rows, sweep):
         row[args.param] = setting.config.loss[args.param]
-    common.write_table(rows, args.out, title=f"{args.loss}: sweep of {args.param}, LeNets++ 2-D on MNIST",
+    common.write_table(rows, args.out,
+                       title=f"{args.loss}: sweep of {args.param}, LeNets++ 2-D on MNIST",
                        notes=f"Figure: `{args.out}.png`.")
     x = [row[args.param] for row in rows]
     common.plot_curves(
