@@ -719,18 +719,21 @@ print("chunked value and gradient = dense; finite gradient at θ = 0")
 
 TRAIN_AND_INSPECT = [
     md(r"""
-# Train and inspect: ArcFace on MNIST with 2-D features
+# Train and inspect: ArcFace on MNIST, features on the sphere
 
 A short run of `faceloss_jax.train.train_and_evaluate(config, workdir)` with
-`configs/arcface.py` (LeNets++ with 2-D features on the MNIST digits embedded in the
-package, digits 7, 8, 9 held out as unseen identities; ArcFace s = 16, m = 0.2 rad), the
-setting of the center-loss and SphereFace papers' feature figures. Then the run is restored
-from its checkpoint and inspected with `faceloss_jax.evaluation`: the learned features, the
-open-set verification ROC and the angle histograms of positive and negative pairs.
+`configs/arcface.py`: LeNets++ on the MNIST digits embedded in the package, digits 7, 8, 9
+held out as unseen identities, ArcFace with s = 16 and m = 0.2 rad, the setting of the
+center-loss and SphereFace papers' feature figures. The angular configs use 3-D features
+(on a circle, LeNets++ trained from scratch with a normalized loss stalls; see
+`configs/default.py`), so the features are drawn on the sphere as in SphereFace's figure;
+the softmax and center-loss configs keep 2-D features. Then the run is restored from its
+checkpoint and inspected with `faceloss_jax.evaluation`: the learned features, the open-set
+verification ROC and the angle histograms of positive and negative pairs.
 
 With `FACELOSS_NB_FAST=1` (the tests) it trains a handful of steps on a subset, enough to
-exercise every piece but not to learn; unset, it runs the config's 150 steps (a few
-minutes on a laptop CPU).
+exercise every piece but not to learn; unset, it runs the config's steps (a few minutes on
+a laptop CPU).
 """),
     code(r"""
 import json
@@ -818,7 +821,7 @@ assert int(state.step) == config.num_train_steps
 
 variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats}
 embed = lambda images: model.apply(variables, images, train=False)
-weights = np.asarray(objectives.classifier_weights(config.loss, state.params["head"]))  # (2, C)
+weights = np.asarray(objectives.classifier_weights(config.loss, state.params["head"]))  # (d, C)
 (test_images, test_labels), (open_images, open_labels) = eval_data["test"], eval_data["open"]
 extract = dict(batch_size=config.eval.batch_size, flip=config.eval.flip, normalize=False)
 test_features = evaluation.extract_embeddings(embed, test_images, **extract)
@@ -828,26 +831,34 @@ print("test features", test_features.shape, "| open-set features", open_features
     md(r"""
 ### Features
 
-The raw 2-D features (`evaluation.plot_features_2d`, the center-loss paper's figure), and
-the same features normalized onto the circle with the learned class centres $W_j$, which is
-where ArcFace's margin acts: a trained model gathers each class around its centre, at
-least $m$ = 0.2 rad (11°) inside the boundaries with its neighbours (in fast mode, after a
-few steps, the features have not separated yet).
+The test features, coloured by class: on the unit sphere for 3-D features
+(`evaluation.plot_features_3d`, SphereFace's figure) or in the plane for 2-D ones
+(`evaluation.plot_features_2d`, the center-loss paper's). Then where ArcFace's margin
+acts: each sample's angle $\theta_y$ to its own class centre $W_y$ against its angle to the
+nearest other centre. ArcFace's target is satisfied above the line
+$\theta_{\text{other}} = \theta_y + m$, the boundary of the loss-geometry notebook; a trained
+model puts the samples there (in fast mode, after a few steps, they are not yet).
 """),
     code(r"""
 figures = pathlib.Path(WORKDIR) / "inspect"
-features_path = str(figures / "features_2d.png")
-display(Image(evaluation.plot_features_2d(test_features, test_labels, features_path)))
+dims = test_features.shape[1]
+plot_features = {2: evaluation.plot_features_2d, 3: evaluation.plot_features_3d}[dims]
+display(Image(plot_features(test_features, test_labels, str(figures / f"features_{dims}d.png"))))
 
-unit = evaluation.l2_normalize(test_features)
-radius = 1.0 + 0.05 * np.random.default_rng(0).standard_normal(len(unit))  # jitter to see density
+cos = evaluation.l2_normalize(test_features) @ weights  # (N, C), W's columns are unit
+own = np.take_along_axis(cos, test_labels[:, None], axis=1)[:, 0]
+other = np.where(np.arange(cos.shape[1]) == test_labels[:, None], -np.inf, cos).max(axis=1)
+theta_own, theta_other = (np.degrees(np.arccos(np.clip(c, -1, 1))) for c in (own, other))
+margin = np.degrees(config.loss.margin)
 fig, ax = plt.subplots(figsize=(5, 5))
 for c in np.unique(test_labels):
-    ax.scatter(*(unit[test_labels == c] * radius[test_labels == c, None]).T, s=3, label=str(c))
-    ax.plot([0, 1.3 * weights[0, c]], [0, 1.3 * weights[1, c]], "k-", lw=1)
-ax.set(aspect="equal", title="normalized features and class centres W_j")
+    ax.scatter(theta_own[test_labels == c], theta_other[test_labels == c], s=3, label=str(c))
+ax.plot([0, 180 - margin], [margin, 180], "k-", lw=1, label="θ_other = θ_y + m")
+ax.set(xlim=(0, 180), ylim=(0, 180), aspect="equal", xlabel="θ_y to own centre (degrees)",
+       ylabel="θ to nearest other centre (degrees)")
 ax.legend(markerscale=4, fontsize="small")
 plt.show()
+print(f"samples beyond ArcFace's margin: {np.mean(theta_other > theta_own + margin):.1%}")
 """),
     md(r"""
 ### Open-set verification

@@ -2,8 +2,8 @@
 interpreter, and the committed ``.ipynb`` files are exactly what ``make_notebooks.py``
 writes, without outputs.
 
-The four notebooks execute concurrently, each in its own kernel process, so that the
-module takes about the time of the slowest one plus what the cores cannot overlap.
+The four notebooks execute concurrently, each in its own kernel process, so that they
+take about the time of the slowest one plus what the cores cannot overlap.
 """
 
 import asyncio
@@ -14,7 +14,6 @@ import sys
 
 import nbclient
 import nbformat
-import pytest
 
 import faceloss_jax
 
@@ -53,19 +52,9 @@ async def _execute(name: str) -> nbformat.NotebookNode | BaseException:
     )
     try:
         await client.async_execute(env=_kernel_env())
-    except Exception as error:  # reported by the test of this notebook
+    except Exception as error:  # a failing cell: reported with the others
         return error
     return notebook
-
-
-@pytest.fixture(scope="module")
-def executed() -> dict[str, nbformat.NotebookNode | BaseException]:
-    """Every notebook executed (concurrently), or the error that stopped it."""
-
-    async def run_all():
-        return await asyncio.gather(*(_execute(name) for name in NAMES))
-
-    return dict(zip(NAMES, asyncio.run(run_all())))
 
 
 def test_committed_notebooks_are_the_generated_ones_without_outputs():
@@ -81,19 +70,24 @@ def test_committed_notebooks_are_the_generated_ones_without_outputs():
                 assert cell.outputs == [] and cell.execution_count is None, name
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes(executed, name):
-    notebook = executed[name]
-    if isinstance(notebook, BaseException):  # a failing cell: CellExecutionError
-        raise notebook
+def test_every_notebook_executes_in_a_kernel_of_this_interpreter():
+    # One test, not one per notebook: under pytest-xdist a shared fixture would run the
+    # four notebooks again in every worker.
+    async def run_all():
+        return await asyncio.gather(*(_execute(name) for name in NAMES))
 
-    executable, package = notebook.cells[-1].outputs[0]["text"].split()
-    assert pathlib.Path(executable).resolve() == pathlib.Path(sys.executable).resolve()
-    assert package == faceloss_jax.__file__
-    images = sum(
-        "image/png" in output.get("data", {})
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-    )
-    assert images >= 2, f"{name} drew {images} figures"
+    executed = dict(zip(NAMES, asyncio.run(run_all())))
+    errors = {name: nb for name, nb in executed.items() if isinstance(nb, BaseException)}
+    assert not errors, "\n\n".join(f"{name} failed:\n{error}" for name, error in errors.items())
+
+    for name, notebook in executed.items():
+        executable, package = notebook.cells[-1].outputs[0]["text"].split()
+        assert pathlib.Path(executable).resolve() == pathlib.Path(sys.executable).resolve(), name
+        assert package == faceloss_jax.__file__, name
+        images = sum(
+            "image/png" in output.get("data", {})
+            for cell in notebook.cells
+            if cell.cell_type == "code"
+            for output in cell.outputs
+        )
+        assert images >= 2, f"{name} drew {images} figures"
