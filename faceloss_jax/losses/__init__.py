@@ -19,7 +19,10 @@ from faceloss_jax.losses.euclidean import (
     update_centers,
 )
 
-# Angular family (angular.py)
+# Angular family (angular.py) and the engine a new margin is written on (_head.py)
+from faceloss_jax.losses._head import Logits
+from faceloss_jax.losses._head import cosine
+from faceloss_jax.losses._head import margin_softmax
 from faceloss_jax.losses.angular import additive_angular_margin
 from faceloss_jax.losses.angular import arcface
 from faceloss_jax.losses.angular import combined_angular_margin
