@@ -215,7 +215,7 @@ def run_settings(
 
 
 def write_table(
-    rows: Sequence[Mapping[str, Any]], out: str, *, title: str, notes: str = ""
+    rows: Sequence[Mapping[str, Any]], out: str, *, title: str, command: str, notes: str = ""
 ) -> None:
     """Writes ``<out>.csv`` (every column) and ``<out>.md``: a title, the command that
     produced it, and the metrics as ``mean ± std`` (std over seeds)."""
@@ -231,7 +231,7 @@ def write_table(
     lines = [
         f"# {title}",
         "",
-        f"Command: `{command_line()}`",
+        f"Command: `{command}`",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -266,13 +266,18 @@ def _format(row: Mapping[str, Any], column: str) -> str:
     return str(value)
 
 
-def command_line() -> str:
-    """The command that is running, as one would type it from the repository root
-    (with ``XLA_FLAGS`` when set: thread settings change the wall times)."""
-    module = os.path.relpath(sys.argv[0]).removesuffix(".py").replace(os.sep, ".")
-    command = shlex.join(["python", "-m", module, *sys.argv[1:]])
-    xla_flags = os.environ.get("XLA_FLAGS")
-    return f"XLA_FLAGS={shlex.quote(xla_flags)} {command}" if xla_flags else command
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, *, module: str
+) -> argparse.Namespace:
+    """Parses ``argv`` (None: the command line) and adds ``args.command``: the command
+    that reproduces the run, typed from the repository root (with ``XLA_FLAGS`` when set:
+    thread settings change the wall times)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "-m", module, *argv])
+    if xla_flags := os.environ.get("XLA_FLAGS"):
+        args.command = f"XLA_FLAGS={shlex.quote(xla_flags)} {args.command}"
+    return args
 
 
 def plot_feature_grid(
@@ -382,7 +387,7 @@ def run_table_and_features(
     and the grid of the first seed's test features ``<out>.png``."""
     rows, panels = run_settings(settings, seeds=args.seeds, steps=args.steps, runs=args.runs,
                                 overrides=dict(args.set), jobs=args.jobs, with_features=True)
-    write_table(rows, args.out, title=title,
+    write_table(rows, args.out, title=title, command=args.command,
                 notes=f"Figure: `{args.out}.png` (test features of seed {args.seeds[0]}).")
     plot_feature_grid(panels, f"{args.out}.png", columns=columns)
     return rows

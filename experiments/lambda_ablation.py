@@ -27,7 +27,7 @@ def settings(losses: tuple[str, ...]) -> list[common.Setting]:
 def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__.splitlines()[0], out="experiments/results/lambda_ablation")
     parser.add_argument("--losses", type=common.names, default=("lsoftmax", "sphereface"))
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, module=__spec__.name)
     common.run_table_and_features(
         settings(args.losses),
         args,

@@ -37,14 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--param", default="margin", help="the loss hyper-parameter swept")
     parser.add_argument("--values", type=common.floats,
                         default=(0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7))
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, module=__spec__.name)
 
     sweep = settings(args.loss, args.param, args.values)
     rows, _ = common.run_settings(sweep, seeds=args.seeds, steps=args.steps, runs=args.runs,
                                   overrides=dict(args.set), jobs=args.jobs)
     for row, setting in zip(rows, sweep):
         row[args.param] = setting.config.loss[args.param]
-    common.write_table(rows, args.out,
+    common.write_table(rows, args.out, command=args.command,
                        title=f"{args.loss}: sweep of {args.param}, LeNets++ 2-D on MNIST",
                        notes=f"Figure: `{args.out}.png`.")
     x = [row[args.param] for row in rows]

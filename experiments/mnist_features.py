@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__.splitlines()[0], out="experiments/results/mnist_2d")
     parser.add_argument("--losses", type=common.names, default=LOSSES)
     parser.add_argument("--dims", type=int, choices=(2, 3), default=2)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, module=__spec__.name)
 
     common.run_table_and_features(
         settings(args.losses, dims=args.dims),

@@ -47,14 +47,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__.splitlines()[0], out="experiments/results/synthetic_openset")
     parser.add_argument("--losses", type=common.names, default=LOSSES)
     parser.set_defaults(steps=150, seeds=(0, 1))
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, module=__spec__.name)
 
     rows, _ = common.run_settings(
         settings(args.losses, steps=args.steps), seeds=args.seeds, steps=args.steps,
         runs=args.runs, overrides=dict(args.set), jobs=args.jobs,
     )
     common.write_table(
-        rows, args.out,
+        rows, args.out, command=args.command,
         title="Open-set verification on synthetic identities (iResNet-18, 32×32, CPU recipe)",
         notes=f"Figure: `{args.out}.png`.",
     )
