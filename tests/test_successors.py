@@ -45,8 +45,9 @@ class Case:
     (no class sharding) or "dense"; sub: K sub-centres (weights (d, C, K)) or 0;
     norm: the range of the embeddings' norms; check_x: whether finite differences
     in x match autodiff (False where the loss stops a gradient by design); variant:
-    another setting of a loss listed before, whose traced code is the same (skipped by
-    the transform and layout tests, which would compile it again).
+    another setting of a loss listed before, checked against the reference only (the
+    compiling tests run on the first setting; the easy-margin branches are the core
+    losses').
     """
 
     id: str
@@ -75,10 +76,9 @@ CASES = [
          lambda x, w, y, **kw: ref.adaface(x, w, y, 15.0, 8.0, **kw),
          {"scale": 64.0, "margin": 0.4, "h": 0.333}, norm=(1.0, 40.0), check_x=False),
     Case("magface", losses.magface, ref.magface,
-         {"scale": 64.0, "lambda_g": 35.0}, norm=(5.0, 120.0)),
-    Case("magface-fallback", losses.magface, ref.magface,
          {"scale": 32.0, "lower_margin": 0.5, "upper_margin": 1.0, "easy_margin": False},
-         norm=(5.0, 120.0), variant=True),
+         norm=(5.0, 120.0)),
+    Case("magface-defaults", losses.magface, ref.magface, {}, norm=(5.0, 120.0), variant=True),
     Case("elastic-arc",
          lambda x, w, y, **kw: losses.elasticface_arc(x, w, y, KEY, margin=0.5, **kw),
          _elastic_ref("arc", 0.5, False), {"scale": 64.0, "sigma": 0.05}),
@@ -139,19 +139,15 @@ def _reference(case, x, w, y):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-@pytest.mark.parametrize("shape", [(8, 3, 10), (19, 16, 37)])
-def test_matches_numpy_reference(x64, case, shape):
-    x, w, y = _data(case, *shape)
+@pytest.mark.parametrize("data", ["edge-angles", "random"])
+def test_matches_numpy_reference(x64, case, data):
+    if data == "random":
+        x, w, y = _data(case, 19, 16, 37)
+    else:  # θ_y = 0 and π exactly, and in between
+        x, w, y = _at_angles(case, [0.0, np.pi / 2, np.pi, 0.8 * np.pi, 0.3])
     got = _call(case, x, w, y)
-    assert got.shape == (shape[0],) and got.dtype == jnp.float64
+    assert got.shape == y.shape and got.dtype == jnp.float64
     np.testing.assert_allclose(got, _reference(case, x, w, y), rtol=1e-9, atol=1e-9)
-
-
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_hand_made_angles(x64, case):
-    x, w, y = _at_angles(case, [0.0, np.pi / 2, np.pi, 0.8 * np.pi, 0.3])
-    np.testing.assert_allclose(_call(case, x, w, y), _reference(case, x, w, y),
-                               rtol=1e-9, atol=1e-9)
 
 
 def test_reductions_to_the_core_losses(x64):
@@ -189,7 +185,7 @@ def test_reductions_to_the_core_losses(x64):
 # ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", BASE_CASES, ids=[c.id for c in BASE_CASES])
 def test_check_grads(x64, case):
     x, w, y = _data(case, 5, 4, 6, seed=3)
     hp = dict(case.hp, **({"scale": 4.0} if "scale" in case.hp else {}))
@@ -201,7 +197,7 @@ def test_check_grads(x64, case):
                     modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", BASE_CASES, ids=[c.id for c in BASE_CASES])
 def test_gradients_finite_in_bfloat16_at_the_edges(case):
     x, w, y = _at_angles(case, np.linspace(0.0, np.pi, 61))  # includes exact 0 and π
     # A zero-norm embedding and a zero-norm class centre on top.
@@ -228,8 +224,7 @@ def test_jit_and_vmap(case):
     x, y = x.reshape(3, 6, 4), y.reshape(3, 6)
     fn = lambda x, y: _call(case, x, w, y)  # noqa: E731
     eager = np.stack([fn(x[i], y[i]) for i in range(3)])
-    np.testing.assert_allclose(jax.jit(fn)(x[0], y[0]), eager[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(jax.vmap(fn)(x, y), eager, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.vmap(fn))(x, y), eager, rtol=1e-5, atol=1e-5)
 
 
 def _mesh():
@@ -238,21 +233,22 @@ def _mesh():
 
 @pytest.mark.parametrize("case", LAYOUT_CASES, ids=[c.id for c in LAYOUT_CASES])
 def test_chunked_and_class_sharded_equal_dense(x64, case):
-    x, w, y = _data(case, 8, 5, 2 * jax.device_count(), seed=5)
-    layouts = {"chunked": lambda x, w, y: _call(case, x, w, y, chunk_size=5)}
+    """W's columns sharded over 8 devices and streamed in chunks on each: one compile."""
+    x, w, y = _data(case, 8, 5, 3 * jax.device_count(), seed=5)
     if case.layouts == "all":
-        layouts["class-sharded"] = jax.shard_map(
-            lambda x, w, y: _call(case, x, w, y, class_axis_name="c"), mesh=_mesh(),
-            in_specs=(P(), P(None, "c"), P()), out_specs=P())
+        layout = jax.shard_map(
+            lambda x, w, y: _call(case, x, w, y, chunk_size=2, class_axis_name="c"),
+            mesh=_mesh(), in_specs=(P(), P(None, "c"), P()), out_specs=P())
+    else:
+        layout = lambda x, w, y: _call(case, x, w, y, chunk_size=5)  # noqa: E731
+    value, grads = _value_and_grads(layout, x, w, y)
     dense_value, dense_grads = _value_and_grads(lambda x, w, y: _call(case, x, w, y), x, w, y)
-    for layout, fn in layouts.items():
-        value, grads = _value_and_grads(fn, x, w, y)
-        np.testing.assert_allclose(value, dense_value, rtol=1e-10, err_msg=layout)
-        for g, g_dense in zip(grads, dense_grads):
-            np.testing.assert_allclose(g, g_dense, rtol=1e-9, atol=1e-10, err_msg=layout)
+    np.testing.assert_allclose(value, dense_value, rtol=1e-10)
+    for g, g_dense in zip(grads, dense_grads):
+        np.testing.assert_allclose(g, g_dense, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("case_id", ["adaface", "magface", "elastic-arc"])
+@pytest.mark.parametrize("case_id", ["magface", "elastic-arc"])
 def test_data_and_class_parallel_equal_dense(x64, case_id):
     """The training layout: the batch and W's columns split over one axis (Partial FC)."""
     devices = jax.device_count()

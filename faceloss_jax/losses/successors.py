@@ -4,22 +4,23 @@ Each is a cross-entropy over the class logits of a (d, C) class-centre matrix W 
 (d, C, K) one for sub-centres), with ``cos θ_j`` the cosine of the embedding x and the
 centre w_j; all return per-example losses (B,) in float32 (float64 for float64 inputs).
 
-=================  ===============================  =====================  ==========  =======
-loss               target logit                     other logits           state       layouts
-=================  ===============================  =====================  ==========  =======
-subcenter_arcface  s·cos(θ̂_y + m), θ̂_j = min_k θ_jk  s·cos θ̂_j              –           dense
-curricularface     s·cos(θ_y + m)                   s·N(t, cos θ_j)        t           dense
-adaface            s·(cos(θ_y − m·ẑ) − m·ẑ − m)     s·cos θ_j              (μ, σ)      all
-magface            s·cos(θ_y + m(‖x‖)), + λ_g·g     s·cos θ_j              –           all
-elasticface_arc    s·cos(θ_y + m_i), m_i ~ N(m, σ)  s·cos θ_j              PRNG key    all
-elasticface_cos    s·(cos θ_y − m_i)                s·cos θ_j              PRNG key    all
-adacos             s̃·cos θ_y                         s̃·cos θ_j              s̃ (dynamic) all
-circle_loss        γ·α_p·(cos θ_y − Δ_p)            γ·α_n·(cos θ_j − Δ_n)  –           dense
-=================  ===============================  =====================  ==========  =======
+=================  ================================  =====================  ===========  =======
+loss               target logit                      other logits           state        layouts
+=================  ================================  =====================  ===========  =======
+subcenter_arcface  s·cos(θ_y + m), θ_j = min_k θ_jk  s·cos θ_j              –            dense
+curricularface     s·cos(θ_y + m)                    s·N(t, cos θ_j)        t            dense
+adaface            s·(cos(θ_y − m·z) − m·z − m)      s·cos θ_j              (μ, σ)       all
+magface            s·cos(θ_y + m(a)), a = ‖x‖        s·cos θ_j              –            all
+elasticface_arc    s·cos(θ_y + m_i), m_i ~ N(m, σ)   s·cos θ_j              PRNG key     all
+elasticface_cos    s·(cos θ_y − m_i)                 s·cos θ_j              PRNG key     all
+adacos             s·cos θ_y, s adaptive             s·cos θ_j              s (dynamic)  all
+circle_loss        γ·α_p·(cos θ_y − Δ_p)             γ·α_n·(cos θ_j − Δ_n)  –            dense
+=================  ================================  =====================  ===========  =======
 
 "all" layouts: the loss changes the target logit only, so it runs on the engine of the
 angular family (``_head.margin_softmax``) and takes ``chunk_size``, ``axis_name`` and
-``class_axis_name`` exactly as ``losses.arcface`` does, with the same value. "dense":
+``class_axis_name`` exactly as ``losses.arcface`` does, with the same value (except
+ElasticFace+, which ranks the batch's target cosines: not class-sharded). "dense":
 the loss also changes the other logits (max-pooled sub-centres, CurricularFace's
 re-weighted hard negatives, Circle loss's per-logit weights), so it computes the B×C
 cosines at once; it runs per device under data parallelism (each device's examples
@@ -50,17 +51,14 @@ from faceloss_jax.losses import angular
 # ----------------------------------------------------------------------------------
 
 
-def _normalized_spec(scale: float | jax.Array) -> _head.Logits:
-    return _head.Logits(normalize_embeddings=True, normalize_weights=True, scale=scale)
-
-
 def _margin_head(name, embeddings, weights, labels, *, scale, target_fn, per_example=(),
                  chunk_size, axis_name, class_axis_name):
     """Checks the inputs and runs the angular engine with normalized x and W."""
     angular._check(name, embeddings, weights, labels, class_axis_name=class_axis_name)
     return _head.margin_softmax(
         jnp.asarray(embeddings), jnp.asarray(weights), jnp.asarray(labels),
-        spec=_normalized_spec(scale), target_fn=target_fn, per_example=per_example,
+        spec=_head.Logits(normalize_embeddings=True, normalize_weights=True, scale=scale),
+        target_fn=target_fn, per_example=per_example,
         chunk_size=chunk_size, axis_name=axis_name, class_axis_name=class_axis_name)
 
 
@@ -752,7 +750,9 @@ def adacos(
     Deep Face Representations", CVPR 2019. Logits ``s̃·cos θ_j``; ``scale=None`` is
     the fixed AdaCos, ``s̃ = √2·ln(C − 1)`` (``adacos_fixed_scale``, C counting every
     class, on all devices under ``class_axis_name``); the dynamic AdaCos passes the
-    state ``scale`` moved each step by ``adacos_dynamic_scale``.
+    state ``scale`` moved each step by ``adacos_dynamic_scale``. With Partial FC
+    sampling (``losses.sample_classes``) W holds the sampled columns only: pass
+    ``scale=adacos_fixed_scale(C)`` of the full C.
 
     Args:
       embeddings: (B, d) features.
