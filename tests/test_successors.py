@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, PartitionSpec as P
+import reference_successors as ref
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from faceloss_jax import losses
 from faceloss_jax.losses import successors, successors_xbm
-
-import reference_successors as ref
 
 KEY = jax.random.key(7)
 STATS = losses.AdaFaceStats(mean=jnp.asarray(15.0), std=jnp.asarray(8.0))

@@ -42,9 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _head
-from faceloss_jax.losses import _validation
-from faceloss_jax.losses import angular
+from faceloss_jax.losses import _head, _validation, angular
 
 # ----------------------------------------------------------------------------------
 # Shared pieces.

@@ -27,8 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _validation
-from faceloss_jax.losses import euclidean
+from faceloss_jax.losses import _validation, euclidean
 
 
 class CrossBatchMemory(NamedTuple):
