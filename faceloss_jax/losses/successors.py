@@ -829,7 +829,7 @@ def adacos_dynamic_scale(
     if axis_name is not None:
         x, y = (lax.all_gather(a, axis_name, tiled=True) for a in (x, y))
     cos = lax.stop_gradient(_unit_cosines(x, w))
-    offset = 0 if class_axis_name is None else lax.axis_index(class_axis_name) * w.shape[1]
+    offset = 0 if class_axis_name is None else _head._axis_index(class_axis_name) * w.shape[1]
     is_target = y[:, None] == offset + jnp.arange(w.shape[1])
     lse = jax.nn.logsumexp(jnp.where(is_target, -jnp.inf, jnp.asarray(scale, cos.dtype) * cos))
     cos_y = jnp.sum(jnp.where(is_target, cos, 0.0), axis=1)
