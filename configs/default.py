@@ -43,11 +43,11 @@ def _mnist(config: ml_collections.ConfigDict, *, angular: bool) -> None:
         config.model.embedding_dim = 3
         config.model.feature_prelu = False
         config.optimizer.learning_rate = 1e-3
-    config.batch_size = 32
-    config.num_train_steps = 200
+    config.batch_size = 64
+    config.num_train_steps = 300  # ~7 epochs of the 2,800 training digits
     config.log_every_steps = 10
-    config.checkpoint_every_steps = 50
-    config.eval_every_steps = 200
+    config.checkpoint_every_steps = 100
+    config.eval_every_steps = 300
     config.eval.flip = False  # a mirrored digit is another glyph
     config.eval.num_pairs = 3000
 

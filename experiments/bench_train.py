@@ -11,11 +11,13 @@ and, when PyTorch is installed (``pip install torch``), the same LeNets++ softma
 in plain PyTorch on the same CPU (same layers, SGD momentum 0.9, weight decay 5e-4 on
 weights only) as a reference ratio. Inputs are fixed random arrays, so the numbers
 are compute only, not the data pipeline. Each figure is the median over ``--repeats``
-timed windows of ``--steps`` steps, after a compiling/warm-up step.
+timed windows of ``--steps`` steps, after a compiling/warm-up step; the CPU seconds per
+step (of all the process's threads) are reported too, as they are less sensitive than
+the wall time to other programs sharing the machine.
 
-    python experiments/bench_train.py                      # both models, and PyTorch
-    python experiments/bench_train.py --models=lenet_pp --lenet_batch=128
-    python experiments/bench_train.py --json=/tmp/bench.json
+    python -m experiments.bench_train                      # both models, and PyTorch
+    python -m experiments.bench_train --models=lenet_pp --lenet_batch=128
+    python -m experiments.bench_train --json=/tmp/bench.json
 """
 
 import functools
@@ -45,17 +47,31 @@ _TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch LeNets++ step."
 _JSON = flags.DEFINE_string("json", None, "Write the results to this file too.")
 
 
-def _time(step_fn, num_steps: int, repeats: int) -> tuple[float, float]:
-    """(seconds of the first call, median seconds per step over the timed windows)."""
+def _time(step_fn, num_steps: int, repeats: int) -> dict:
+    """Runs ``step_fn(1)`` (compilation, warm-up), then ``repeats`` windows of
+    ``step_fn(num_steps)``; returns the wall time of the first call and, per step, the
+    median wall time and the median CPU time of this process (all its threads), which
+    a busy machine inflates much less than the wall time."""
     start = time.perf_counter()
     step_fn(1)
     first = time.perf_counter() - start
-    windows = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step_fn(num_steps)
-        windows.append((time.perf_counter() - start) / num_steps)
-    return first, statistics.median(windows)
+        wall.append((time.perf_counter() - start) / num_steps)
+        cpu.append((time.process_time() - start_cpu) / num_steps)
+    return {"first": first, "wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+
+
+def _summary(batch_size: int, timing: dict) -> dict:
+    return {
+        "batch_size": batch_size,
+        "first_step_s": round(timing["first"], 2),
+        "steps_per_s": round(1 / timing["wall"], 3),
+        "images_per_s": round(batch_size / timing["wall"], 1),
+        "cpu_s_per_step": round(timing["cpu"], 3),
+    }
 
 
 def time_jax_step(config, *, image_shape, num_classes: int, batch_size: int) -> dict:
@@ -106,13 +122,7 @@ def time_jax_step(config, *, image_shape, num_classes: int, batch_size: int) -> 
             state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
 
-    first, per_step = _time(run, _STEPS.value, _REPEATS.value)
-    return {
-        "batch_size": batch_size,
-        "compile_and_first_step_s": round(first, 2),
-        "steps_per_s": round(1 / per_step, 3),
-        "images_per_s": round(batch_size / per_step, 1),
-    }
+    return _summary(batch_size, _time(run, _STEPS.value, _REPEATS.value))
 
 
 def time_torch_lenet(batch_size: int, num_classes: int = 7) -> dict | None:
@@ -149,14 +159,10 @@ def time_torch_lenet(batch_size: int, num_classes: int = 7) -> dict | None:
             nn.functional.cross_entropy(net(images), labels).backward()
             optimizer.step()
 
-    first, per_step = _time(run, _STEPS.value, _REPEATS.value)
     return {
-        "batch_size": batch_size,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "first_step_s": round(first, 2),
-        "steps_per_s": round(1 / per_step, 3),
-        "images_per_s": round(batch_size / per_step, 1),
+        **_summary(batch_size, _time(run, _STEPS.value, _REPEATS.value)),
     }
 
 
@@ -177,9 +183,13 @@ def main(argv):
             batch_size=_LENET_BATCH.value,
         )
         if _TORCH.value and (torch_result := time_torch_lenet(_LENET_BATCH.value)):
+            jax_result = results["lenet_pp_softmax"]
             results["torch_lenet_pp_softmax"] = torch_result
             results["jax_over_torch_steps_per_s"] = round(
-                results["lenet_pp_softmax"]["steps_per_s"] / torch_result["steps_per_s"], 3
+                jax_result["steps_per_s"] / torch_result["steps_per_s"], 3
+            )
+            results["torch_over_jax_cpu_s_per_step"] = round(
+                torch_result["cpu_s_per_step"] / jax_result["cpu_s_per_step"], 3
             )
     if "iresnet50" in _MODELS.value:
         config = arcface_config.get_config("face")

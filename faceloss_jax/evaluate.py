@@ -78,6 +78,7 @@ def evaluate_checkpoint(
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.default_to_warnings()
     metrics = evaluate_checkpoint(_WORKDIR.value, _CONFIG.value)
     print(f"step {metrics['step']}")
     print(reporting.format_report(metrics))

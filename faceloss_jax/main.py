@@ -36,6 +36,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.default_to_warnings()
     if _MULTIHOST.value:
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value,

@@ -395,5 +395,17 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert sorted(expected) == sorted(actual) and len(expected) > 10
     for name in expected:
         np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
-    records = _read_metrics(killed_dir)
-    assert records[-1]["step"] == 30
+    train_steps = [r["step"] for r in _read_metrics(killed_dir) if r["split"] == "train"]
+    assert train_steps.count(3) == 1 and train_steps[-1] == 30  # resumed, not restarted
+
+
+def test_create_model_sets_precision_and_batch_norm_axis():
+    config = importlib.import_module("configs.arcface").get_config("face")
+    config.update(half_precision=True, sync_batch_norm=True)
+    model = train.create_model(config)
+    assert model.dtype == jnp.bfloat16 and model.bn_axis_name == "data"
+    config.update(half_precision=False, sync_batch_norm=False)
+    model = train.create_model(config)
+    assert model.dtype == jnp.float32 and model.bn_axis_name is None
+    lenet = train.create_model(tiny_config())  # no batch norm: no axis to set
+    assert lenet.dtype == jnp.float32

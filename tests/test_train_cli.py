@@ -39,7 +39,7 @@ def test_main_trains_mnist_then_evaluate_restores_the_same_model(tmp_path):
     assert report[0].startswith("closed-set accuracy:")
     assert report[1].startswith("verification accuracy:")
     assert (tmp_path / "eval" / "step_2.json").exists()
-    assert (tmp_path / "eval" / "features_2d_step2.png").exists()
+    assert (tmp_path / "eval" / "features_3d_step2.png").exists()
 
     again = _run("faceloss_jax.evaluate", f"--workdir={tmp_path}")
     assert again.splitlines()[0] == "step 2"

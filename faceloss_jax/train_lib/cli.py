@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 import ml_collections
-from absl import flags
+from absl import flags, logging
 
 _CONFIG_PREFIX = "--config."
 
@@ -59,3 +59,10 @@ def parse_flags(argv: list[str]) -> list[str]:
                 if message := unknown_key_error(config, key):
                     sys.exit(f"FATAL Flags parsing error: {message}")
         raise error
+
+
+def default_to_warnings() -> None:
+    """Logs warnings only, unless ``--verbosity`` was given (``--verbosity=0`` shows the
+    INFO logs of checkpointing and evaluation), so that the progress bar stays readable."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
