@@ -15,8 +15,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from faceloss_jax import models
 

@@ -15,8 +15,7 @@ import itertools
 import tempfile
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from faceloss_jax import data
 from faceloss_jax.data import images as images_lib

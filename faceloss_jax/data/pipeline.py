@@ -16,11 +16,11 @@ import functools
 import math
 from typing import Mapping
 
-from absl import flags
 import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
 from faceloss_jax.data import config as config_lib
 

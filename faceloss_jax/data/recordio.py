@@ -19,8 +19,8 @@ the ``(start, end)`` image-key range of one identity, so
 import os
 import pathlib
 import struct
-from typing import Any, NamedTuple, Sequence
 import weakref
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 

@@ -11,10 +11,7 @@ from typing import Callable
 
 import ml_collections
 
-from faceloss_jax.data import image_folder
-from faceloss_jax.data import mnist
-from faceloss_jax.data import recordio
-from faceloss_jax.data import synthetic
+from faceloss_jax.data import image_folder, mnist, recordio, synthetic
 
 SPLITS = ("train", "test", "openset")
 

@@ -1,8 +1,8 @@
 """Embedding extraction: batched, jitted, data-parallel, with flip test-time augmentation."""
 
-from collections.abc import Callable
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

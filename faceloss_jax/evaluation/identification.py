@@ -1,7 +1,7 @@
 """Closed-set identification with distractors (MegaFace-style), by chunked similarity."""
 
-from collections.abc import Sequence
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

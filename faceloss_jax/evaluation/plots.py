@@ -4,12 +4,12 @@ Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas (n
 pyplot state, no display needed) and saved at ``figsize * dpi`` pixels.
 """
 
-from collections.abc import Mapping
 import os
+from collections.abc import Mapping
 
+import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-import numpy as np
 
 from faceloss_jax.evaluation.extract import l2_normalize
 from faceloss_jax.evaluation.verification import auc
