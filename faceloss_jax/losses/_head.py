@@ -147,10 +147,25 @@ def _chunks(num_classes: int, chunk_size: int) -> tuple[int, int]:
     return num_classes // chunk_size, num_classes % chunk_size
 
 
+def _as_bits(a: jax.Array) -> jax.Array:
+    """16-bit floats viewed as uint16, for slicing and updating in place.
+
+    XLA:CPU has no bfloat16 dynamic-slice / dynamic-update-slice: it converts the whole
+    operand to float32 around each one, which costs a float32 copy of W and, in the
+    backward loop, a full pass over dW per block (time quadratic in C). Integers are
+    sliced natively; the bitcast is free on every backend.
+    """
+    return lax.bitcast_convert_type(a, jnp.uint16) if a.dtype.itemsize == 2 else a
+
+
+def _from_bits(bits: jax.Array, dtype) -> jax.Array:
+    return bits if bits.dtype == dtype else lax.bitcast_convert_type(bits, dtype)
+
+
 def _slice_cols(a: jax.Array | None, start, width: int, axis: int):
     if a is None:
         return None
-    return lax.dynamic_slice_in_dim(a, start, width, axis=axis)
+    return _from_bits(lax.dynamic_slice_in_dim(_as_bits(a), start, width, axis=axis), a.dtype)
 
 
 def _chunked_stats(x, w, b, labels, offset, spec, chunk_size):
@@ -226,15 +241,19 @@ def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None
         def step(carry, start, width):
             dx, dw, db = carry
             dx_blk, dw_blk, db_blk = block_grads(start, width)
-            dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw.dtype), start, axis=1)
+            dw = lax.dynamic_update_slice_in_dim(
+                dw, _as_bits(dw_blk.astype(w.dtype)), start, axis=1
+            )
             if db is not None:
-                db = lax.dynamic_update_slice_in_dim(db, db_blk.astype(db.dtype), start, axis=0)
+                db = lax.dynamic_update_slice_in_dim(
+                    db, _as_bits(db_blk.astype(b.dtype)), start, axis=0
+                )
             return dx + dx_blk.astype(dx.dtype), dw, db
 
         carry = (
             jnp.zeros(x.shape, acc_dtype(x, w)),
-            jnp.zeros_like(w),
-            None if b is None else jnp.zeros_like(b),
+            _as_bits(jnp.zeros_like(w)),
+            None if b is None else _as_bits(jnp.zeros_like(b)),
         )
         carry = tuple(
             None if c is None else _varying_like(c, x, w, b, labels, offset, g) for c in carry
@@ -250,7 +269,8 @@ def _make_chunked_lse(spec: Logits, chunk_size: int, class_axis_name: str | None
         dx, dw, db = carry
         # dx is this device's partial sum over its classes; the broadcast that x went
         # through on entry (see ``_Collectives``) sums the partials across devices.
-        return dx.astype(x.dtype), dw, db, None, None
+        db = None if db is None else _from_bits(db, b.dtype)
+        return dx.astype(x.dtype), _from_bits(dw, w.dtype), db, None, None
 
     lse_fn.defvjp(fwd, bwd)
     return lse_fn
