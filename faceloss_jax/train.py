@@ -41,6 +41,7 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.tree_util import Partial
 
 from faceloss_jax import data, evaluation, models
 from faceloss_jax.train_lib import checkpointing, objectives, optimizers, reporting
@@ -332,6 +333,14 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
     return np.concatenate(images), np.concatenate(labels)
 
 
+@functools.cache
+def _inference_apply(model: nn.Module) -> Callable:
+    """``(variables, images) -> embeddings`` in inference mode, one object per model, so
+    that ``Partial(fn, variables)`` traces the variables (rather than baking them into
+    the program as constants) and every evaluation reuses the compiled extraction."""
+    return functools.partial(model.apply, train=False)
+
+
 def load_eval_data(config: ml_collections.ConfigDict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The evaluation sets: ``"test"`` (training classes) and ``"open"`` (held-out ones)."""
     return {
@@ -367,7 +376,7 @@ def evaluate(
     write = workdir is not None and jax.process_index() == 0
     (test_images, test_labels), (open_images, open_labels) = eval_data["test"], eval_data["open"]
     metrics = evaluation.evaluate_run(
-        lambda images: model.apply(variables, images, train=False),
+        Partial(_inference_apply(model), variables),
         test_images=test_images,
         test_labels=test_labels,
         open_images=open_images,
