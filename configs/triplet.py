@@ -14,13 +14,11 @@ from configs import default
 
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """Triplet loss; ``variant`` as in ``configs/default.py``."""
-    config = default.get_config(variant)
+    # The loss sees unit embeddings: the MNIST recipe of the angular losses (3-D).
+    config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "triplet",
         margin=0.2,  # α (FaceNet)
         mining="batch_all" if variant == "mnist" else "semi_hard",
     )
-    if variant == "mnist":
-        # Unit 2-D features would live on a circle; on the sphere classes can pass.
-        config.model.embedding_dim = 3
     return config
