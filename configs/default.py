@@ -18,6 +18,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from faceloss_jax import data
+from faceloss_jax.train_lib import objectives
 
 VARIANTS = ("mnist", "face")
 FACE_SOURCES = ("synthetic", "image_folder")
@@ -84,7 +85,7 @@ def loss_config(name: str, **hyperparameters) -> ml_collections.ConfigDict:
       class_sharded: split W's columns over the devices (Partial FC; shard_map only).
     """
     config = ml_collections.ConfigDict({"name": name, **hyperparameters})
-    if name != "triplet":
+    if name not in objectives.PAIR_LOSSES:
         config.chunk_size = config_dict.placeholder(int)
         config.class_sharded = False
     return config

@@ -218,6 +218,7 @@ def train_step(
             embeddings,
             batch["label"],
             step=state.step,
+            key=jax.random.fold_in(dropout_key, 1),
             axis_name=DATA_AXIS,
             class_axis_name=DATA_AXIS if class_sharded else None,
         )
@@ -405,7 +406,7 @@ def evaluate(
 
 def check_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     """Raises a ValueError naming the first inconsistent setting."""
-    objectives.check_loss_name(config.loss.name)
+    objectives.check_loss_config(config.loss)
     if config.parallelism not in PARALLELISMS:
         raise ValueError(
             f"unknown parallelism {config.parallelism!r}; valid: {', '.join(PARALLELISMS)}"

@@ -33,6 +33,7 @@ from faceloss_jax.evaluation.identification import probe_ranks
 from faceloss_jax.evaluation.geometry import class_centers
 from faceloss_jax.evaluation.geometry import class_mean_norms
 from faceloss_jax.evaluation.geometry import class_means
+from faceloss_jax.evaluation.geometry import dominant_subcenters
 from faceloss_jax.evaluation.geometry import inter_angle
 from faceloss_jax.evaluation.geometry import intra_angle
 from faceloss_jax.evaluation.geometry import pair_angles

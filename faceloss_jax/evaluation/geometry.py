@@ -98,6 +98,34 @@ def intra_angle(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray)
     return float(np.mean(pair_angles(embeddings, weights.T[labels])) / np.pi)
 
 
+def dominant_subcenters(
+    embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """The dominant sub-centre of each class: ``(d, C)`` from sub-centres ``(d, C, K)``.
+
+    Sub-center ArcFace (Deng et al., ECCV 2020, Sec. 3.2): each sample of class j
+    joins its closest sub-centre w_jk; the dominant one is the sub-centre most
+    samples of the class joined (the first one for a class without samples).
+
+    Args:
+      embeddings: ``(N, d)`` features of the training classes.
+      weights: ``(d, C, K)`` sub-centres.
+      labels: ``(N,)`` classes in ``[0, C)``.
+    """
+    embeddings, weights = np.asarray(embeddings, np.float64), np.asarray(weights, np.float64)
+    if weights.ndim != 3 or embeddings.ndim != 2 or embeddings.shape[1] != weights.shape[0]:
+        raise ValueError(f"need embeddings (N, d) and weights (d, C, K), "
+                         f"got {embeddings.shape} and {weights.shape}")
+    num_classes, num_subcenters = weights.shape[1:]
+    labels = _check_labels(labels, len(embeddings), num_classes)
+    own = weights[:, labels, :] / np.maximum(
+        np.linalg.norm(weights[:, labels, :], axis=0), 1e-12)  # (d, N, K)
+    closest = np.argmax(np.einsum("nd,dnk->nk", l2_normalize(embeddings), own), axis=-1)
+    votes = np.zeros((num_classes, num_subcenters), np.int64)
+    np.add.at(votes, (labels, closest), 1)
+    return weights[:, np.arange(num_classes), np.argmax(votes, axis=-1)]
+
+
 def inter_angle(weights: np.ndarray) -> float:
     """L_Inter of ArcFace (Deng et al., CVPR 2019, eq. 9) over classes:
     ``−(1/πC(C−1)) Σ_i Σ_{j≠i} arccos(Ŵ_iᵀŴ_j)``.

@@ -17,22 +17,26 @@ def closed_set_accuracy(
     """Accuracy of classifying each embedding among the training classes.
 
     With a classifier ``weights (d, C)`` the prediction is ``argmax_j W_jᵀx`` (the
-    bias, if any, is left out). Without, it is the class of the nearest center in
+    bias, if any, is left out); with sub-centres ``(d, C, K)``, ``argmax_j max_k
+    W_jkᵀx``. Without, it is the class of the nearest center in
     cosine similarity, each sample's own class center computed without it
     (leave-one-out), so the score is not flattered by the sample itself.
 
     Args:
       embeddings: ``(N, d)`` test embeddings.
       labels: ``(N,)`` classes in ``[0, C)``.
-      weights: optional learned class vectors ``(d, C)``.
+      weights: optional learned class vectors ``(d, C)`` or sub-centres ``(d, C, K)``.
     """
     embeddings = l2_normalize(np.asarray(embeddings, np.float64))
     labels = np.asarray(labels)
     if weights is not None:
         weights = np.asarray(weights, np.float64)
-        if weights.ndim != 2 or weights.shape[0] != embeddings.shape[1]:
-            raise ValueError(f"weights must be ({embeddings.shape[1]}, C), got {weights.shape}")
-        scores = embeddings @ weights
+        if weights.ndim not in (2, 3) or weights.shape[0] != embeddings.shape[1]:
+            raise ValueError(f"weights must be ({embeddings.shape[1]}, C) or "
+                             f"({embeddings.shape[1]}, C, K), got {weights.shape}")
+        scores = np.tensordot(embeddings, weights, axes=1)
+        if weights.ndim == 3:
+            scores = scores.max(axis=-1)
         if labels.max() >= weights.shape[1]:
             raise ValueError(
                 f"labels reach {labels.max()} but weights have {weights.shape[1]} classes"
@@ -119,7 +123,9 @@ def evaluate_run(
       test_images, test_labels: closed-set images ``(N, H, W, C)`` and classes ``(N,)``.
       open_images, open_labels: open-set images and identities.
       weights: optional learned classifier ``(d, C)``: closed-set accuracy by its
-        argmax, and its own angles ``l_intra_w``, ``l_inter_w``.
+        argmax, and its own angles ``l_intra_w``, ``l_inter_w``; or sub-centres
+        ``(d, C, K)``, whose angles are those of the dominant sub-centres
+        (``geometry.dominant_subcenters``).
       workdir: where figures are written; None writes nothing.
       step: training step, for the figure names.
       seed: seed of the pairs and of the plotted subsample.
@@ -166,6 +172,8 @@ def evaluate_run(
         "feature_norm_std": float(norms.std()),
     }
     if weights is not None:
+        if np.ndim(weights) == 3:
+            weights = geometry.dominant_subcenters(test_unit, weights, test_labels)
         metrics["l_intra_w"] = geometry.intra_angle(test_unit, weights, test_labels)
         metrics["l_inter_w"] = geometry.inter_angle(weights)
     if plot and workdir is not None:
