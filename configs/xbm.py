@@ -24,7 +24,7 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
         "xbm",
         base="triplet",  # "triplet" | "contrastive": the pair loss
         margin=0.2,  # α of the triplet loss, m of the contrastive one
-        mining="batch_hard",  # in-batch triplet mining (the memory term is batch-hard)
+        mining="batch_all",  # in-batch, as configs/triplet.py; the memory term is batch-hard
         memory_size=1024 if variant == "mnist" else 16384,  # M slots
         warmup_steps=50 if variant == "mnist" else 1000,  # steps before the memory fills
         weight=1.0,  # of the memory term

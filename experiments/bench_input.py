@@ -74,7 +74,8 @@ def main(argv):
             for threads, workers in itertools.product(_READ_THREADS.value, _WORKERS.value):
                 config.read_threads, config.worker_count = int(threads), int(workers)
                 rate = _images_per_second(source, config)
-                print(f"| {name} | {shape} | {_BATCH.value} | {threads} | {workers} | {rate:,.0f} |",
+                print(f"| {name} | {shape} | {_BATCH.value} | {threads} | {workers} "
+                      f"| {rate:,.0f} |",
                       flush=True)
 
 

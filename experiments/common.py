@@ -284,22 +284,21 @@ def plot_feature_grid(
     panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str, *, columns: int = 3
 ) -> str:
     """One figure of several runs' features: 2-D features on the plane, 3-D ones on the
-    unit sphere (the center-loss paper's Fig. 2, SphereFace's Fig. 1).
+    unit sphere (the center-loss paper's Fig. 2, SphereFace's Fig. 1), panel by panel.
 
     Args:
-      panels: ``(title, features (N, d), labels (N,))`` with d = 2 or 3 for all panels.
+      panels: ``(title, features (N, d), labels (N,))`` with d = 2 or 3.
       path: the PNG to write.
       columns: panels per row.
     """
     dims = {features.shape[1] for _, features, _ in panels}
-    if dims - {2, 3} or len(dims) != 1:
-        raise ValueError(f"panels need features of one dimension, 2 or 3; got {sorted(dims)}")
-    three_d = dims == {3}
+    if dims - {2, 3}:
+        raise ValueError(f"panels need 2-D or 3-D features; got dimensions {sorted(dims)}")
     rows = -(-len(panels) // columns)
     fig = Figure(figsize=(3.0 * columns, 3.0 * rows))
     colors = np.array(colormaps["tab10"].colors)
     for index, (title, features, labels) in enumerate(panels, start=1):
-        if three_d:
+        if features.shape[1] == 3:
             ax = fig.add_subplot(rows, columns, index, projection="3d")
             points = evaluation.l2_normalize(features)
             ax.set_box_aspect((1, 1, 1))

@@ -84,7 +84,8 @@ def test_iterator_state_saved_with_orbax(tmp_path):
     expected = _take(iterator, 4)
     restored = make()
     with ocp.CheckpointManager(tmp_path, item_names=("data",), item_handlers=handlers) as manager:
-        manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+        manager.restore(
+            3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
     _assert_same_batches(expected, _take(restored, 4))
 
 
@@ -100,8 +101,8 @@ def test_two_processes_see_every_example_once_per_epoch():
     assert [len(batches) for batches in per_process] == [2 * steps_per_epoch] * 2
     epochs = []
     for epoch in range(2):
-        seen = np.concatenate([b["label"] for batches in per_process
-                               for b in batches[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]])
+        window = slice(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)
+        seen = np.concatenate([b["label"] for batches in per_process for b in batches[window]])
         assert sorted(seen) == list(range(n))
         epochs.append(seen)
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
@@ -206,7 +207,8 @@ def test_worker_processes_give_the_same_batches_and_errors(tmp_path):
     pictures = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), np.uint8)
     for i, (who, name) in enumerate([("ann", "0.png"), ("ann", "1.png"), ("bob", "0.png")]):
         (tmp_path / who).mkdir(exist_ok=True)
-        (tmp_path / who / name).write_bytes(images_lib.encode_image(pictures[i], image_format="PNG"))
+        encoded = images_lib.encode_image(pictures[i], image_format="PNG")
+        (tmp_path / who / name).write_bytes(encoded)
     (tmp_path / "bob" / "1.jpg").write_bytes(b"\xff\xd8\xff cut short")
     source = data.ImageFolderSource(tmp_path, image_size=8, validate=False)
     make = lambda workers: data.create_iterator(

@@ -300,7 +300,8 @@ def test_synthetic_splits_labels_and_determinism():
                      images_per_identity=4, test_images_per_identity=2)
     train, test, openset = (data.create_source(config, s) for s in data.sources.SPLITS)
     assert (len(train), len(test), len(openset)) == (24, 12, 6)
-    assert {train[i]["label"] for i in range(24)} == set(range(6)) == {test[i]["label"] for i in range(12)}
+    train_labels = {train[i]["label"] for i in range(24)}
+    assert train_labels == set(range(6)) == {test[i]["label"] for i in range(12)}
     assert {openset[i]["label"] for i in range(6)} == {6, 7, 8}
     image = train[5]["image"]
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8

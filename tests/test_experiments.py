@@ -93,11 +93,14 @@ def test_synthetic_lambda_reaches_minimum_halfway():
     np.testing.assert_allclose(value, loss.lambda_min)
 
 
-def test_feature_grid_rejects_mixed_dimensions(tmp_path):
+def test_feature_grid_plots_2d_and_3d_panels_and_rejects_others(tmp_path):
     labels = np.arange(10) % 3
     panels = [("a", np.zeros((10, 2)), labels), ("b", np.ones((10, 3)), labels)]
-    with pytest.raises(ValueError, match="one dimension"):
-        common.plot_feature_grid(panels, str(tmp_path / "grid.png"))
+    path = common.plot_feature_grid(panels, str(tmp_path / "grid.png"))
+    assert os.path.getsize(path) > 0
+    with pytest.raises(ValueError, match="2-D or 3-D features; got dimensions \\[2, 4\\]"):
+        common.plot_feature_grid([*panels, ("c", np.ones((10, 4)), labels)],
+                                 str(tmp_path / "bad.png"))
 
 
 def test_set_flag_parses_values():

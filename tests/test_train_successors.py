@@ -116,7 +116,7 @@ def test_xbm_adds_the_memory_term_then_enqueues():
     config.update(memory_size=32, warmup_steps=1)
     x, y, _ = _inputs()
     unit = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-    in_batch = losses.triplet_margin_loss(unit, y, margin=config.margin, mining="batch_hard")
+    in_batch = losses.triplet_margin_loss(unit, y, margin=config.margin, mining=config.mining)
     state = _head_state(config)
     value, state = objectives.compute_loss(config, {}, state, x, y, step=0)
     np.testing.assert_allclose(value, in_batch, rtol=1e-6)  # empty memory; warm-up step

@@ -160,7 +160,8 @@ class ImageFolderSource:
         return {"image": self._read(self._paths[index]), "label": int(self._labels[index])}
 
     def __repr__(self) -> str:
-        return f"ImageFolderSource({self.report.num_images} images, {len(self.identities)} identities)"
+        return (f"ImageFolderSource({self.report.num_images} images, "
+                f"{len(self.identities)} identities)")
 
 
 def _check_on_error(on_error: str) -> None:

@@ -101,7 +101,8 @@ class EmbeddedMnist(tfds.core.GeneratorBasedBuilder):
         is_seen = np.isin(digits, seen)
         seen_labels = [class_id.get(int(d), -1) for d in digits]
         splits = {
-            "train": self._generate_examples(images, seen_labels, np.flatnonzero(is_seen & ~is_test)),
+            "train": self._generate_examples(images, seen_labels,
+                                             np.flatnonzero(is_seen & ~is_test)),
             "test": self._generate_examples(images, seen_labels, np.flatnonzero(is_seen & is_test)),
         }
         if held_out:

@@ -194,7 +194,8 @@ def write_insightface_recordio(directory: str | os.PathLike,
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with IndexedRecordIOWriter(directory / "train.idx", directory / "train.rec") as writer:
-        writer.write_idx(0, pack(IRHeader(0, [first_identity, first_identity + num_classes], 0, 0), b""))
+        header = IRHeader(0, [first_identity, first_identity + num_classes], 0, 0)
+        writer.write_idx(0, pack(header, b""))
         for key, i in enumerate(order, start=1):
             writer.write_idx(key, pack(IRHeader(0, float(labels[i]), key, 0), encoded_images[i]))
         bounds = np.searchsorted(labels[order], np.arange(num_classes + 1)) + 1
@@ -252,7 +253,8 @@ class RecordIOSource:
         return {"image": image, "label": label}
 
     def __repr__(self) -> str:
-        return f"RecordIOSource({self._rec.rec_path}, {len(self)} images, {self.num_classes} classes)"
+        return (f"RecordIOSource({self._rec.rec_path}, {len(self)} images, "
+                f"{self.num_classes} classes)")
 
 
 def _read_index(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:

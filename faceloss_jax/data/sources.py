@@ -41,7 +41,8 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     """The number of identities seen in training (the classifier's width)."""
     name = _checked_name(config)
     if name == "mnist":
-        return mnist.NUM_DIGITS - len(mnist.builder_config(config.held_out_classes).held_out_classes)
+        held_out = mnist.builder_config(config.held_out_classes).held_out_classes
+        return mnist.NUM_DIGITS - len(held_out)
     if name == "image_folder":
         names, _, _ = image_folder.list_identities(_required(config, "path"),
                                                    on_error=config.on_error)

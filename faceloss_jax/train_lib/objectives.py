@@ -271,9 +271,9 @@ def compute_loss(
     * ``triplet`` (FaceNet, Schroff et al. 2015): ``losses.triplet_margin_loss`` of
       the L2-normalized embeddings with in-batch mining;
     * ``circle_pair`` (Sun et al. 2020): mean ``losses.circle_pair_loss``;
-    * ``xbm`` (Wang et al. 2020): the in-batch triplet (batch-hard mining here too)
-      or contrastive loss of the L2-normalized embeddings + weight · the same loss
-      against the memory, which then takes the global batch.
+    * ``xbm`` (Wang et al. 2020): the in-batch triplet (``config.mining``) or
+      contrastive loss of the L2-normalized embeddings + weight · the same loss
+      against the memory (batch-hard triplets), which then takes the global batch.
 
     In-batch pair and triplet terms see this device's examples only.
 
