@@ -178,6 +178,17 @@ def test_pairwise_sq_distances_matches_reference(batch, dim):
     assert np.all(np.diag(got) == 0)
 
 
+def test_sq_distances_between_two_sets_match_bruteforce():
+    a, b = _normal(1, 5, 3), _normal(2, 7, 3)
+    expected = np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
+    got = losses.sq_distances(a.astype(np.float32), b.astype(np.float32))
+    assert got.shape == (5, 7) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert losses.sq_distances(a.astype(jnp.bfloat16), b.astype(np.float32)).dtype == np.float32
+    with pytest.raises(ValueError, match="sq_distances"):
+        losses.sq_distances(a[0], b)
+
+
 @pytest.mark.parametrize("mining", losses.MININGS)
 @pytest.mark.parametrize("batch,dim", SHAPES)
 def test_triplet_margin_loss_matches_bruteforce(mining, batch, dim):

@@ -14,6 +14,7 @@ from faceloss_jax.losses.euclidean import (
     contrastive_pair_loss,
     pairwise_sq_distances,
     semi_hard_triplets,
+    sq_distances,
     triplet_loss,
     triplet_margin_loss,
     update_centers,

@@ -33,6 +33,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
 # Below this norm an embedding or class centre is treated as having this norm, so that
 # normalization and its gradient stay finite for zero vectors.
@@ -58,6 +59,18 @@ class Logits(NamedTuple):
 def acc_dtype(*arrays: jax.Array) -> jnp.dtype:
     """The dtype of logits and accumulations: float32, or float64 for float64 inputs."""
     return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
+def as_float(x: ArrayLike) -> jax.Array:
+    """`x` as a float array of at least float32 precision."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """sqrt(x) for x >= 0 whose gradient at x == 0 is 0 instead of inf (NaN later)."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
 def safe_norm(x: jax.Array, axis: int, keepdims: bool = True) -> jax.Array:
@@ -393,14 +406,14 @@ def margin_softmax(
     check_chunk_size(chunk_size)
     if axis_name is not None:
         local_batch = embeddings.shape[0]
-        index = _axis_index(axis_name)
+        index = axis_index(axis_name)
         embeddings, labels, *per_example = (
             lax.all_gather(a, axis_name, tiled=True) for a in (embeddings, labels, *per_example)
         )
 
     comm, offset = None, 0
     if class_axis_name is not None:
-        offset = _axis_index(class_axis_name) * weights.shape[1]
+        offset = axis_index(class_axis_name) * weights.shape[1]
         comm = _collectives(class_axis_name, weights)
         if class_axis_name != axis_name:
             # Every device scores x against its own classes; gathered over this same axis,
@@ -432,7 +445,7 @@ def margin_softmax(
     return loss
 
 
-def _axis_index(axis_name: str) -> jax.Array:
+def axis_index(axis_name: str) -> jax.Array:
     try:
         return lax.axis_index(axis_name)
     except NameError as e:

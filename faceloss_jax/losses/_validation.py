@@ -153,3 +153,25 @@ def check_embeddings_labels(
     check_integer(labels, what="labels", name=name)
     if num_classes is not None:
         check_labels_in_range(labels, num_classes, name=name)
+
+
+def check_head_inputs(name, embeddings, weights, labels, bias=None, class_axis_name=None):
+    """The checks of a classifier head: embeddings (B, d), labels (B,), float weights
+    (d, C) and embeddings, bias (C,) if given, labels in [0, C) unless W is
+    class-sharded (its local C is not the range)."""
+    check_embeddings_labels(embeddings, labels, name=name)
+    check_rank(weights, 2, what="weights (d, C)", name=name)
+    d, num_classes = jnp.shape(weights)
+    if d != jnp.shape(embeddings)[1]:
+        raise ValueError(
+            f"{name}: weights are (d, C) = {jnp.shape(weights)} but embeddings have "
+            f"d = {jnp.shape(embeddings)[1]}; weights must be shaped (embedding_dim, "
+            "num_classes)"
+        )
+    if bias is not None and jnp.shape(bias) != (num_classes,):
+        raise ValueError(f"{name}: bias must have shape ({num_classes},), got {jnp.shape(bias)}")
+    if class_axis_name is None:
+        check_labels_in_range(labels, num_classes, name=name)
+    for what, value in (("embeddings", embeddings), ("weights", weights)):
+        if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            raise TypeError(f"{name}: {what} must be floating point, got {jnp.result_type(value)}")

@@ -122,25 +122,6 @@ def combined_angular_margin(cos: jax.Array, m1: float, m2: float, m3: float) -> 
 # ----------------------------------------------------------------------------------
 
 
-def _check(name, embeddings, weights, labels, bias=None, class_axis_name=None):
-    _validation.check_embeddings_labels(embeddings, labels, name=name)
-    _validation.check_rank(weights, 2, what="weights (d, C)", name=name)
-    d, num_classes = jnp.shape(weights)
-    if d != jnp.shape(embeddings)[1]:
-        raise ValueError(
-            f"{name}: weights are (d, C) = {jnp.shape(weights)} but embeddings have "
-            f"d = {jnp.shape(embeddings)[1]}; weights must be shaped (embedding_dim, "
-            "num_classes)"
-        )
-    if bias is not None and jnp.shape(bias) != (num_classes,):
-        raise ValueError(f"{name}: bias must have shape ({num_classes},), got {jnp.shape(bias)}")
-    if class_axis_name is None:
-        _validation.check_labels_in_range(labels, num_classes, name=name)
-    for what, value in (("embeddings", embeddings), ("weights", weights)):
-        if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
-            raise TypeError(f"{name}: {what} must be floating point, got {jnp.result_type(value)}")
-
-
 def _check_integer_margin(name: str, margin: int) -> None:
     if isinstance(margin, bool) or not isinstance(margin, int) or margin < 1:
         raise ValueError(f"{name}: margin must be an integer ≥ 1, got {margin!r}")
@@ -159,7 +140,7 @@ def _run(
     axis_name,
     class_axis_name,
 ):
-    _check(name, embeddings, weights, labels, bias, class_axis_name)
+    _validation.check_head_inputs(name, embeddings, weights, labels, bias, class_axis_name)
     return _head.margin_softmax(
         jnp.asarray(embeddings),
         jnp.asarray(weights),

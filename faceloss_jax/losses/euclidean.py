@@ -22,21 +22,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _validation
+from faceloss_jax.losses import _head, _validation
 
 MININGS = ("batch_all", "batch_hard", "semi_hard")
-
-
-def _as_float(x: ArrayLike) -> jax.Array:
-    """`x` as a float array of at least float32 precision."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _safe_sqrt(x: jax.Array) -> jax.Array:
-    """sqrt(x) for x >= 0 whose gradient at x == 0 is 0 instead of inf (NaN later)."""
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
 def _sq_distance(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -82,19 +70,46 @@ def contrastive_pair_loss(
     _validation.check_same_shape(name, x0=x0, x1=x1)
     _validation.check_rank(same, 1, what="same (N,)", name=name)
     _validation.check_same_batch(name, x0=x0, same=same)
-    sq_dist = _sq_distance(_as_float(x0), _as_float(x1))
+    sq_dist = _sq_distance(_head.as_float(x0), _head.as_float(x1))
     y = jnp.asarray(same).astype(sq_dist.dtype)
-    hinge = jax.nn.relu(margin - _safe_sqrt(sq_dist))
+    hinge = jax.nn.relu(margin - _head.safe_sqrt(sq_dist))
     per_pair = y * sq_dist + (1 - y) * jnp.square(hinge)
     return jnp.sum(per_pair) / 2 / max(per_pair.shape[0], 1)
+
+
+def sq_distances(a: ArrayLike, b: ArrayLike) -> jax.Array:
+    """Squared Euclidean distances between two sets, D²_ij = ‖a_i − b_j‖².
+
+    Computed as ‖a_i‖² + ‖b_j‖² − 2·a_iᵀb_j (one matmul at full precision, not an
+    (N, M, d) difference tensor), clamped at 0 against rounding.
+
+    Args:
+      a: shape (N, d).
+      b: shape (M, d).
+
+    Returns:
+      Shape (N, M), non-negative, in the promoted float dtype (at least float32).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from faceloss_jax import losses
+      >>> losses.sq_distances(jnp.array([[0.0, 0.0]]), jnp.array([[3.0, 4.0], [0.0, 1.0]]))
+      Array([[25.,  1.]], dtype=float32)
+    """
+    _validation.check_rank(a, 2, what="a (N, d)", name="sq_distances")
+    _validation.check_rank(b, 2, what="b (M, d)", name="sq_distances")
+    x, y = _head.as_float(a), _head.as_float(b)
+    y = y.astype(jnp.promote_types(x.dtype, y.dtype))
+    x = x.astype(y.dtype)
+    cross = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+    sq = jnp.sum(jnp.square(x), axis=-1)[:, None] + jnp.sum(jnp.square(y), axis=-1)[None, :]
+    return jnp.maximum(sq - 2 * cross, 0)
 
 
 def pairwise_sq_distances(embeddings: ArrayLike) -> jax.Array:
     """All squared Euclidean distances of a batch, D²_ij = ‖x_i − x_j‖².
 
-    Computed as ‖x_i‖² + ‖x_j‖² − 2·x_iᵀx_j (one matmul at full precision, not a
-    (B, B, d) difference tensor), clamped at 0 against rounding, with an exact
-    zero diagonal.
+    ``sq_distances(x, x)`` with an exact zero diagonal.
 
     Args:
       embeddings: shape (B, d).
@@ -110,11 +125,8 @@ def pairwise_sq_distances(embeddings: ArrayLike) -> jax.Array:
              [25.,  0.]], dtype=float32)
     """
     _validation.check_rank(embeddings, 2, what="embeddings (B, d)", name="pairwise_sq_distances")
-    x = _as_float(embeddings)
-    sq_norms = jnp.sum(jnp.square(x), axis=-1)
-    gram = jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
-    sq_dist = jnp.maximum(sq_norms[:, None] + sq_norms[None, :] - 2 * gram, 0)
-    return jnp.where(jnp.eye(x.shape[0], dtype=bool), 0, sq_dist)
+    sq_dist = sq_distances(embeddings, embeddings)
+    return jnp.where(jnp.eye(sq_dist.shape[0], dtype=bool), 0, sq_dist)
 
 
 def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float = 1.0) -> jax.Array:
@@ -154,7 +166,7 @@ def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float 
     _validation.check_embeddings_labels(embeddings, labels, name="contrastive_loss")
     labels = jnp.asarray(labels)
     sq_dist = pairwise_sq_distances(embeddings)
-    hinge = jax.nn.relu(margin - _safe_sqrt(sq_dist))
+    hinge = jax.nn.relu(margin - _head.safe_sqrt(sq_dist))
     same = labels[:, None] == labels[None, :]
     per_pair = 0.5 * jnp.where(same, sq_dist, jnp.square(hinge))
     batch = labels.shape[0]
@@ -195,9 +207,9 @@ def triplet_loss(
     name = "triplet_loss"
     _validation.check_rank(anchor, 2, what="anchor (B, d)", name=name)
     _validation.check_same_shape(name, anchor=anchor, positive=positive, negative=negative)
-    anchor = _as_float(anchor)
-    d_ap = _sq_distance(anchor, _as_float(positive))
-    d_an = _sq_distance(anchor, _as_float(negative))
+    anchor = _head.as_float(anchor)
+    d_ap = _sq_distance(anchor, _head.as_float(positive))
+    d_an = _sq_distance(anchor, _head.as_float(negative))
     return jax.nn.relu(d_ap - d_an + margin)
 
 
@@ -456,8 +468,8 @@ def center_loss(embeddings: ArrayLike, centers: ArrayLike, labels: ArrayLike) ->
       Array([12.5,  0. ], dtype=float32)
     """
     _check_centers(centers, embeddings, labels, name="center_loss")
-    own_centers = _as_float(jnp.asarray(centers)[jnp.asarray(labels)])
-    return 0.5 * _sq_distance(_as_float(embeddings), own_centers)
+    own_centers = _head.as_float(jnp.asarray(centers)[jnp.asarray(labels)])
+    return 0.5 * _sq_distance(_head.as_float(embeddings), own_centers)
 
 
 def update_centers(
@@ -503,8 +515,8 @@ def update_centers(
              [0., 0.]], dtype=float32)
     """
     _check_centers(centers, embeddings, labels, name="update_centers")
-    old = _as_float(centers)
-    x = _as_float(embeddings)
+    old = _head.as_float(centers)
+    x = _head.as_float(embeddings)
     labels = jnp.asarray(labels)
     num_classes = old.shape[0]
     counts = jax.ops.segment_sum(jnp.ones(labels.shape, x.dtype), labels, num_classes)

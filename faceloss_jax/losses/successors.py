@@ -52,7 +52,8 @@ from faceloss_jax.losses import _head, _validation, angular
 def _margin_head(name, embeddings, weights, labels, *, scale, target_fn, per_example=(),
                  chunk_size, axis_name, class_axis_name):
     """Checks the inputs and runs the angular engine with normalized x and W."""
-    angular._check(name, embeddings, weights, labels, class_axis_name=class_axis_name)
+    _validation.check_head_inputs(name, embeddings, weights, labels,
+                                  class_axis_name=class_axis_name)
     return _head.margin_softmax(
         jnp.asarray(embeddings), jnp.asarray(weights), jnp.asarray(labels),
         spec=_head.Logits(normalize_embeddings=True, normalize_weights=True, scale=scale),
@@ -298,7 +299,7 @@ def curricularface(
     """
     name = "curricularface"
     _reject_layouts(name, chunk_size, axis_name, class_axis_name)
-    angular._check(name, embeddings, weights, labels)
+    _validation.check_head_inputs(name, embeddings, weights, labels)
     labels = jnp.asarray(labels)
     cos = _unit_cosines(embeddings, weights)
     cos_y = jnp.take_along_axis(cos, labels[:, None], axis=1)[:, 0]
@@ -336,7 +337,7 @@ def curricularface_update_t(
     """
     name = "curricularface_update_t"
     _check_alpha(name, alpha)
-    angular._check(name, embeddings, weights, labels)
+    _validation.check_head_inputs(name, embeddings, weights, labels)
     cos_y = _target_cosines(embeddings, weights, labels)
     total = _global_sum(jnp.sum(cos_y), axis_name)
     count = _global_sum(jnp.asarray(cos_y.shape[0], cos_y.dtype), axis_name)
@@ -595,7 +596,8 @@ def _elastic_margins(key, embeddings, weights, labels, margin, sigma, plus, clas
 
 def _elastic(name, embeddings, weights, labels, key, scale, margin, sigma, plus, margin_fn,
              chunk_size, axis_name, class_axis_name):
-    angular._check(name, embeddings, weights, labels, class_axis_name=class_axis_name)
+    _validation.check_head_inputs(name, embeddings, weights, labels,
+                                  class_axis_name=class_axis_name)
     margins = _elastic_margins(key, embeddings, weights, labels, margin, sigma, plus,
                                class_axis_name, name)
 
@@ -824,12 +826,13 @@ def adacos_dynamic_scale(
       0.6931
     """
     name = "adacos_dynamic_scale"
-    angular._check(name, embeddings, weights, labels, class_axis_name=class_axis_name)
+    _validation.check_head_inputs(name, embeddings, weights, labels,
+                                  class_axis_name=class_axis_name)
     x, y, w = jnp.asarray(embeddings), jnp.asarray(labels), jnp.asarray(weights)
     if axis_name is not None:
         x, y = (lax.all_gather(a, axis_name, tiled=True) for a in (x, y))
     cos = lax.stop_gradient(_unit_cosines(x, w))
-    offset = 0 if class_axis_name is None else _head._axis_index(class_axis_name) * w.shape[1]
+    offset = 0 if class_axis_name is None else _head.axis_index(class_axis_name) * w.shape[1]
     is_target = y[:, None] == offset + jnp.arange(w.shape[1])
     lse = jax.nn.logsumexp(jnp.where(is_target, -jnp.inf, jnp.asarray(scale, cos.dtype) * cos))
     cos_y = jnp.sum(jnp.where(is_target, cos, 0.0), axis=1)
@@ -905,7 +908,7 @@ def circle_loss(
     """
     name = "circle_loss"
     _reject_layouts(name, chunk_size, axis_name, class_axis_name)
-    angular._check(name, embeddings, weights, labels)
+    _validation.check_head_inputs(name, embeddings, weights, labels)
     labels = jnp.asarray(labels)
     cos = _unit_cosines(embeddings, weights)
     positive, negative = _circle_logits(cos, scale, margin)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _validation, euclidean
+from faceloss_jax.losses import _head, _validation, euclidean
 
 
 class CrossBatchMemory(NamedTuple):
@@ -130,13 +130,10 @@ def xbm_enqueue(
     return new._replace(steps=memory.steps + 1)
 
 
-def _memory_sq_distances(embeddings: jax.Array, memory: CrossBatchMemory) -> jax.Array:
-    """(B, M) squared distances ‖x_i − m_k‖², as ``euclidean.pairwise_sq_distances``."""
-    x = euclidean._as_float(embeddings)
-    m = lax.stop_gradient(memory.embeddings).astype(x.dtype)
-    cross = jnp.matmul(x, m.T, precision=lax.Precision.HIGHEST)
-    sq = jnp.sum(jnp.square(x), axis=1)[:, None] + jnp.sum(jnp.square(m), axis=1)[None, :]
-    return jnp.maximum(sq - 2 * cross, 0)
+def _memory_sq_distances(embeddings: ArrayLike, memory: CrossBatchMemory) -> jax.Array:
+    """(B, M) squared distances ‖x_i − m_k‖² to the stored embeddings (no gradient)."""
+    x = jnp.asarray(embeddings)
+    return euclidean.sq_distances(x, lax.stop_gradient(memory.embeddings).astype(x.dtype))
 
 
 def xbm_contrastive_loss(
@@ -173,7 +170,7 @@ def xbm_contrastive_loss(
     labels = jnp.asarray(labels)
     sq_dist = _memory_sq_distances(embeddings, memory)
     same = labels[:, None] == memory.labels[None, :]
-    hinge = jax.nn.relu(margin - euclidean._safe_sqrt(sq_dist))
+    hinge = jax.nn.relu(margin - _head.safe_sqrt(sq_dist))
     per_pair = 0.5 * jnp.where(same, sq_dist, jnp.square(hinge))
     pairs = labels.shape[0] * jnp.sum(memory.filled)
     return jnp.sum(jnp.where(memory.filled[None, :], per_pair, 0)) / jnp.maximum(pairs, 1)
