@@ -17,6 +17,7 @@ in 2-D or 3-D) — and writes
 """
 
 from experiments import common
+from faceloss_jax.train_lib import objectives
 
 LOSSES = (
     "softmax",
@@ -29,16 +30,7 @@ LOSSES = (
     "cosface",
     "arcface",
     "combined",
-    # The successors of ArcFace.
-    "subcenter_arcface",
-    "curricularface",
-    "adaface",
-    "magface",
-    "elasticface",
-    "adacos",
-    "circle",
-    "circle_pair",
-    "xbm",
+    *objectives.SUCCESSORS,
 )
 
 

@@ -18,18 +18,6 @@ from test_train import (
 from faceloss_jax import evaluation, losses, train
 from faceloss_jax.train_lib import objectives
 
-SUCCESSORS = (
-    "subcenter_arcface",
-    "curricularface",
-    "adaface",
-    "magface",
-    "elasticface",
-    "adacos",
-    "circle",
-    "circle_pair",
-    "xbm",
-)
-
 
 def successor_config(loss: str):
     config = tiny_config(loss)
@@ -38,7 +26,7 @@ def successor_config(loss: str):
     return config
 
 
-@pytest.mark.parametrize("loss", SUCCESSORS)
+@pytest.mark.parametrize("loss", objectives.SUCCESSORS)
 def test_every_successor_trains(loss):
     config = successor_config(loss)
     state, step = make_step(config, mesh_of(1))
@@ -128,28 +116,6 @@ def test_xbm_adds_the_memory_term_then_enqueues():
     cross = losses.xbm_triplet_loss(unit, y, losses.CrossBatchMemory(**state), margin=0.2)
     assert cross > 0
     np.testing.assert_allclose(value, in_batch + config.weight * cross, rtol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "loss,class_sharded",
-    [
-        ("curricularface", False),  # t from the global batch
-        ("adaface", True),  # norm statistics from the global batch, W split over devices
-        ("adacos", True),  # the dynamic scale from the global batch and all classes
-    ],
-)
-def test_stateful_successors_on_eight_devices_equal_one(loss, class_sharded):
-    config = tiny_config(loss)
-    config.optimizer.update(name="sgd", learning_rate=0.1)
-    batch = tiny_batch()
-    reference, step = make_step(config, mesh_of(1))
-    reference, (ref_metrics,) = run_steps(reference, step, batch, mesh_of(1), "shard_map", 1)
-    config.loss.class_sharded = class_sharded
-    state, step = make_step(config, mesh_of(8))
-    state, (metrics,) = run_steps(state, step, batch, mesh_of(8), "shard_map", 1)
-    np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
-    for field in ("params", "loss_state"):
-        _assert_trees_close(getattr(state, field), getattr(reference, field))
 
 
 def test_xbm_memory_holds_the_global_batch_on_eight_devices():

@@ -70,6 +70,9 @@ _JOINT_LOSSES = ("contrastive", "center")
 # Losses of the embeddings alone, without a classifier.
 PAIR_LOSSES = ("triplet", "circle_pair", "xbm")
 LOSS_NAMES = (*_HEADS, *_JOINT_LOSSES, *PAIR_LOSSES)
+# The successors of ArcFace (losses/successors*.py); the others are the core losses.
+SUCCESSORS = ("subcenter_arcface", "curricularface", "adaface", "magface", "elasticface",
+              "adacos", "circle", "circle_pair", "xbm")
 # Losses whose classifier scores w_jᵀx (+ b_j), so that ‖W_j‖ matters for the decision.
 _UNNORMALIZED = ("softmax", "lsoftmax", *_JOINT_LOSSES)
 
