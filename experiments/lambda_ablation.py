@@ -1,4 +1,4 @@
-"""λ annealing ablation of L-Softmax and SphereFace on MNIST (2-D LeNets++ features).
+"""λ annealing ablation of L-Softmax and SphereFace on MNIST (LeNets++, 3-D features).
 
 Both papers train the margin loss through the blend
 ``f_y = (λ‖W‖‖x‖cos θ + ‖W‖‖x‖ψ(θ)) / (1 + λ)`` with λ annealed from a large value
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     common.run_table_and_features(
         settings(args.losses),
         args,
-        title="λ annealing of L-Softmax and SphereFace (m = 4), LeNets++ 2-D features on MNIST",
+        title="λ annealing of L-Softmax and SphereFace (m = 4), LeNets++ 3-D features on MNIST",
         columns=2,
     )
 

@@ -1,4 +1,4 @@
-"""Margin and scale sweeps of the angular losses on MNIST (2-D LeNets++ features).
+"""Margin and scale sweeps of the angular losses on MNIST (LeNets++, 3-D features).
 
 Trains one loss's MNIST config for each value of one of its hyper-parameters and plots
 open-set verification accuracy (pairs of the held-out digits 7, 8, 9) and closed-set
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     for row, setting in zip(rows, sweep):
         row[args.param] = setting.config.loss[args.param]
     common.write_table(rows, args.out, command=args.command,
-                       title=f"{args.loss}: sweep of {args.param}, LeNets++ 2-D on MNIST",
+                       title=f"{args.loss}: sweep of {args.param}, LeNets++ 3-D on MNIST",
                        notes=f"Figure: `{args.out}.png`.")
     x = [row[args.param] for row in rows]
     common.plot_curves(
