@@ -98,7 +98,7 @@ def test_feature_grid_plots_2d_and_3d_panels_and_rejects_others(tmp_path):
     panels = [("a", np.zeros((10, 2)), labels), ("b", np.ones((10, 3)), labels)]
     path = common.plot_feature_grid(panels, str(tmp_path / "grid.png"))
     assert os.path.getsize(path) > 0
-    with pytest.raises(ValueError, match="2-D or 3-D features; got dimensions \\[2, 4\\]"):
+    with pytest.raises(ValueError, match="2-D or 3-D features; got dimensions \\[2, 3, 4\\]"):
         common.plot_feature_grid([*panels, ("c", np.ones((10, 4)), labels)],
                                  str(tmp_path / "bad.png"))
 
