@@ -6,6 +6,7 @@ the classifier in ``faceloss_jax.losses``, ``(d, C)``: one column per class.
 
 import numpy as np
 
+from faceloss_jax import losses
 from faceloss_jax.evaluation.extract import l2_normalize
 
 _BLOCK_ELEMENTS = 1 << 24  # Bounds the (rows, C) cosine blocks of inter_angle.
@@ -105,25 +106,17 @@ def dominant_subcenters(
 
     Sub-center ArcFace (Deng et al., ECCV 2020, Sec. 3.2): each sample of class j
     joins its closest sub-centre w_jk; the dominant one is the sub-centre most
-    samples of the class joined (the first one for a class without samples).
+    samples of the class joined (the first one for a class without samples), counted
+    by ``losses.subcenter_cleanup``.
 
     Args:
       embeddings: ``(N, d)`` features of the training classes.
       weights: ``(d, C, K)`` sub-centres.
       labels: ``(N,)`` classes in ``[0, C)``.
     """
-    embeddings, weights = np.asarray(embeddings, np.float64), np.asarray(weights, np.float64)
-    if weights.ndim != 3 or embeddings.ndim != 2 or embeddings.shape[1] != weights.shape[0]:
-        raise ValueError(f"need embeddings (N, d) and weights (d, C, K), "
-                         f"got {embeddings.shape} and {weights.shape}")
-    num_classes, num_subcenters = weights.shape[1:]
-    labels = _check_labels(labels, len(embeddings), num_classes)
-    own = weights[:, labels, :] / np.maximum(
-        np.linalg.norm(weights[:, labels, :], axis=0), 1e-12)  # (d, N, K)
-    closest = np.argmax(np.einsum("nd,dnk->nk", l2_normalize(embeddings), own), axis=-1)
-    votes = np.zeros((num_classes, num_subcenters), np.int64)
-    np.add.at(votes, (labels, closest), 1)
-    return weights[:, np.arange(num_classes), np.argmax(votes, axis=-1)]
+    weights = np.asarray(weights, np.float64)
+    dominant = losses.subcenter_cleanup(np.asarray(embeddings), weights, labels).dominant
+    return weights[:, np.arange(weights.shape[1]), np.asarray(dominant)]
 
 
 def inter_angle(weights: np.ndarray) -> float:

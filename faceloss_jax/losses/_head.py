@@ -64,7 +64,7 @@ def acc_dtype(*arrays: jax.Array) -> jnp.dtype:
 def as_float(x: ArrayLike) -> jax.Array:
     """`x` as a float array of at least float32 precision."""
     x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x.astype(acc_dtype(x))
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:

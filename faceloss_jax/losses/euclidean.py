@@ -98,9 +98,8 @@ def sq_distances(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """
     _validation.check_rank(a, 2, what="a (N, d)", name="sq_distances")
     _validation.check_rank(b, 2, what="b (M, d)", name="sq_distances")
-    x, y = _head.as_float(a), _head.as_float(b)
-    y = y.astype(jnp.promote_types(x.dtype, y.dtype))
-    x = x.astype(y.dtype)
+    dtype = _head.acc_dtype(jnp.asarray(a), jnp.asarray(b))
+    x, y = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
     cross = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
     sq = jnp.sum(jnp.square(x), axis=-1)[:, None] + jnp.sum(jnp.square(y), axis=-1)[None, :]
     return jnp.maximum(sq - 2 * cross, 0)

@@ -14,6 +14,7 @@ One place maps a loss config onto the pure functions of ``faceloss_jax.losses``:
 """
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 
 import flax.linen as nn
@@ -41,6 +42,13 @@ class _Head:
 
 
 _ELASTICFACE = {"arc": losses.elasticface_arc, "cos": losses.elasticface_cos}
+
+
+def _elasticface(embeddings, weights, labels, *, variant: str, **kwargs) -> jax.Array:
+    """ElasticFace-Arc or -Cos, as ``config.loss.variant`` says."""
+    return _ELASTICFACE[variant](embeddings, weights, labels, **kwargs)
+
+
 _HEADS = {
     "softmax": _Head(losses.softmax_cross_entropy),
     "lsoftmax": _Head(losses.large_margin_softmax, ("margin",)),
@@ -60,8 +68,7 @@ _HEADS = {
         ("scale", "lower_norm", "upper_norm", "lower_margin", "upper_margin", "lambda_g",
          "easy_margin"),
     ),
-    # The function is _ELASTICFACE[config.variant].
-    "elasticface": _Head(losses.elasticface_arc, ("scale", "margin", "sigma", "plus")),
+    "elasticface": _Head(_elasticface, ("variant", "scale", "margin", "sigma", "plus")),
     "adacos": _Head(losses.adacos),
     "circle": _Head(losses.circle_loss, ("scale", "margin"), layouts=False),
 }
@@ -135,10 +142,12 @@ def init_head(
     head, loss_state = {}, {}
     name = config.name
     if has_classifier(config):
-        subcenters = config.num_subcenters if name == "subcenter_arcface" else 1
-        weights = nn.initializers.lecun_normal()(key, (embedding_dim, num_classes * subcenters))
-        head["weights"] = weights.reshape(embedding_dim, num_classes, subcenters) \
-            if name == "subcenter_arcface" else weights
+        shape = (embedding_dim, num_classes)
+        if name == "subcenter_arcface":
+            shape += (config.num_subcenters,)
+        # Fan-in d for every column, sub-centres included.
+        weights = nn.initializers.lecun_normal()(key, (embedding_dim, math.prod(shape[1:])))
+        head["weights"] = weights.reshape(shape)
     if name in ("softmax", *_JOINT_LOSSES) and config.use_bias:
         head["bias"] = jnp.zeros((num_classes,))
     if name == "center":
@@ -211,8 +220,7 @@ def _margin_loss(
             # Partial FC layout: every device scores the global batch against its block
             # of classes; the loss returns this device's examples.
             kwargs.update(axis_name=class_axis_name, class_axis_name=class_axis_name)
-    fn = _ELASTICFACE[config.variant] if name == "elasticface" else spec.fn
-    return jnp.mean(fn(embeddings, head["weights"], labels, **kwargs))
+    return jnp.mean(spec.fn(embeddings, head["weights"], labels, **kwargs))
 
 
 def _unit(embeddings: jax.Array) -> jax.Array:
