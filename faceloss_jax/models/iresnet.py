@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-from faceloss_jax.models.layers import PReLU, batch_norm, check_images, conv
+from faceloss_jax.models.layers import (
+    ARCFACE_TORCH_CONV_INIT,
+    HE_NORMAL,
+    PReLU,
+    batch_norm,
+    check_images,
+    conv,
+)
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_SIZES = {
@@ -69,6 +76,15 @@ class IResNet(nn.Module):
     parameter count is InsightFace's minus ``embedding_dim``. As InsightFace's fp16 mode
     does, the body computes in ``dtype`` and the FC and the final BN in float32.
 
+    Two options make a run match arcface_torch step for step (both off by default):
+    ``arcface_torch_init`` initializes as its ``IResNet.__init__`` does (every convolution
+    ~ N(0, 0.1²); the FC as ``nn.Linear``: weight and bias ~ U(±1/√fan_in); BatchNorm
+    scale 1, bias 0 and PReLU 0.25 as here), instead of He-normal convolutions and a
+    LeCun-normal FC with zero bias; ``unbiased_bn_variance`` updates the BatchNorm running
+    variances with the unbiased batch variance, as PyTorch does (``layers.BatchNorm``).
+    Parameter names map one to one onto arcface_torch's ``state_dict``
+    (``faceloss_jax.weights``).
+
     Attributes:
       stage_sizes: number of blocks of each of the four stages.
       embedding_dim: width of the embedding (512 in InsightFace).
@@ -76,6 +92,8 @@ class IResNet(nn.Module):
         uses the "dropout" rng when ``train`` is true.
       dtype: computation dtype of the body (parameters are float32).
       bn_axis_name: named device axis for synchronized batch statistics, or None.
+      arcface_torch_init: initialize as arcface_torch (see above).
+      unbiased_bn_variance: PyTorch's unbiased running variance in every BatchNorm.
     """
 
     stage_sizes: Sequence[int]
@@ -83,6 +101,8 @@ class IResNet(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    arcface_torch_init: bool = False
+    unbiased_bn_variance: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
@@ -97,8 +117,14 @@ class IResNet(nn.Module):
           float32 embeddings of shape (B, embedding_dim).
         """
         check_images(images)
-        conv_ = functools.partial(conv, dtype=self.dtype)
-        norm = batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name)
+        kernel_init = ARCFACE_TORCH_CONV_INIT if self.arcface_torch_init else HE_NORMAL
+        conv_ = functools.partial(conv, dtype=self.dtype, kernel_init=kernel_init)
+        norm = batch_norm(
+            train=train,
+            dtype=self.dtype,
+            axis_name=self.bn_axis_name,
+            unbiased_variance=self.unbiased_bn_variance,
+        )
         x = conv_(STAGE_WIDTHS[0], 3)(images.astype(self.dtype))
         x = norm()(x)
         x = PReLU()(x)
@@ -114,6 +140,23 @@ class IResNet(nn.Module):
         x = norm()(x)
         x = x.reshape(x.shape[0], -1).astype(jnp.float32)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.embedding_dim)(x)
-        head_norm = batch_norm(train=train, dtype=jnp.float32, axis_name=self.bn_axis_name)
+        x = nn.Dense(self.embedding_dim, **self._dense_init(x.shape[-1]))(x)
+        head_norm = batch_norm(
+            train=train,
+            dtype=jnp.float32,
+            axis_name=self.bn_axis_name,
+            unbiased_variance=self.unbiased_bn_variance,
+        )
         return head_norm(use_scale=False, name="features")(x)
+
+    def _dense_init(self, fan_in: int) -> dict[str, nn.initializers.Initializer]:
+        """The FC's initializers: Flax's defaults, or ``nn.Linear``'s U(±1/√fan_in)."""
+        if not self.arcface_torch_init:
+            return {}
+        bound = 1.0 / fan_in**0.5
+        return {
+            "kernel_init": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+            "bias_init": lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+                key, shape, dtype, -bound, bound
+            ),
+        }

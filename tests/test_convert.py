@@ -1,0 +1,277 @@
+"""arcface_torch iResNet checkpoints in and out, and the arcface_torch model options.
+
+A PyTorch iResNet is written here from the published architecture (arcface_torch's
+``backbones/iresnet.py``), given random weights, BatchNorm statistics and PReLU slopes,
+converted, and compared with the Flax forward in eval mode on 32×32 inputs (a 2×2
+final map; the FC flatten order is exercised all the same). The PyTorch tests are
+skipped when PyTorch is absent (``pip install -e ".[torch]"``; CI installs it).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from faceloss_jax import models, weights
+from faceloss_jax.models.iresnet import STAGE_SIZES
+
+try:
+    import torch
+    from torch import nn as tnn
+except ImportError:  # pragma: no cover - CI installs the torch extra.
+    torch = None
+
+needs_torch = pytest.mark.skipif(
+    torch is None, reason="PyTorch is not installed: pip install -e '.[torch]' to run this test"
+)
+SIZE = 32  # 2×2 final feature map
+RTOL = 1e-5
+
+
+def _env() -> dict[str, str]:
+    """A subprocess environment with one CPU device (faster start-up)."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+if torch is not None:
+
+    class TorchIBasicBlock(tnn.Module):
+        """arcface_torch's IBasicBlock: BN-conv3×3-BN-PReLU-conv3×3/s-BN + shortcut."""
+
+        def __init__(self, inplanes, planes, stride=1, downsample=None):
+            super().__init__()
+            self.bn1 = tnn.BatchNorm2d(inplanes, eps=1e-05)
+            self.conv1 = tnn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(planes, eps=1e-05)
+            self.prelu = tnn.PReLU(planes)
+            self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+            self.bn3 = tnn.BatchNorm2d(planes, eps=1e-05)
+            self.downsample = downsample
+
+        def forward(self, x):
+            out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+            identity = x if self.downsample is None else self.downsample(x)
+            return out + identity
+
+    class TorchIResNet(tnn.Module):
+        """arcface_torch's IResNet with ``fc_scale = grid²`` (7² for 112×112)."""
+
+        def __init__(self, layers, num_features=512, grid=7):
+            super().__init__()
+            self.inplanes = 64
+            self.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(64, eps=1e-05)
+            self.prelu = tnn.PReLU(64)
+            self.layer1 = self._make_layer(64, layers[0])
+            self.layer2 = self._make_layer(128, layers[1])
+            self.layer3 = self._make_layer(256, layers[2])
+            self.layer4 = self._make_layer(512, layers[3])
+            self.bn2 = tnn.BatchNorm2d(512, eps=1e-05)
+            self.dropout = tnn.Dropout(p=0.0, inplace=True)
+            self.fc = tnn.Linear(512 * grid * grid, num_features)
+            self.features = tnn.BatchNorm1d(num_features, eps=1e-05)
+            tnn.init.constant_(self.features.weight, 1.0)
+            self.features.weight.requires_grad = False
+
+        def _make_layer(self, planes, blocks, stride=2):
+            downsample = tnn.Sequential(
+                tnn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
+                tnn.BatchNorm2d(planes, eps=1e-05),
+            )
+            layers = [TorchIBasicBlock(self.inplanes, planes, stride, downsample)]
+            self.inplanes = planes
+            layers += [TorchIBasicBlock(planes, planes) for _ in range(1, blocks)]
+            return tnn.Sequential(*layers)
+
+        def forward(self, x):
+            x = self.prelu(self.bn1(self.conv1(x)))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            x = torch.flatten(self.bn2(x), 1)
+            return self.features(self.fc(self.dropout(x)))
+
+
+def _torch_model(name: str, seed: int = 0) -> "TorchIResNet":
+    """An eval-mode PyTorch iResNet with random weights, BN statistics, PReLU slopes."""
+    torch.manual_seed(seed)
+    model = TorchIResNet(STAGE_SIZES[name], grid=SIZE // 16)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, tnn.Conv2d):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0, (1.0 / fan_in) ** 0.5)
+            elif isinstance(module, (tnn.BatchNorm2d, tnn.BatchNorm1d)):
+                if module is not model.features:
+                    module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+            elif isinstance(module, tnn.PReLU):
+                module.weight.uniform_(0.0, 0.5)
+    return model.eval()
+
+
+def _images(seed: int = 1, batch: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (batch, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def _torch_forward(model, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+
+
+def _flax_forward(name: str, variables, images: np.ndarray) -> np.ndarray:
+    model = models.create_model({"name": name, "embedding_dim": 512})
+    return np.asarray(model.apply(variables, jnp.asarray(images), train=False))
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["iresnet18", "iresnet50"])
+def test_torch_to_flax_to_torch_equals_the_pytorch_forward(name):
+    model = _torch_model(name)
+    images = _images()
+    expected = _torch_forward(model, images)
+    state_dict = model.state_dict()
+    variables = weights.torch_to_flax(state_dict, name)
+    flax_out = _flax_forward(name, variables, images)
+    assert _rel(flax_out, expected) < RTOL, _rel(flax_out, expected)
+
+    # Export back: a fresh PyTorch model loads it strictly and reproduces Flax.
+    exported = weights.flax_to_torch(variables, name)
+    assert set(exported) == set(state_dict)
+    fresh = TorchIResNet(STAGE_SIZES[name], grid=SIZE // 16).eval()
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+    assert _rel(_torch_forward(fresh, images), flax_out) < RTOL
+
+
+@needs_torch
+def test_corrupted_state_dict_lists_every_problem():
+    state_dict = dict(_torch_model("iresnet18").state_dict())
+    del state_dict["layer2.1.conv1.weight"]
+    del state_dict["bn2.running_var"]
+    state_dict["layer5.0.conv1.weight"] = torch.zeros(3)
+    state_dict["layer1.0.prelu.weight"] = torch.zeros(65)
+    with pytest.raises(weights.StateDictMismatchError) as error:
+        weights.torch_to_flax(state_dict, "iresnet18")
+    message = str(error.value)
+    for part in (
+        "2 missing",
+        "layer2.1.conv1.weight",
+        "bn2.running_var",
+        "1 unexpected",
+        "layer5.0.conv1.weight",
+        "1 mis-shaped",
+        "layer1.0.prelu.weight: (65,), expected (64,)",
+    ):
+        assert part in message, message
+
+
+@needs_torch
+def test_wrong_model_name_is_an_error_that_names_the_right_one():
+    state_dict = _torch_model("iresnet18").state_dict()
+    with pytest.raises(weights.StateDictMismatchError, match="those of iresnet18"):
+        weights.torch_to_flax(state_dict, "iresnet34")
+
+
+@needs_torch
+def test_features_weight_other_than_one_is_rejected():
+    state_dict = dict(_torch_model("iresnet18").state_dict())
+    state_dict["features.weight"] = torch.full((512,), 2.0)
+    with pytest.raises(weights.StateDictMismatchError, match="features.weight is not all ones"):
+        weights.torch_to_flax(state_dict, "iresnet18")
+
+
+@needs_torch
+def test_convert_cli_in_and_out(tmp_path):
+    """The documented commands: --from_torch writes a backbone directory that loads,
+    --to_torch writes a state_dict that PyTorch loads strictly."""
+    model = _torch_model("iresnet18", seed=3)
+    source = tmp_path / "backbone.pth"
+    torch.save(model.state_dict(), source)
+    workdir = tmp_path / "r18"
+    subprocess.run(
+        [sys.executable, "-m", "faceloss_jax.convert", f"--from_torch={source}",
+         "--model=iresnet18", f"--workdir={workdir}"],
+        check=True, env=_env(), capture_output=True, text=True,
+    )
+    meta = json.loads((workdir / "backbone.json").read_text())
+    assert meta["model"] == {"name": "iresnet18", "embedding_dim": 512}
+    backbone = weights.load_backbone(workdir)
+    images = _images(seed=4)
+    flax_out = _flax_forward("iresnet18", backbone.variables, images)
+    assert _rel(flax_out, _torch_forward(model, images)) < RTOL
+
+    exported = tmp_path / "out" / "exported.pth"
+    result = subprocess.run(
+        [sys.executable, "-m", "faceloss_jax.convert", f"--to_torch={exported}",
+         f"--workdir={workdir}"],
+        check=True, env=_env(), capture_output=True, text=True,
+    )
+    assert "iresnet18" in result.stdout
+    fresh = TorchIResNet(STAGE_SIZES["iresnet18"], grid=SIZE // 16).eval()
+    fresh.load_state_dict(torch.load(exported, weights_only=True), strict=True)
+    assert _rel(_torch_forward(fresh, images), flax_out) < RTOL
+
+    # A corrupted file: the CLI fails with the listing.
+    bad = dict(model.state_dict())
+    del bad["fc.weight"]
+    torch.save(bad, tmp_path / "bad.pth")
+    failed = subprocess.run(
+        [sys.executable, "-m", "faceloss_jax.convert", f"--from_torch={tmp_path / 'bad.pth'}",
+         "--model=iresnet18", f"--workdir={tmp_path / 'bad'}"],
+        env=_env(), capture_output=True, text=True,
+    )
+    assert failed.returncode != 0 and "1 missing" in failed.stderr and "fc.weight" in failed.stderr
+
+
+@needs_torch
+def test_unbiased_bn_variance_matches_pytorch_running_var():
+    """One training-mode forward updates the running statistics as PyTorch does."""
+    name = "iresnet18"
+    model_t = _torch_model(name).train()
+    images = _images(batch=4)
+    variables = weights.torch_to_flax(model_t.state_dict(), name)
+    with torch.no_grad():
+        model_t(torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    expected = weights.torch_to_flax(model_t.state_dict(), name)["batch_stats"]
+    flat_expected = dict(jax.tree_util.tree_leaves_with_path(expected))
+    for unbiased in (True, False):
+        model = models.create_model({"name": name, "unbiased_bn_variance": unbiased})
+        _, updates = model.apply(
+            variables, jnp.asarray(images), train=True, mutable=["batch_stats"]
+        )
+        for path, value in jax.tree_util.tree_leaves_with_path(updates["batch_stats"]):
+            want = flat_expected[path]
+            close = np.allclose(np.asarray(value), want, rtol=1e-5, atol=1e-6)
+            # Flax's own (biased) update differs by (1 − m)·σ²_B/(n − 1) in the variances.
+            assert close if unbiased or path[-1].key == "mean" else not close, path
+
+
+def test_arcface_torch_init_statistics():
+    init = jax.jit(
+        lambda key, m: m.init(key, jnp.zeros((1, SIZE, SIZE, 3)), train=False),
+        static_argnums=1,
+    )
+    torch_like = init(jax.random.key(0), models.create_model(
+        {"name": "iresnet18", "arcface_torch_init": True}))["params"]
+    default = init(jax.random.key(0), models.create_model({"name": "iresnet18"}))["params"]
+    kernel = np.asarray(torch_like["stage3_block1"]["Conv_0"]["kernel"])
+    assert abs(kernel.std() - 0.1) < 0.002 and abs(kernel.mean()) < 0.002
+    assert abs(np.asarray(default["stage3_block1"]["Conv_0"]["kernel"]).std() - 0.1) > 0.05
+    fc = np.asarray(torch_like["Dense_0"]["kernel"])
+    bound = 1 / np.sqrt(fc.shape[0])
+    assert np.abs(fc).max() <= bound and np.abs(fc).max() > 0.95 * bound
+    bias = np.asarray(torch_like["Dense_0"]["bias"])
+    assert np.abs(bias).max() <= bound and bias.std() > 0.5 * bound / np.sqrt(3)
+    assert np.all(np.asarray(torch_like["PReLU_0"]["negative_slope"]) == 0.25)
