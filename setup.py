@@ -1,4 +1,4 @@
-"""Installs faceloss_jax: `pip install -e .` (extras: notebooks, benchmarks, dev)."""
+"""Installs faceloss_jax: `pip install -e .` (extras: notebooks, benchmarks, torch, dev)."""
 
 import setuptools
 
@@ -25,10 +25,14 @@ setuptools.setup(
         "matplotlib",
         "tqdm",
         "tensorboardX",
+        "scikit-image>=0.26",  # face alignment: the least-squares similarity transform, warp
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
+        # The CPU build: PyTorch is needed only by `faceloss_jax.convert` (arcface_torch
+        # checkpoints in and out) and its tests, never imported by the library.
+        "torch": ["torch==2.13.0"],
+        "dev": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "torch==2.13.0"],
         "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel"],
-        "benchmarks": ["torch"],
+        "benchmarks": ["torch==2.13.0"],
     },
 )

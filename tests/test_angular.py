@@ -11,7 +11,7 @@ import reference
 from jax.test_util import check_grads
 
 from faceloss_jax import losses
-from faceloss_jax.losses import angular, geometry, schedules
+from faceloss_jax.losses import angular, engine, geometry, schedules
 
 # (loss name, hyper-parameters): every loss, with its papers' settings and variants.
 CASES = [
@@ -306,7 +306,7 @@ def test_lambda_from_schedule_traces_under_jit():
     )
 
 
-@pytest.mark.parametrize("module", [angular, geometry, schedules])
+@pytest.mark.parametrize("module", [angular, engine, geometry, schedules])
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -201,9 +201,18 @@ def test_convert_cli_in_and_out(tmp_path):
     torch.save(model.state_dict(), source)
     workdir = tmp_path / "r18"
     subprocess.run(
-        [sys.executable, "-m", "faceloss_jax.convert", f"--from_torch={source}",
-         "--model=iresnet18", f"--workdir={workdir}"],
-        check=True, env=_env(), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "faceloss_jax.convert",
+            f"--from_torch={source}",
+            "--model=iresnet18",
+            f"--workdir={workdir}",
+        ],
+        check=True,
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     meta = json.loads((workdir / "backbone.json").read_text())
     assert meta["model"] == {"name": "iresnet18", "embedding_dim": 512}
@@ -214,9 +223,17 @@ def test_convert_cli_in_and_out(tmp_path):
 
     exported = tmp_path / "out" / "exported.pth"
     result = subprocess.run(
-        [sys.executable, "-m", "faceloss_jax.convert", f"--to_torch={exported}",
-         f"--workdir={workdir}"],
-        check=True, env=_env(), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "faceloss_jax.convert",
+            f"--to_torch={exported}",
+            f"--workdir={workdir}",
+        ],
+        check=True,
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     assert "iresnet18" in result.stdout
     fresh = TorchIResNet(STAGE_SIZES["iresnet18"], grid=SIZE // 16).eval()
@@ -228,9 +245,17 @@ def test_convert_cli_in_and_out(tmp_path):
     del bad["fc.weight"]
     torch.save(bad, tmp_path / "bad.pth")
     failed = subprocess.run(
-        [sys.executable, "-m", "faceloss_jax.convert", f"--from_torch={tmp_path / 'bad.pth'}",
-         "--model=iresnet18", f"--workdir={tmp_path / 'bad'}"],
-        env=_env(), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "faceloss_jax.convert",
+            f"--from_torch={tmp_path / 'bad.pth'}",
+            "--model=iresnet18",
+            f"--workdir={tmp_path / 'bad'}",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     assert failed.returncode != 0 and "1 missing" in failed.stderr and "fc.weight" in failed.stderr
 
@@ -259,16 +284,16 @@ def test_unbiased_bn_variance_matches_pytorch_running_var():
 
 
 def test_arcface_torch_init_statistics():
-    init = jax.jit(
-        lambda key, m: m.init(key, jnp.zeros((1, SIZE, SIZE, 3)), train=False),
-        static_argnums=1,
-    )
-    torch_like = init(jax.random.key(0), models.create_model(
-        {"name": "iresnet18", "arcface_torch_init": True}))["params"]
-    default = init(jax.random.key(0), models.create_model({"name": "iresnet18"}))["params"]
-    kernel = np.asarray(torch_like["stage3_block1"]["Conv_0"]["kernel"])
+    """Convolutions ~ N(0, 0.1²), the FC as nn.Linear (U(±1/√fan_in)), PReLU 0.25."""
+
+    def init(**options):
+        model = models.IResNet((1, 1, 1, 1), **options)
+        return model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False)["params"]
+
+    torch_like, default = init(arcface_torch_init=True), init()
+    kernel = np.asarray(torch_like["stage3_block0"]["Conv_1"]["kernel"])
     assert abs(kernel.std() - 0.1) < 0.002 and abs(kernel.mean()) < 0.002
-    assert abs(np.asarray(default["stage3_block1"]["Conv_0"]["kernel"]).std() - 0.1) > 0.05
+    assert abs(np.asarray(default["stage3_block0"]["Conv_1"]["kernel"]).std() - 0.1) > 0.05
     fc = np.asarray(torch_like["Dense_0"]["kernel"])
     bound = 1 / np.sqrt(fc.shape[0])
     assert np.abs(fc).max() <= bound and np.abs(fc).max() > 0.95 * bound

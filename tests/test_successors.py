@@ -17,7 +17,14 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from faceloss_jax import losses
-from faceloss_jax.losses import successors, successors_xbm
+from faceloss_jax.losses import (
+    adaptive_margins,
+    adaptive_scale,
+    circle,
+    curriculum,
+    subcenter,
+    xbm,
+)
 
 KEY = jax.random.key(7)
 STATS = losses.AdaFaceStats(mean=jnp.asarray(15.0), std=jnp.asarray(8.0))
@@ -481,7 +488,9 @@ def test_bad_input_is_named():
             mesh=_mesh(), in_specs=P(None, "c"), out_specs=P())(np.ones((3, 8), np.float32))
 
 
-@pytest.mark.parametrize("module", [successors, successors_xbm])
+@pytest.mark.parametrize(
+    "module", [adaptive_margins, adaptive_scale, circle, curriculum, subcenter, xbm]
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -11,6 +11,11 @@ No TensorFlow is imported: the MNIST builder writes and reads array_record files
 with TFDS's NumPy path, the face formats are parsed here and decoded with Pillow.
 """
 
+from faceloss_jax.data.align import ARCFACE_REFERENCE
+from faceloss_jax.data.align import align_face
+from faceloss_jax.data.align import landmarks_68_to_5
+from faceloss_jax.data.align import similarity_transform
+from faceloss_jax.data.align import warp_affine
 from faceloss_jax.data.config import default_config
 from faceloss_jax.data.image_folder import ImageFolderSource
 from faceloss_jax.data.image_folder import ScanReport

@@ -20,10 +20,14 @@ from faceloss_jax.losses.euclidean import (
     update_centers,
 )
 
-# Angular family (angular.py) and the engine a new margin is written on (_head.py)
-from faceloss_jax.losses._head import Logits
-from faceloss_jax.losses._head import cosine
-from faceloss_jax.losses._head import margin_softmax
+# The engine a new margin loss is written on (engine.py)
+from faceloss_jax.losses.engine import Logits
+from faceloss_jax.losses.engine import cosine
+from faceloss_jax.losses.engine import l2_normalize
+from faceloss_jax.losses.engine import margin_softmax
+from faceloss_jax.losses.engine import raw_margin_softmax
+
+# Angular family (angular.py)
 from faceloss_jax.losses.angular import additive_angular_margin
 from faceloss_jax.losses.angular import arcface
 from faceloss_jax.losses.angular import combined_angular_margin
@@ -46,26 +50,26 @@ from faceloss_jax.losses.geometry import intra_angle
 from faceloss_jax.losses.schedules import lambda_schedule
 from faceloss_jax.losses.schedules import weight_at
 
-# Successors (successors.py)
-from faceloss_jax.losses.successors import AdaFaceStats
-from faceloss_jax.losses.successors import SubcenterCleanup
-from faceloss_jax.losses.successors import adacos
-from faceloss_jax.losses.successors import adacos_dynamic_scale
-from faceloss_jax.losses.successors import adacos_fixed_scale
-from faceloss_jax.losses.successors import adaface
-from faceloss_jax.losses.successors import adaface_init_stats
-from faceloss_jax.losses.successors import adaface_update_stats
-from faceloss_jax.losses.successors import circle_loss
-from faceloss_jax.losses.successors import circle_pair_loss
-from faceloss_jax.losses.successors import curricularface
-from faceloss_jax.losses.successors import curricularface_update_t
-from faceloss_jax.losses.successors import elasticface_arc
-from faceloss_jax.losses.successors import elasticface_cos
-from faceloss_jax.losses.successors import magface
-from faceloss_jax.losses.successors import subcenter_arcface
-from faceloss_jax.losses.successors import subcenter_cleanup
-from faceloss_jax.losses.successors_xbm import CrossBatchMemory
-from faceloss_jax.losses.successors_xbm import xbm_contrastive_loss
-from faceloss_jax.losses.successors_xbm import xbm_enqueue
-from faceloss_jax.losses.successors_xbm import xbm_init
-from faceloss_jax.losses.successors_xbm import xbm_triplet_loss
+# Successors of ArcFace: sub-centres, curricula, adaptive margins and scales, Circle, XBM
+from faceloss_jax.losses.adaptive_scale import adacos
+from faceloss_jax.losses.adaptive_scale import adacos_dynamic_scale
+from faceloss_jax.losses.adaptive_scale import adacos_fixed_scale
+from faceloss_jax.losses.adaptive_margins import AdaFaceStats
+from faceloss_jax.losses.adaptive_margins import adaface
+from faceloss_jax.losses.adaptive_margins import adaface_init_stats
+from faceloss_jax.losses.adaptive_margins import adaface_update_stats
+from faceloss_jax.losses.adaptive_margins import elasticface_arc
+from faceloss_jax.losses.adaptive_margins import elasticface_cos
+from faceloss_jax.losses.adaptive_margins import magface
+from faceloss_jax.losses.circle import circle_loss
+from faceloss_jax.losses.circle import circle_pair_loss
+from faceloss_jax.losses.curriculum import curricularface
+from faceloss_jax.losses.curriculum import curricularface_update_t
+from faceloss_jax.losses.subcenter import SubcenterCleanup
+from faceloss_jax.losses.subcenter import subcenter_arcface
+from faceloss_jax.losses.subcenter import subcenter_cleanup
+from faceloss_jax.losses.xbm import CrossBatchMemory
+from faceloss_jax.losses.xbm import xbm_contrastive_loss
+from faceloss_jax.losses.xbm import xbm_enqueue
+from faceloss_jax.losses.xbm import xbm_init
+from faceloss_jax.losses.xbm import xbm_triplet_loss

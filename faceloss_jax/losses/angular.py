@@ -19,7 +19,7 @@ All return per-example losses of shape (B,) in float32 (the caller reduces), tak
 ``labels`` as integer class ids, and accept three layout options that leave the value
 unchanged: ``chunk_size`` (stream W in blocks of classes, never holding the B×C
 logits), ``axis_name`` (data-parallel: all-gather the batch across that axis) and
-``class_axis_name`` (W's columns sharded across that axis). See ``_head.py``.
+``class_axis_name`` (W's columns sharded across that axis). See ``engine.py``.
 
 Target logits are computed without ``arccos`` wherever the paper allows it, and every
 square root and ``arccos`` is clipped, so gradients are finite at θ = 0 and θ = π
@@ -35,22 +35,11 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _head, _validation
+from faceloss_jax.losses import _validation, engine
 
 # ----------------------------------------------------------------------------------
 # Margin functions: target cosine (B,) -> modified target cosine (B,).
 # ----------------------------------------------------------------------------------
-
-
-def _sqrt_clipped(v: jax.Array) -> jax.Array:
-    """sqrt(max(v, 0)), exact in value, with gradient 0 instead of inf where v ≤ 1e-12."""
-    tiny = 1e-12
-    positive = v > tiny
-    return jnp.where(
-        positive,
-        jnp.sqrt(jnp.where(positive, v, 1.0)),
-        jax.lax.stop_gradient(jnp.sqrt(jnp.maximum(v, 0.0))),
-    )
 
 
 def multiple_angle_psi(cos: jax.Array, margin: int) -> jax.Array:
@@ -100,7 +89,7 @@ def additive_angular_margin(
     Returns:
       The modified target cosines.
     """
-    sin = _sqrt_clipped(1.0 - cos * cos)
+    sin = engine.safe_sqrt(1.0 - cos * cos)
     phi = cos * math.cos(margin) - sin * math.sin(margin)
     if easy_margin:
         return jnp.where(cos > 0, phi, cos)
@@ -114,7 +103,7 @@ def combined_angular_margin(cos: jax.Array, m1: float, m2: float, m3: float) -> 
     stays finite), as in InsightFace's original combined-margin code; no fallback is
     applied where m1·θ + m2 > π, so the function is not monotonic there.
     """
-    return jnp.cos(m1 * _head.safe_arccos(cos) + m2) - m3
+    return jnp.cos(m1 * engine.safe_arccos(cos) + m2) - m3
 
 
 # ----------------------------------------------------------------------------------
@@ -141,13 +130,13 @@ def _run(
     class_axis_name,
 ):
     _validation.check_head_inputs(name, embeddings, weights, labels, bias, class_axis_name)
-    return _head.margin_softmax(
-        jnp.asarray(embeddings),
-        jnp.asarray(weights),
-        jnp.asarray(labels),
+    return engine.raw_margin_softmax(
+        embeddings,
+        weights,
+        labels,
         spec=spec,
         target_fn=target_fn,
-        bias=None if bias is None else jnp.asarray(bias),
+        bias=bias,
         chunk_size=chunk_size,
         axis_name=axis_name,
         class_axis_name=class_axis_name,
@@ -155,7 +144,7 @@ def _run(
 
 
 def _dot(x: jax.Array, w: jax.Array) -> jax.Array:
-    dtype = _head.acc_dtype(x, w)
+    dtype = engine.acc_dtype(x, w)
     return jnp.sum(x.astype(dtype) * w.astype(dtype), axis=-1)
 
 
@@ -192,7 +181,7 @@ def softmax_cross_entropy(
       >>> [round(float(v), 4) for v in loss]
       [0.1269, 0.1269]
     """
-    spec = _head.Logits(normalize_embeddings=False, normalize_weights=False)
+    spec = engine.Logits(normalize_embeddings=False, normalize_weights=False)
 
     def target(x, w_y, b_y):
         return _dot(x, w_y) if b_y is None else _dot(x, w_y) + b_y
@@ -215,19 +204,13 @@ def _normalized(
     name, embeddings, weights, labels, scale, margin_fn, chunk_size, axis_name, class_axis_name
 ):
     """A loss with both x and W normalized: logits s·cos θ, target s·margin_fn(cos θ_y)."""
-    spec = _head.Logits(normalize_embeddings=True, normalize_weights=True, scale=scale)
-
-    def target(x, w_y, b_y):
-        del b_y
-        return scale * margin_fn(_head.cosine(x, w_y))
-
-    return _run(
-        name,
+    _validation.check_head_inputs(name, embeddings, weights, labels, None, class_axis_name)
+    return engine.margin_softmax(
         embeddings,
         weights,
         labels,
-        spec,
-        target,
+        scale=scale,
+        margin_fn=margin_fn,
         chunk_size=chunk_size,
         axis_name=axis_name,
         class_axis_name=class_axis_name,
@@ -454,14 +437,14 @@ def _multiplicative(
 ):
     """L-Softmax / A-Softmax: target ‖w̃_y‖‖x‖(λ cos θ_y + ψ(θ_y)) / (1 + λ)."""
     _check_integer_margin(name, margin)
-    spec = _head.Logits(normalize_embeddings=False, normalize_weights=normalize_weights)
+    spec = engine.Logits(normalize_embeddings=False, normalize_weights=normalize_weights)
 
     def target(x, w_y, b_y):
         del b_y
-        cos = _head.cosine(x, w_y)
-        norms = _head.safe_norm(x, -1, False)
+        cos = engine.cosine(x, w_y)
+        norms = engine.safe_norm(x, -1, False)
         if not normalize_weights:
-            norms = norms * _head.safe_norm(w_y, -1, False)
+            norms = norms * engine.safe_norm(w_y, -1, False)
         return norms * (lambda_ * cos + multiple_angle_psi(cos, margin)) / (1.0 + lambda_)
 
     return _run(

@@ -1,4 +1,8 @@
-"""The engine shared by every softmax-type (angular) loss: one margin, four layouts.
+"""The engine of every softmax-type (angular) loss: one margin, four layouts.
+
+This is the public extension point of the library: a new margin loss is a few lines
+on ``margin_softmax`` (normalized x and W, the target ``s·f(cos θ_y)``) or, for a loss
+that is not normalized, on ``raw_margin_softmax`` (any target logit).
 
 Every angular loss of the library is a cross-entropy over class logits in which only
 the target logit is changed by a margin. Writing ``t_i`` for the target logit and
@@ -35,11 +39,13 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
+from faceloss_jax.losses import _validation
+
 # Below this norm an embedding or class centre is treated as having this norm, so that
 # normalization and its gradient stay finite for zero vectors.
-_MIN_NORM = 1e-6
-
-TargetFn = Callable[[jax.Array, jax.Array], jax.Array]
+MIN_NORM = 1e-6
+# Below this value a square root has gradient 0: sqrt's derivative is infinite at 0.
+_SQRT_FLOOR = 1e-12
 
 
 class Logits(NamedTuple):
@@ -68,16 +74,30 @@ def as_float(x: ArrayLike) -> jax.Array:
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:
-    """sqrt(x) for x >= 0 whose gradient at x == 0 is 0 instead of inf (NaN later)."""
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+    """sqrt(max(x, 0)), exact in value, with gradient 0 instead of inf where x ≤ 1e-12.
+
+    For distances (‖a − b‖ at a = b) and for sin θ = sqrt(1 − cos²θ) at θ = 0 or π.
+    """
+    positive = x > _SQRT_FLOOR
+    return jnp.where(
+        positive,
+        jnp.sqrt(jnp.where(positive, x, 1.0)),
+        lax.stop_gradient(jnp.sqrt(jnp.maximum(x, 0.0))),
+    )
 
 
 def safe_norm(x: jax.Array, axis: int, keepdims: bool = True) -> jax.Array:
-    """The L2 norm in ``acc_dtype``, at least ``_MIN_NORM``, finite gradient at 0."""
+    """The L2 norm in ``acc_dtype``, at least ``MIN_NORM``, finite gradient at 0."""
     x = x.astype(acc_dtype(x))
     sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-    return jnp.sqrt(jnp.maximum(sq, _MIN_NORM**2))
+    return jnp.sqrt(jnp.maximum(sq, MIN_NORM**2))
+
+
+def l2_normalize(x: ArrayLike, axis: int = -1) -> jax.Array:
+    """``x / max(‖x‖, 1e-6)`` along ``axis``, in ``acc_dtype``: the one normalization
+    of the library (embeddings, class centres, sub-centres), finite at x = 0."""
+    x = jnp.asarray(x)
+    return x.astype(acc_dtype(x)) / safe_norm(x, axis=axis)
 
 
 def cosine(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -102,7 +122,7 @@ def safe_arccos(cos: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 def _prepare_embeddings(x: jax.Array, spec: Logits) -> jax.Array:
     if spec.normalize_embeddings:
-        return (x.astype(acc_dtype(x)) / safe_norm(x, axis=1)).astype(x.dtype)
+        return l2_normalize(x, axis=1).astype(x.dtype)
     return x
 
 
@@ -111,9 +131,7 @@ def _block_logits(
 ) -> jax.Array:
     """Logits (B, c) of one block of classes, accumulated in float32."""
     if spec.normalize_weights:
-        w_block = (w_block.astype(acc_dtype(w_block)) / safe_norm(w_block, axis=0)).astype(
-            w_block.dtype
-        )
+        w_block = l2_normalize(w_block, axis=0).astype(w_block.dtype)
     dtype = jnp.promote_types(x_prepared.dtype, w_block.dtype)
     z = jnp.matmul(
         x_prepared.astype(dtype), w_block.astype(dtype), preferred_element_type=acc_dtype(dtype)
@@ -362,26 +380,30 @@ def _target_logits(target_fn, x, w, b, labels, offset, extra, comm):
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
+    """Raises ValueError unless ``chunk_size`` is None or a positive int."""
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
-def margin_softmax(
-    embeddings: jax.Array,
-    weights: jax.Array,
-    labels: jax.Array,
+def raw_margin_softmax(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
     *,
     spec: Logits,
     target_fn: Callable[..., jax.Array],
-    bias: jax.Array | None = None,
+    bias: ArrayLike | None = None,
     per_example: tuple[jax.Array, ...] = (),
     chunk_size: int | None = None,
     axis_name: str | None = None,
     class_axis_name: str | None = None,
 ) -> jax.Array:
-    """Per-example ``logaddexp(t, LSE_{j≠y} z_j) − t`` in the requested layout.
+    """Per-example ``logaddexp(t, LSE_{j≠y} z_j) − t`` for any target logit ``t``.
+
+    The raw form, for losses whose logits are not all scaled cosines (softmax,
+    L-Softmax, SphereFace); a normalized loss is simpler on ``margin_softmax``.
 
     Args:
       embeddings: (B, d) embeddings; under ``axis_name`` this device's part of the batch.
@@ -402,8 +424,21 @@ def margin_softmax(
     Returns:
       Per-example losses (B,) in float32 (float64 for float64 inputs), for this
       device's examples.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> spec = Logits(normalize_embeddings=False, normalize_weights=False)
+      >>> loss = raw_margin_softmax(jnp.eye(2), 2 * jnp.eye(2), jnp.array([0, 1]), spec=spec,
+      ...                           target_fn=lambda x, w_y, b_y: jnp.sum(x * w_y, -1))
+      >>> [round(float(v), 4) for v in loss]  # = softmax_cross_entropy
+      [0.1269, 0.1269]
     """
     check_chunk_size(chunk_size)
+    _validation.check_head_inputs(
+        "margin_softmax", embeddings, weights, labels, bias, class_axis_name
+    )
+    embeddings, weights, labels = (jnp.asarray(a) for a in (embeddings, weights, labels))
+    bias = None if bias is None else jnp.asarray(bias)
     if axis_name is not None:
         local_batch = embeddings.shape[0]
         index = axis_index(axis_name)
@@ -418,7 +453,7 @@ def margin_softmax(
         if class_axis_name != axis_name:
             # Every device scores x against its own classes; gathered over this same axis,
             # x already has the all_gather whose transpose sums those partial gradients.
-            embeddings = comm.broadcast(embeddings)
+            embeddings, *per_example = (comm.broadcast(a) for a in (embeddings, *per_example))
 
     if chunk_size is None or chunk_size >= weights.shape[1]:
         lse = _dense_lse(embeddings, weights, bias, labels, offset, spec)
@@ -445,7 +480,66 @@ def margin_softmax(
     return loss
 
 
+def margin_softmax(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    *,
+    scale: float | jax.Array,
+    margin_fn: Callable[..., jax.Array],
+    per_example: tuple[jax.Array, ...] = (),
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+    class_axis_name: str | None = None,
+) -> jax.Array:
+    """A normalized margin loss: logits ``s·cos θ_j``, target ``s·f(cos θ_y)``.
+
+    ``loss_i = −log(e^{s·f(cos θ_y)} / (e^{s·f(cos θ_y)} + Σ_{j≠y} e^{s·cos θ_j}))``,
+    with x and W L2-normalized: NormFace (f = id), CosFace (f = cos θ − m), ArcFace
+    (f = cos(θ + m)) and their successors are each one ``margin_fn``. The scale is
+    applied here, once: ``margin_fn`` returns f(cos θ_y), not s·f.
+
+    Args:
+      embeddings: (B, d) embeddings (this device's part under ``axis_name``).
+      weights: (d, C) class centres (this device's block under ``class_axis_name``).
+      labels: (B,) global integer class ids.
+      scale: s, a float or a scalar array (AdaCos's adaptive scale).
+      margin_fn: ``(cos θ_y (B,), *per_example) -> f(cos θ_y) (B,)``.
+      per_example: arrays with a leading batch axis that ``margin_fn`` needs
+        (MagFace's and AdaFace's per-example margins, say); gathered like the
+        embeddings under ``axis_name``.
+      chunk_size, axis_name, class_axis_name: the layout, see ``raw_margin_softmax``.
+
+    Returns:
+      Per-example losses (B,), float32 (float64 for float64 inputs).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x, w, y = jnp.eye(2), jnp.eye(2), jnp.array([0, 1])
+      >>> loss = margin_softmax(x, w, y, scale=1.0, margin_fn=lambda cos: cos - 0.0)
+      >>> [round(float(v), 4) for v in loss]  # = cosface(x, w, y, scale=1, margin=0)
+      [0.3133, 0.3133]
+    """
+
+    def target_fn(x, w_y, b_y, *extra):
+        del b_y
+        return scale * margin_fn(cosine(x, w_y), *extra)
+
+    return raw_margin_softmax(
+        embeddings,
+        weights,
+        labels,
+        spec=Logits(normalize_embeddings=True, normalize_weights=True, scale=scale),
+        target_fn=target_fn,
+        per_example=per_example,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
+
+
 def axis_index(axis_name: str) -> jax.Array:
+    """``lax.axis_index``, with an error that says how to bind an unbound axis."""
     try:
         return lax.axis_index(axis_name)
     except NameError as e:

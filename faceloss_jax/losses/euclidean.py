@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _head, _validation
+from faceloss_jax.losses import _validation, engine
 
 MININGS = ("batch_all", "batch_hard", "semi_hard")
 
@@ -70,9 +70,9 @@ def contrastive_pair_loss(
     _validation.check_same_shape(name, x0=x0, x1=x1)
     _validation.check_rank(same, 1, what="same (N,)", name=name)
     _validation.check_same_batch(name, x0=x0, same=same)
-    sq_dist = _sq_distance(_head.as_float(x0), _head.as_float(x1))
+    sq_dist = _sq_distance(engine.as_float(x0), engine.as_float(x1))
     y = jnp.asarray(same).astype(sq_dist.dtype)
-    hinge = jax.nn.relu(margin - _head.safe_sqrt(sq_dist))
+    hinge = jax.nn.relu(margin - engine.safe_sqrt(sq_dist))
     per_pair = y * sq_dist + (1 - y) * jnp.square(hinge)
     return jnp.sum(per_pair) / 2 / max(per_pair.shape[0], 1)
 
@@ -98,7 +98,7 @@ def sq_distances(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """
     _validation.check_rank(a, 2, what="a (N, d)", name="sq_distances")
     _validation.check_rank(b, 2, what="b (M, d)", name="sq_distances")
-    dtype = _head.acc_dtype(jnp.asarray(a), jnp.asarray(b))
+    dtype = engine.acc_dtype(jnp.asarray(a), jnp.asarray(b))
     x, y = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
     cross = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
     sq = jnp.sum(jnp.square(x), axis=-1)[:, None] + jnp.sum(jnp.square(y), axis=-1)[None, :]
@@ -165,7 +165,7 @@ def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float 
     _validation.check_embeddings_labels(embeddings, labels, name="contrastive_loss")
     labels = jnp.asarray(labels)
     sq_dist = pairwise_sq_distances(embeddings)
-    hinge = jax.nn.relu(margin - _head.safe_sqrt(sq_dist))
+    hinge = jax.nn.relu(margin - engine.safe_sqrt(sq_dist))
     same = labels[:, None] == labels[None, :]
     per_pair = 0.5 * jnp.where(same, sq_dist, jnp.square(hinge))
     batch = labels.shape[0]
@@ -206,9 +206,9 @@ def triplet_loss(
     name = "triplet_loss"
     _validation.check_rank(anchor, 2, what="anchor (B, d)", name=name)
     _validation.check_same_shape(name, anchor=anchor, positive=positive, negative=negative)
-    anchor = _head.as_float(anchor)
-    d_ap = _sq_distance(anchor, _head.as_float(positive))
-    d_an = _sq_distance(anchor, _head.as_float(negative))
+    anchor = engine.as_float(anchor)
+    d_ap = _sq_distance(anchor, engine.as_float(positive))
+    d_an = _sq_distance(anchor, engine.as_float(negative))
     return jax.nn.relu(d_ap - d_an + margin)
 
 
@@ -467,8 +467,8 @@ def center_loss(embeddings: ArrayLike, centers: ArrayLike, labels: ArrayLike) ->
       Array([12.5,  0. ], dtype=float32)
     """
     _check_centers(centers, embeddings, labels, name="center_loss")
-    own_centers = _head.as_float(jnp.asarray(centers)[jnp.asarray(labels)])
-    return 0.5 * _sq_distance(_head.as_float(embeddings), own_centers)
+    own_centers = engine.as_float(jnp.asarray(centers)[jnp.asarray(labels)])
+    return 0.5 * _sq_distance(engine.as_float(embeddings), own_centers)
 
 
 def update_centers(
@@ -514,8 +514,8 @@ def update_centers(
              [0., 0.]], dtype=float32)
     """
     _check_centers(centers, embeddings, labels, name="update_centers")
-    old = _head.as_float(centers)
-    x = _head.as_float(embeddings)
+    old = engine.as_float(centers)
+    x = engine.as_float(embeddings)
     labels = jnp.asarray(labels)
     num_classes = old.shape[0]
     counts = jax.ops.segment_sum(jnp.ones(labels.shape, x.dtype), labels, num_classes)

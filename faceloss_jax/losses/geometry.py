@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _head, _validation
+from faceloss_jax.losses import _validation, engine
 
 
 def intra_angle(embeddings: ArrayLike, weights: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -39,7 +39,7 @@ def intra_angle(embeddings: ArrayLike, weights: ArrayLike, labels: ArrayLike) ->
     _validation.check_rank(weights, 2, what="weights (d, C)", name="intra_angle")
     _validation.check_labels_in_range(labels, jnp.shape(weights)[1], name="intra_angle")
     w_y = jnp.take(jnp.asarray(weights), jnp.asarray(labels), axis=1).T
-    return jnp.mean(_head.safe_arccos(_head.cosine(jnp.asarray(embeddings), w_y))) / jnp.pi
+    return jnp.mean(engine.safe_arccos(engine.cosine(jnp.asarray(embeddings), w_y))) / jnp.pi
 
 
 def inter_angle(weights: ArrayLike) -> jax.Array:
@@ -61,9 +61,8 @@ def inter_angle(weights: ArrayLike) -> jax.Array:
     if num_classes < 2:
         raise ValueError(f"inter_angle: needs at least 2 classes, got {num_classes}")
     w = jnp.asarray(weights)
-    w = w.astype(_head.acc_dtype(w))
-    w = w / _head.safe_norm(w, axis=0)
-    angles = _head.safe_arccos(w.T @ w)
+    w = engine.l2_normalize(w, axis=0)
+    angles = engine.safe_arccos(w.T @ w)
     off_diagonal = ~jnp.eye(num_classes, dtype=bool)
     return -jnp.sum(jnp.where(off_diagonal, angles, 0.0)) / (
         jnp.pi * num_classes * (num_classes - 1)

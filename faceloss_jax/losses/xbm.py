@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _head, _validation, euclidean
+from faceloss_jax.losses import _validation, engine, euclidean
 
 
 class CrossBatchMemory(NamedTuple):
@@ -170,7 +170,7 @@ def xbm_contrastive_loss(
     labels = jnp.asarray(labels)
     sq_dist = _memory_sq_distances(embeddings, memory)
     same = labels[:, None] == memory.labels[None, :]
-    hinge = jax.nn.relu(margin - _head.safe_sqrt(sq_dist))
+    hinge = jax.nn.relu(margin - engine.safe_sqrt(sq_dist))
     per_pair = 0.5 * jnp.where(same, sq_dist, jnp.square(hinge))
     pairs = labels.shape[0] * jnp.sum(memory.filled)
     return jnp.sum(jnp.where(memory.filled[None, :], per_pair, 0)) / jnp.maximum(pairs, 1)

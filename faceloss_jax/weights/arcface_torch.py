@@ -107,9 +107,7 @@ def _torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     return flax_shape
 
 
-def abstract_variables(
-    name: str, *, embedding_dim: int = 512, grid: int = 7
-) -> dict[str, Any]:
+def abstract_variables(name: str, *, embedding_dim: int = 512, grid: int = 7) -> dict[str, Any]:
     """Shapes (``jax.ShapeDtypeStruct``) of the Flax variables of iResNet ``name`` whose
     last feature map is ``grid × grid`` (7 for 112×112 inputs)."""
     if name not in STAGE_SIZES:
@@ -125,7 +123,9 @@ def expected_state_dict_shapes(
     """The keys and shapes of arcface_torch's ``state_dict`` of iResNet ``name``
     (``num_batches_tracked`` included; ``features.weight`` included)."""
     shapes = {}
-    flat = traverse_util.flatten_dict(abstract_variables(name, embedding_dim=embedding_dim, grid=grid))
+    flat = traverse_util.flatten_dict(
+        abstract_variables(name, embedding_dim=embedding_dim, grid=grid)
+    )
     for (collection, *path), leaf in flat.items():
         key, kind = _torch_key(collection, tuple(path))
         shapes[key] = _torch_shape(kind, leaf.shape)

@@ -91,11 +91,15 @@ def save_backbone(
 
 
 def _latest_state_dir(workdir: epath.Path) -> tuple[epath.Path, int]:
-    steps = [
-        int(p.name)
-        for p in (workdir / "checkpoints").iterdir()
-        if p.name.isdigit() and (p / "state").exists()
-    ] if (workdir / "checkpoints").exists() else []
+    steps = (
+        [
+            int(p.name)
+            for p in (workdir / "checkpoints").iterdir()
+            if p.name.isdigit() and (p / "state").exists()
+        ]
+        if (workdir / "checkpoints").exists()
+        else []
+    )
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
     step = max(steps)
