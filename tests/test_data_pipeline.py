@@ -38,8 +38,17 @@ def _assert_same_batches(a, b):
 def test_train_batches_shapes_dtypes_and_normalization():
     config = _config(normalization="symmetric")
     source = data.SyntheticFaces(identities=range(5), samples=range(4), image_size=20)
-    batch = next(data.create_iterator(source, config, global_batch_size=8, seed=0, train=True,
-                                      process_index=0, process_count=1))
+    batch = next(
+        data.create_iterator(
+            source,
+            config,
+            global_batch_size=8,
+            seed=0,
+            train=True,
+            process_index=0,
+            process_count=1,
+        )
+    )
     assert set(batch) == {"image", "label"}
     assert batch["image"].shape == (8, 20, 20, 3) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32 and set(batch["label"]) <= set(range(5))
@@ -49,8 +58,9 @@ def test_train_batches_shapes_dtypes_and_normalization():
 def test_same_seed_same_batches_other_seed_other_batches():
     source = _tagged_source(40)
     config = _config(augment={"flip": True, "crop_padding": 2})
-    make = lambda seed: data.create_iterator(source, config, global_batch_size=8, seed=seed,
-                                             train=True, process_index=0, process_count=1)
+    make = lambda seed: data.create_iterator(
+        source, config, global_batch_size=8, seed=seed, train=True, process_index=0, process_count=1
+    )
     first = _take(make(3), 7)  # crosses an epoch boundary
     _assert_same_batches(first, _take(make(3), 7))
     assert not np.array_equal(first[0]["label"], next(make(4))["label"])
@@ -59,8 +69,9 @@ def test_same_seed_same_batches_other_seed_other_batches():
 def test_restored_iterator_continues_with_the_same_batches():
     source = _tagged_source(30)
     config = _config(augment={"flip": True, "crop_padding": 1})
-    make = lambda: data.create_iterator(source, config, global_batch_size=4, seed=1, train=True,
-                                        process_index=0, process_count=1)
+    make = lambda: data.create_iterator(
+        source, config, global_batch_size=4, seed=1, train=True, process_index=0, process_count=1
+    )
     iterator = make()
     _take(iterator, 5)
     state = iterator.get_state()
@@ -73,8 +84,9 @@ def test_restored_iterator_continues_with_the_same_batches():
 def test_iterator_state_saved_with_orbax(tmp_path):
     source = _tagged_source(20)
     config = _config()
-    make = lambda: data.create_iterator(source, config, global_batch_size=4, seed=0, train=True,
-                                        process_index=0, process_count=1)
+    make = lambda: data.create_iterator(
+        source, config, global_batch_size=4, seed=0, train=True, process_index=0, process_count=1
+    )
     handlers = {"data": grain.checkpoint.CheckpointHandler()}
     iterator = make()
     _take(iterator, 3)
@@ -85,7 +97,8 @@ def test_iterator_state_saved_with_orbax(tmp_path):
     restored = make()
     with ocp.CheckpointManager(tmp_path, item_names=("data",), item_handlers=handlers) as manager:
         manager.restore(
-            3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+            3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored))
+        )
     _assert_same_batches(expected, _take(restored, 4))
 
 
@@ -93,10 +106,21 @@ def test_two_processes_see_every_example_once_per_epoch():
     n, global_batch = 24, 8
     source = _tagged_source(n)
     config = _config()
-    per_process = [list(data.create_iterator(source, config, global_batch_size=global_batch,
-                                             seed=5, train=True, num_epochs=2,
-                                             process_index=p, process_count=2))
-                   for p in range(2)]
+    per_process = [
+        list(
+            data.create_iterator(
+                source,
+                config,
+                global_batch_size=global_batch,
+                seed=5,
+                train=True,
+                num_epochs=2,
+                process_index=p,
+                process_count=2,
+            )
+        )
+        for p in range(2)
+    ]
     steps_per_epoch = n // global_batch
     assert [len(batches) for batches in per_process] == [2 * steps_per_epoch] * 2
     epochs = []
@@ -111,12 +135,74 @@ def test_two_processes_see_every_example_once_per_epoch():
         np.testing.assert_array_equal(batches[0]["image"][:, 0, 0, 0] * 255, batches[0]["label"])
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_any_process_count_gives_the_same_global_batches(train):
+    """Process p's batch is the contiguous block p of the single-process batch, augmented
+    alike, so device i of a P-process mesh sees the same examples for every P."""
+    source = data.SyntheticFaces(identities=range(5), samples=range(5), image_size=8)
+    config = _config(augment={"flip": True, "crop_padding": 2})
+    make = lambda p, count: data.create_iterator(
+        source,
+        config,
+        global_batch_size=8,
+        seed=3,
+        train=train,
+        num_epochs=2 if train else 1,
+        process_index=p,
+        process_count=count,
+    )
+    single = list(make(0, 1))  # 25 examples: global batches span the epochs
+    for count in (2, 4):
+        blocks = [list(make(p, count)) for p in range(count)]
+        assert [len(b) for b in blocks] == [len(single)] * count
+        for t, expected in enumerate(single):
+            for key in expected:
+                joined = np.concatenate([blocks[p][t][key] for p in range(count)])
+                np.testing.assert_array_equal(joined, expected[key], err_msg=f"{key} {t}")
+
+
+def test_augment_rows_draw_for_the_whole_batch():
+    images = np.random.default_rng(0).integers(0, 256, (6, 5, 5, 1), np.uint8)
+    full = data.augment(images, np.random.default_rng(1), flip=True, crop_padding=1)
+    part = data.augment(
+        images[2:4],
+        np.random.default_rng(1),
+        flip=True,
+        crop_padding=1,
+        rows=slice(2, 4),
+        num_rows=6,
+    )
+    np.testing.assert_array_equal(part, full[2:4])
+    with pytest.raises(ValueError, match="are not the 3 images"):
+        data.augment(
+            images[:3],
+            np.random.default_rng(1),
+            flip=True,
+            crop_padding=1,
+            rows=slice(2, 4),
+            num_rows=6,
+        )
+
+
 def test_uneven_source_gives_processes_equal_batch_counts():
     source = _tagged_source(13)
-    counts = [len(list(data.create_iterator(source, _config(), global_batch_size=3, seed=0,
-                                            train=True, num_epochs=1, process_index=p,
-                                            process_count=3)))
-              for p in range(3)]
+    counts = [
+        len(
+            list(
+                data.create_iterator(
+                    source,
+                    _config(),
+                    global_batch_size=3,
+                    seed=0,
+                    train=True,
+                    num_epochs=1,
+                    process_index=p,
+                    process_count=3,
+                )
+            )
+        )
+        for p in range(3)
+    ]
     assert counts == [4, 4, 4]  # 13 // 3 = 4 examples each, one left out this epoch
 
 
@@ -124,9 +210,20 @@ def test_eval_pads_the_last_batch_with_a_mask():
     n = 11
     source = _tagged_source(n)
     config = _config(augment={"flip": True, "crop_padding": 3})  # ignored in evaluation
-    per_process = [list(data.create_iterator(source, config, global_batch_size=4, seed=0,
-                                             train=False, process_index=p, process_count=2))
-                   for p in range(2)]
+    per_process = [
+        list(
+            data.create_iterator(
+                source,
+                config,
+                global_batch_size=4,
+                seed=0,
+                train=False,
+                process_index=p,
+                process_count=2,
+            )
+        )
+        for p in range(2)
+    ]
     assert [len(batches) for batches in per_process] == [3, 3]
     batches = [b for batches in per_process for b in batches]
     assert all(b["image"].shape == (2, 6, 6, 1) and b["mask"].dtype == bool for b in batches)
@@ -136,8 +233,17 @@ def test_eval_pads_the_last_batch_with_a_mask():
     assert len(padded) == 1 and not padded.any()
     for b in batches:  # evaluation images are not augmented
         np.testing.assert_array_equal(b["image"][b["mask"], 0, 0, 0] * 255, b["label"][b["mask"]])
-    single = list(data.create_iterator(source, config, global_batch_size=4, seed=0, train=False,
-                                       process_index=0, process_count=1))
+    single = list(
+        data.create_iterator(
+            source,
+            config,
+            global_batch_size=4,
+            seed=0,
+            train=False,
+            process_index=0,
+            process_count=1,
+        )
+    )
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in single])[:n], range(n))
 
 
@@ -149,8 +255,12 @@ def test_augment_crop_is_a_shift_and_flip_a_mirror():
     padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
     shifts = set()
     for image, crop, pad in zip(images, cropped, padded):
-        matches = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
-                   if np.array_equal(pad[dy:dy + 5, dx:dx + 7], crop)]
+        matches = [
+            (dy, dx)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            if np.array_equal(pad[dy : dy + 5, dx : dx + 7], crop)
+        ]
         assert matches
         shifts.add(matches[0])
     assert len(shifts) > 4
@@ -159,7 +269,8 @@ def test_augment_crop_is_a_shift_and_flip_a_mirror():
     kept = [np.array_equal(f, x) for f, x in zip(flipped, images)]
     assert all(m != k for m, k in zip(mirrored, kept)) and 0 < sum(mirrored) < 16
     np.testing.assert_array_equal(
-        data.augment(images, np.random.default_rng(1), flip=False, crop_padding=0), images)
+        data.augment(images, np.random.default_rng(1), flip=False, crop_padding=0), images
+    )
 
 
 def test_normalize_ranges():
@@ -170,35 +281,61 @@ def test_normalize_ranges():
         data.normalize(pixels, "imagenet")
 
 
-def test_shard_batch_and_argument_errors():
+def test_reshape_for_pmap_and_argument_errors():
     batch = {"image": np.zeros((8, 2, 2, 1)), "label": np.arange(8)}
-    assert data.shard_batch(batch, 4)["label"].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert data.reshape_for_pmap(batch, 4)["label"].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
     with pytest.raises(ValueError, match="over 3 devices"):
-        data.shard_batch(batch, 3)
+        data.reshape_for_pmap(batch, 3)
     source, config = _tagged_source(8), _config()
     with pytest.raises(ValueError, match="multiple of process_count 3"):
-        data.create_iterator(source, config, global_batch_size=4, seed=0, train=True,
-                             process_index=0, process_count=3)
+        data.create_iterator(
+            source,
+            config,
+            global_batch_size=4,
+            seed=0,
+            train=True,
+            process_index=0,
+            process_count=3,
+        )
     with pytest.raises(ValueError, match="process_index 2 not in"):
-        data.create_iterator(source, config, global_batch_size=4, seed=0, train=True,
-                             process_index=2, process_count=2)
+        data.create_iterator(
+            source,
+            config,
+            global_batch_size=4,
+            seed=0,
+            train=True,
+            process_index=2,
+            process_count=2,
+        )
     with pytest.raises(ValueError, match="one pass"):
-        data.create_iterator(source, config, global_batch_size=4, seed=0, train=False,
-                             num_epochs=2, process_index=0, process_count=1)
+        data.create_iterator(
+            source,
+            config,
+            global_batch_size=4,
+            seed=0,
+            train=False,
+            num_epochs=2,
+            process_index=0,
+            process_count=1,
+        )
 
 
 def test_bad_records_fail_with_the_file_name(tmp_path):
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "a.jpg").write_bytes(b"\xff\xd8\xff truncated")
     source = data.ImageFolderSource(tmp_path, validate=False)
-    iterator = data.create_iterator(source, _config(), global_batch_size=1, seed=0, train=True,
-                                    process_index=0, process_count=1)
+    iterator = data.create_iterator(
+        source, _config(), global_batch_size=1, seed=0, train=True, process_index=0, process_count=1
+    )
     with pytest.raises(data.CorruptImageError, match="a.jpg"):
         next(iterator)
-    mixed = [{"image": np.zeros((4, 4, 1), np.uint8), "label": 0},
-             {"image": np.zeros((5, 4, 1), np.uint8), "label": 1}]
-    iterator = data.create_iterator(mixed, _config(), global_batch_size=2, seed=0, train=False,
-                                    process_index=0, process_count=1)
+    mixed = [
+        {"image": np.zeros((4, 4, 1), np.uint8), "label": 0},
+        {"image": np.zeros((5, 4, 1), np.uint8), "label": 1},
+    ]
+    iterator = data.create_iterator(
+        mixed, _config(), global_batch_size=2, seed=0, train=False, process_index=0, process_count=1
+    )
     with pytest.raises(ValueError, match="images of one shape"):
         next(iterator)
 
@@ -212,8 +349,14 @@ def test_worker_processes_give_the_same_batches_and_errors(tmp_path):
     (tmp_path / "bob" / "1.jpg").write_bytes(b"\xff\xd8\xff cut short")
     source = data.ImageFolderSource(tmp_path, image_size=8, validate=False)
     make = lambda workers: data.create_iterator(
-        source, _config(worker_count=workers), global_batch_size=1, seed=2, train=False,
-        process_index=0, process_count=1)
+        source,
+        _config(worker_count=workers),
+        global_batch_size=1,
+        seed=2,
+        train=False,
+        process_index=0,
+        process_count=1,
+    )
     iterator = make(1)
     try:
         _assert_same_batches(_take(make(0), 3), _take(iterator, 3))

@@ -103,7 +103,7 @@ def test_mnist_eval_iterator(mnist_dir):
     assert len(batches) == 6 and sum(int(b["mask"].sum()) for b in batches) == 700
     images = np.concatenate([b["image"] for b in batches])
     assert images.shape == (768, 28, 28, 1) and images.min() == 0.0 and images.max() == 1.0
-    sharded = data.shard_batch(batches[0], 8)
+    sharded = data.reshape_for_pmap(batches[0], 8)
     assert sharded["image"].shape == (8, 16, 28, 28, 1) and sharded["mask"].shape == (8, 16)
 
 

@@ -5,7 +5,7 @@
     config = data.default_config("mnist")           # or image_folder/recordio/synthetic
     train = data.create_source(config, "train")      # {"image": uint8, "label": int}
     it = data.create_iterator(train, config, global_batch_size=256, seed=0, train=True)
-    batch = data.shard_batch(next(it), jax.local_device_count())
+    batch = data.reshape_for_pmap(next(it), jax.local_device_count())
 
 No TensorFlow is imported: the MNIST builder writes and reads array_record files
 with TFDS's NumPy path, the face formats are parsed here and decoded with Pillow.
@@ -24,7 +24,7 @@ from faceloss_jax.data.mnist import EmbeddedMnist
 from faceloss_jax.data.pipeline import augment
 from faceloss_jax.data.pipeline import create_iterator
 from faceloss_jax.data.pipeline import normalize
-from faceloss_jax.data.pipeline import shard_batch
+from faceloss_jax.data.pipeline import reshape_for_pmap
 from faceloss_jax.data.recordio import RecordIOError
 from faceloss_jax.data.recordio import RecordIOSource
 from faceloss_jax.data.recordio import write_insightface_recordio

@@ -1,11 +1,14 @@
 """grain input pipelines: shuffle, shard per process, augment, normalize, batch.
 
-A training pipeline is a pure function of ``(source, config, seed)``: batch ``t``
-holds the examples at positions ``tB … (t+1)B − 1`` of this process's share of the
-epoch permutations (drawn from ``seed``), augmented with a generator drawn from
-``(seed, t)``. So the iterator state is one position, and a restored iterator
-yields exactly the batches the original would have. Processes take strided slices
-of the same global permutation: together they read every example once per epoch.
+A training pipeline is a pure function of ``(source, config, seed)``: global batch
+``t`` holds the examples at positions ``tB … (t+1)B − 1`` of the concatenated epoch
+permutations (drawn from ``seed``), augmented with a generator drawn from
+``(seed, t)``. Of it, process ``p`` of ``P`` reads the contiguous block of rows
+``p·B/P … (p+1)·B/P − 1`` (and augments them with the rows of the generator's
+draws for the whole global batch), so the global batch, its augmentation, and the
+rows each device of a ``P``-process mesh sees are the same for every ``P``.
+The iterator state is one position (the global batch index), the same in every
+process, and a restored iterator yields exactly the batches the original would have.
 
 Records are read a batch at a time (one batched read where the source supports it,
 as TFDS's ``ArrayRecordDataSource`` does), and augmentation and normalization work
@@ -27,8 +30,15 @@ from faceloss_jax.data import config as config_lib
 Batch = dict[str, np.ndarray]
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, *, flip: bool,
-            crop_padding: int) -> np.ndarray:
+def augment(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    flip: bool,
+    crop_padding: int,
+    rows: slice | None = None,
+    num_rows: int | None = None,
+) -> np.ndarray:
     """Random crop and horizontal flip of each image of a batch.
 
     Args:
@@ -37,19 +47,28 @@ def augment(images: np.ndarray, rng: np.random.Generator, *, flip: bool,
       flip: flip each image left-right with probability 1/2.
       crop_padding: zero-pad each side by this many pixels and crop ``H × W`` back
         at a random offset (a shift of up to ``crop_padding``); 0 disables it.
+      rows, num_rows: ``images`` are the rows ``rows`` of a batch of ``num_rows``
+        (a process's block of the global batch): the random draws are made for all
+        ``num_rows`` and these rows' ones used, so every process count augments each
+        example of the global batch alike. Default: the whole batch.
 
     Returns:
       The augmented images, same shape and dtype.
     """
+    b = len(images)
+    num_rows = b if num_rows is None else num_rows
+    rows = slice(0, b) if rows is None else rows
+    if len(range(num_rows)[rows]) != b:
+        raise ValueError(f"rows {rows} of a batch of {num_rows} are not the {b} images given")
     if crop_padding:
-        b, h, w, _ = images.shape
+        _, h, w, _ = images.shape
         p = crop_padding
         padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
         windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
-        top, left = rng.integers(0, 2 * p + 1, size=(2, b))
+        top, left = rng.integers(0, 2 * p + 1, size=(2, num_rows))[:, rows]
         images = windows[np.arange(b), top, left].transpose(0, 2, 3, 1)  # (B, C, h, w) → NHWC
     if flip:
-        flipped = rng.random(len(images)) < 0.5
+        flipped = (rng.random(num_rows) < 0.5)[rows]
         images = np.where(flipped[:, None, None, None], images[:, :, ::-1], images)
     return np.ascontiguousarray(images)
 
@@ -61,23 +80,34 @@ def normalize(images: np.ndarray, normalization: str) -> np.ndarray:
     (InsightFace's face backbones).
     """
     if normalization not in config_lib.NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {normalization!r}; known: "
-                         f"{', '.join(config_lib.NORMALIZATIONS)}")
+        raise ValueError(
+            f"unknown normalization {normalization!r}; known: "
+            f"{', '.join(config_lib.NORMALIZATIONS)}"
+        )
     shift, scale = config_lib.NORMALIZATIONS[normalization]
     return (np.asarray(images, np.float32) - shift) / scale
 
 
-def create_iterator(source, config: ml_collections.ConfigDict, *, global_batch_size: int,
-                    seed: int, train: bool, num_epochs: int | None = None,
-                    process_index: int | None = None,
-                    process_count: int | None = None) -> grain.DatasetIterator:
+def create_iterator(
+    source,
+    config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    seed: int,
+    train: bool,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
     """A checkpointable iterator of this process's batches.
 
-    Training: each epoch a fresh permutation of the source (from ``seed``); this
-    process keeps positions ``process_index, process_index + P, …`` of it (the last
-    ``len % P`` positions are dropped, so all processes have as many); augmentation
-    (``config.augment``); endless when ``num_epochs`` is None; batches of
-    ``global_batch_size / P`` that may span epochs, the last partial one dropped.
+    Training: each epoch a fresh permutation of the source (from ``seed``), the
+    epochs concatenated (endless when ``num_epochs`` is None) and cut into global
+    batches of ``global_batch_size`` that may span epochs, the last partial one
+    dropped; this process keeps the contiguous block ``[p·b, (p+1)·b)`` of every
+    global batch, ``b = global_batch_size / P``, augmented (``config.augment``) as
+    the same rows of a single-process batch would be. Concatenating the processes'
+    batches in process order gives the single-process batch, for any ``P``.
 
     Evaluation: the source in order, padded to a whole number of global batches with
     ``mask = False`` records (zero images, label 0), split the same way; every
@@ -113,49 +143,68 @@ def create_iterator(source, config: ml_collections.ConfigDict, *, global_batch_s
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple "
-                         f"of process_count {process_count}")
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple "
+            f"of process_count {process_count}"
+        )
     size = len(source)
     if size < (process_count if train else 1):
         raise ValueError(f"the source has {size} examples, too few for {process_count} processes")
     local_batch_size = global_batch_size // process_count
     model_input = functools.partial(_model_input, normalization=config.normalization)
+    block = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
     if train:
-        # Epoch e's permutation of the indices; this process's strided slice of it.
-        indices = grain.MapDataset.range(size).shuffle(seed=seed)
-        indices = indices.slice(slice(process_index, size - size % process_count, process_count))
-        batches = indices.repeat(num_epochs).batch(local_batch_size, drop_remainder=True)
-        batches = batches.random_map(functools.partial(
-            _read_and_augment, source, flip=config.augment.flip,
-            crop_padding=config.augment.crop_padding), seed=seed).map(model_input)
+        # The epochs' permutations, concatenated, cut into global batches of indices.
+        indices = grain.MapDataset.range(size).shuffle(seed=seed).repeat(num_epochs)
+        global_batches = indices.batch(global_batch_size, drop_remainder=True)
+        batches = global_batches.random_map(
+            functools.partial(
+                _read_and_augment,
+                source,
+                block=block,
+                flip=config.augment.flip,
+                crop_padding=config.augment.crop_padding,
+            ),
+            seed=seed,
+        ).map(model_input)
     else:
         if num_epochs not in (None, 1):
             raise ValueError(f"evaluation makes one pass; got num_epochs={num_epochs}")
         padded_size = math.ceil(size / global_batch_size) * global_batch_size
-        indices = grain.MapDataset.range(padded_size).slice(
-            slice(process_index, None, process_count))
-        batches = indices.batch(local_batch_size).map(
-            functools.partial(_read_padded, source)).map(model_input)
-    iter_dataset = batches.to_iter_dataset(grain.ReadOptions(
-        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size))
+        global_batches = grain.MapDataset.range(padded_size).batch(global_batch_size)
+        batches = global_batches.map(lambda indices: _read_padded(source, indices[block])).map(
+            model_input
+        )
+    iter_dataset = batches.to_iter_dataset(
+        grain.ReadOptions(
+            num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size
+        )
+    )
     if config.worker_count:
         if not flags.FLAGS.is_parsed():
             # grain's worker processes read its absl flags; outside an absl app
             # (tests, notebooks) they take their defaults.
             flags.FLAGS.mark_as_parsed()
-        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size
+            )
+        )
     return iter(iter_dataset)
 
 
-def shard_batch(batch: Mapping[str, np.ndarray], num_devices: int) -> Batch:
-    """Reshapes every leaf ``(B, …)`` to ``(num_devices, B / num_devices, …)`` for pmap."""
+def reshape_for_pmap(batch: Mapping[str, np.ndarray], num_devices: int) -> Batch:
+    """Reshapes every leaf ``(B, …)`` to ``(num_devices, B / num_devices, …)``: the
+    layout ``jax.pmap`` takes, device ``i`` the rows ``[i·B/n, (i+1)·B/n)``."""
+
     def reshape(x):
         x = np.asarray(x)
         if x.ndim == 0 or x.shape[0] % num_devices:
-            raise ValueError(f"cannot split a leading dimension of shape {x.shape} over "
-                             f"{num_devices} devices")
+            raise ValueError(
+                f"cannot split a leading dimension of shape {x.shape} over {num_devices} devices"
+            )
         return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+
     return jax.tree.map(reshape, dict(batch))
 
 
@@ -169,15 +218,28 @@ def _read(source, indices: np.ndarray) -> dict[str, np.ndarray]:
     images = [np.asarray(r["image"]) for r in records]
     kinds = {f"{im.dtype} {im.shape}" for im in images}
     if len(kinds) != 1 or images[0].ndim != 3 or images[0].dtype != np.uint8:
-        raise ValueError(f"records need uint8 (H, W, C) images of one shape; got {sorted(kinds)}"
-                         f" at indices {indices[:8]}…")
+        raise ValueError(
+            f"records need uint8 (H, W, C) images of one shape; got {sorted(kinds)}"
+            f" at indices {indices[:8]}…"
+        )
     return {"image": np.stack(images), "label": np.asarray([r["label"] for r in records], np.int32)}
 
 
-def _read_and_augment(source, indices: np.ndarray, rng: np.random.Generator, *, flip: bool,
-                      crop_padding: int) -> dict[str, np.ndarray]:
-    batch = _read(source, indices)
-    return {**batch, "image": augment(batch["image"], rng, flip=flip, crop_padding=crop_padding)}
+def _read_and_augment(
+    source,
+    indices: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    block: slice,
+    flip: bool,
+    crop_padding: int,
+) -> dict[str, np.ndarray]:
+    """Reads and augments the rows ``block`` of the global batch ``indices``."""
+    batch = _read(source, indices[block])
+    images = augment(
+        batch["image"], rng, flip=flip, crop_padding=crop_padding, rows=block, num_rows=len(indices)
+    )
+    return {**batch, "image": images}
 
 
 def _read_padded(source, indices: np.ndarray) -> dict[str, np.ndarray]:
