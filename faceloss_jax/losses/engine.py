@@ -109,15 +109,17 @@ def cosine(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def safe_arccos(cos: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """arccos with the exact value but the gradient of arccos clipped to ±(1 − eps).
+    """arccos, exact in value, with the exact gradient −1/sin θ wherever sin θ > eps.
 
-    arccos has an infinite derivative at ±1, which a clip removes; but a clip would
-    also move the value of small angles, so the difference is added back without a
-    gradient.
+    arccos has an infinite derivative at ±1; where 1 − cos² ≤ eps² (θ within eps of 0
+    or π) the gradient is 0 instead. A clip of cos to ±(1 − eps) would also zero it at
+    θ < √(2·eps) ≈ 1.4e-3, the gradient of well-classified samples (issue 18).
     """
     cos = jnp.clip(cos, -1.0, 1.0)
-    clipped = jnp.arccos(jnp.clip(cos, -1.0 + eps, 1.0 - eps))
-    return clipped + lax.stop_gradient(jnp.arccos(cos) - clipped)
+    steep = 1.0 - cos * cos <= eps * eps
+    return jnp.where(
+        steep, lax.stop_gradient(jnp.arccos(cos)), jnp.arccos(jnp.where(steep, 0.0, cos))
+    )
 
 
 def _prepare_embeddings(x: jax.Array, spec: Logits) -> jax.Array:
