@@ -38,6 +38,8 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     cli.default_to_warnings()
     if _MULTIHOST.value:
+        # Cross-process collectives of CPU devices go through gloo (no effect on GPU/TPU).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value,
             num_processes=_NUM_PROCESSES.value,

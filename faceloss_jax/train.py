@@ -15,9 +15,13 @@ columns over the devices, the Partial FC layout of the angular losses.
 Multi-host (a TPU pod slice, several GPU nodes): every process runs the same command
 with ``--multihost`` (see ``main.py``), which calls ``jax.distributed.initialize()``
 (the coordinator is auto-detected on Cloud TPU, SLURM and Open MPI; otherwise pass
-``--coordinator_address=host0:1234 --num_processes=N --process_id=i``). Each process
-reads its own ``1/process_count`` of every global batch; checkpoints, logs and
-figures are written by process 0 (orbax coordinates the checkpoint writes). E.g. on
+``--coordinator_address=host0:1234 --num_processes=N --process_id=i``). There is one
+global batch layout for any number of processes: process ``p`` reads the contiguous
+block ``p`` of every global batch (``data.create_iterator``), its devices are the
+block ``p`` of the mesh (``data_mesh``), so device ``i`` sees the same examples on
+1 process × 8 devices as on 2 × 4, and the run ends in the same state up to the
+order of floating-point sums. Checkpoints, logs and figures are written by process 0
+(orbax coordinates the checkpoint writes; each process saves its data position). E.g. on
 SLURM with one process per node::
 
     srun --nodes=2 --ntasks-per-node=1 python -m faceloss_jax.main --multihost \\
@@ -26,7 +30,7 @@ SLURM with one process per node::
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -279,15 +283,35 @@ def parallelize_train_step(
     return jax.jit(mapped, donate_argnums=0)
 
 
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The 1-D ``"data"`` mesh of ``devices`` (all of them by default) with each
+    process's devices contiguous and in process order (``jax.make_mesh``'s order
+    within a process), so that process ``p``'s block of the global batch
+    (``data.create_iterator``) lands on its own devices, and mesh position ``i``
+    holds rows ``[i·B/n, (i+1)·B/n)`` whatever the number of processes."""
+    devices = list(jax.devices() if devices is None else devices)
+    ordered = jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices).devices.ravel()
+    ordered = sorted(ordered, key=lambda device: device.process_index)  # stable
+    return Mesh(np.asarray(ordered), (DATA_AXIS,))
+
+
 def shard_batch(batch: Mapping[str, np.ndarray], *, parallelism: str, mesh: Mesh) -> dict:
-    """This process's part of the global batch, laid out for ``parallelism``."""
+    """This process's block of the global batch, as the step of ``parallelism`` takes it.
+
+    ``shard_map``: global ``jax.Array``s sharded over ``"data"``, built from every
+    process's block (``jax.make_array_from_process_local_data``; process ``p``'s rows
+    are the global rows ``[p·b, (p+1)·b)``). ``pmap``: the block reshaped to
+    (local devices, per-device batch, …) (``data.reshape_for_pmap``).
+    """
     if parallelism == "pmap":
-        return data.shard_batch(dict(batch), jax.local_device_count())
+        return data.reshape_for_pmap(dict(batch), jax.local_device_count())
     sharding = NamedSharding(mesh, P(DATA_AXIS))
-    return {
-        name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-        for name, value in batch.items()
-    }
+    arrays = {}
+    for name, value in batch.items():
+        value = np.asarray(value)
+        global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
+        arrays[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return arrays
 
 
 # ------------------------------------------------------------------------------------
@@ -496,7 +520,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = epath.Path(workdir)
     num_devices = jax.device_count()
     check_config(config, num_devices=num_devices)
-    mesh = jax.make_mesh((num_devices,), (DATA_AXIS,))
+    mesh = data_mesh()
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))

@@ -2,13 +2,16 @@
 
 A checkpoint at step N holds two items: ``state`` (parameters, optimizer state, batch
 statistics, loss state, PRNG key, step) and ``data`` (the grain iterator position,
-one file per process), so that a resumed run reads exactly the batches that an
-uninterrupted one would have. Saves are asynchronous and atomic (orbax writes into a
-temporary directory and renames it when complete); a checkpoint that still fails to
-restore (a damaged disk, a file truncated by hand) is moved aside with a warning and
-the previous one is used.
+one file per process, ``process_<p>-of-<P>.json``), so that a resumed run reads exactly
+the batches that an uninterrupted one would have. The position is the global batch
+index, the same in every process (``data.create_iterator``), so a checkpoint written
+by P processes also resumes on another number of processes. Saves are asynchronous
+and atomic (orbax writes into a temporary directory and renames it when complete); a
+checkpoint that still fails to restore (a damaged disk, a file truncated by hand) is
+moved aside with a warning and the previous one is used.
 """
 
+import json
 import shutil
 from typing import Any, TypeVar
 
@@ -81,6 +84,29 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
     manager.reload()
 
 
+def _data_state_of_other_topology(manager: ocp.CheckpointManager, step: int) -> Any | None:
+    """The iterator state of step ``step`` when it was saved by another number of
+    processes (no ``process_<p>-of-<P>.json`` for this process), else None.
+
+    Every process saves the same global position, so any file serves; files that
+    disagree (a checkpoint from another data layout) are an error.
+    """
+    directory = epath.Path(manager.directory) / str(step) / "data"
+    index, count = jax.process_index(), jax.process_count()
+    if not directory.exists() or (directory / f"process_{index}-of-{count}.json").exists():
+        return None
+    files = sorted(directory.glob("process_*-of-*.json"))
+    if not files:
+        return None
+    states = [json.loads(f.read_text()) for f in files]
+    if any(other != states[0] for other in states[1:]):
+        raise ValueError(
+            f"the data positions of {directory} differ between processes "
+            f"({[f.name for f in files]}); cannot resume them on {count} process(es)"
+        )
+    return states[0]
+
+
 def restore_latest(
     manager: ocp.CheckpointManager,
     state: State,
@@ -99,14 +125,24 @@ def restore_latest(
       The restored state, or None if there is no readable checkpoint (the iterator
       is then left as it was).
     """
-    items = {
-        "state": ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
-    }
-    if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     for step in sorted(manager.all_steps(), reverse=True):
+        items = {"state": ocp.args.StandardRestore(target)}
+        other_topology = None
+        if data_iterator is not None:
+            other_topology = _data_state_of_other_topology(manager, step)
+            if other_topology is None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**items))
+            if other_topology is not None:
+                data_iterator.set_state(other_topology)
+                logging.info(
+                    "Step %d was saved by another number of processes; every process "
+                    "resumes at its global data position %s.",
+                    step,
+                    other_topology,
+                )
         except Exception as error:  # noqa: BLE001 -- any unreadable checkpoint is skipped.
             logging.warning(
                 "The checkpoint at step %d in %s cannot be restored (%s: %s); moving it to "
