@@ -31,8 +31,17 @@ setuptools.setup(
         # The CPU build: PyTorch is needed only by `faceloss_jax.convert` (arcface_torch
         # checkpoints in and out) and its tests, never imported by the library.
         "torch": ["torch==2.13.0"],
-        "dev": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "torch==2.13.0"],
-        "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel"],
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "jupytext>=1.16",
+            "ruff>=0.6",
+            "torch==2.13.0",
+        ],
+        "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel", "jupytext>=1.16"],
         "benchmarks": ["torch==2.13.0"],
     },
 )

@@ -77,15 +77,23 @@ def _face(config: ml_collections.ConfigDict, source: str) -> None:
 
 
 def loss_config(name: str, **hyperparameters) -> ml_collections.ConfigDict:
-    """The ``loss`` sub-config: ``name``, the loss's ``hyperparameters`` and, for the
-    losses with a classifier, the layout of the classifier W.
+    """The ``loss`` sub-config: ``name``, every hyper-parameter of the loss (those not
+    given at their defaults in ``objectives.OBJECTIVES``) and, for the losses with a
+    classifier, the layout of the classifier W.
 
     Layout knobs (they leave the loss unchanged):
       chunk_size: stream W in blocks of this many classes (None: the dense B×C logits).
       class_sharded: split W's columns over the devices (Partial FC; shard_map only).
     """
-    config = ml_collections.ConfigDict({"name": name, **hyperparameters})
-    if name not in objectives.PAIR_LOSSES:
+    defaults = objectives.default_hyperparameters(name)
+    unknown = set(hyperparameters) - set(defaults)
+    if unknown:
+        raise objectives.ConfigError(
+            f"loss {name!r} has no hyper-parameter {', '.join(sorted(unknown))}; its "
+            f"hyper-parameters: {', '.join(defaults)}"
+        )
+    config = ml_collections.ConfigDict({"name": name, **defaults, **hyperparameters})
+    if objectives.has_classifier(config):
         config.chunk_size = config_dict.placeholder(int)
         config.class_sharded = False
     return config
@@ -149,6 +157,8 @@ def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collectio
     config.checkpoint_every_steps = 500
     config.max_checkpoints_to_keep = 3
     config.eval_every_steps = 1000
+    # A backbone to start from: a faceloss_jax.convert directory or a run's workdir.
+    config.init_from = config_dict.placeholder(str)
 
     # Evaluation (faceloss_jax.evaluation.evaluate_run).
     config.eval = ml_collections.ConfigDict()

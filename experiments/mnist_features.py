@@ -19,19 +19,8 @@ in 2-D or 3-D) — and writes
 from experiments import common
 from faceloss_jax.train_lib import objectives
 
-LOSSES = (
-    "softmax",
-    "contrastive",
-    "triplet",
-    "center",
-    "lsoftmax",
-    "sphereface",
-    "normface",
-    "cosface",
-    "arcface",
-    "combined",
-    *objectives.SUCCESSORS,
-)
+# Every registered loss, core then successors (the registry's order).
+LOSSES = objectives.loss_names()
 
 
 def settings(losses: tuple[str, ...], *, dims: int | None) -> list[common.Setting]:

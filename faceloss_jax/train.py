@@ -47,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
-from faceloss_jax import data, evaluation, models
+from faceloss_jax import data, evaluation, models, weights
 from faceloss_jax.train_lib import checkpointing, objectives, optimizers, reporting
 
 DATA_AXIS = "data"
@@ -77,7 +77,8 @@ class NonFiniteLossError(FloatingPointError):
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The backbone of ``config.model``, computing in bfloat16 with ``half_precision``
     and with BatchNorm synchronized over the data axis with ``sync_batch_norm``."""
-    model_config = config.model.copy_and_resolve_references()
+    # An unlocked copy: the CLI's config is locked, and dtype/bn_axis_name may be new keys.
+    model_config = ml_collections.ConfigDict(config.model.to_dict())
     if config.half_precision:
         model_config.dtype = "bfloat16"
     if config.sync_batch_norm and "bn_axis_name" in models.config_keys(model_config.name):
@@ -432,28 +433,28 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None
     """Raises a ValueError naming the first inconsistent setting."""
     objectives.check_loss_config(config.loss)
     if config.parallelism not in PARALLELISMS:
-        raise ValueError(
+        raise objectives.ConfigError(
             f"unknown parallelism {config.parallelism!r}; valid: {', '.join(PARALLELISMS)}"
         )
     if config.nan_policy not in NAN_POLICIES:
-        raise ValueError(
+        raise objectives.ConfigError(
             f"unknown nan_policy {config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}"
         )
     if config.batch_size % num_devices:
-        raise ValueError(
+        raise objectives.ConfigError(
             f"batch_size={config.batch_size} is not divisible by the {num_devices} devices"
         )
     intervals = ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "eval_every_steps")
     for name in intervals:
         if config[name] < 1:
-            raise ValueError(f"{name} must be positive; got {config[name]}")
+            raise objectives.ConfigError(f"{name} must be positive; got {config[name]}")
     clip = config.optimizer.grad_clip_norm
     if clip is not None and clip <= 0:
-        raise ValueError(f"optimizer.grad_clip_norm must be positive or None; got {clip}")
+        raise objectives.ConfigError(f"optimizer.grad_clip_norm must be positive or None; got {clip}")
     if is_class_sharded(config) and (
         config.parallelism != "shard_map" or not objectives.has_classifier(config.loss)
     ):
-        raise ValueError(
+        raise objectives.ConfigError(
             "loss.class_sharded needs parallelism='shard_map' and a loss with a classifier"
         )
 
@@ -539,15 +540,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     eval_data = load_eval_data(config)
 
+    num_classes = data.num_classes(config.dataset)
+    objectives.check_loss_config(config.loss, num_classes=num_classes, num_devices=num_devices)
     model = create_model(config)
     state = create_train_state(
         config,
         model,
         jax.random.PRNGKey(config.seed),
-        num_classes=data.num_classes(config.dataset),
+        num_classes=num_classes,
         image_shape=eval_data["test"][0].shape[1:],
         learning_rate_fn=learning_rate_fn,
     )
+    # config.init_from: start from a converted or trained backbone (fresh head/optimizer);
+    # a checkpoint of this run, restored below, takes precedence.
+    if config.get("init_from"):
+        state = weights.init_from(state, config.init_from)
+        logging.info("Initialized the backbone from %s.", config.init_from)
     state_specs = state_partition_specs(state, class_sharded=is_class_sharded(config))
     state = jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs))
 

@@ -28,7 +28,7 @@ REQUIRED = (
 
 
 def test_there_is_one_config_per_loss():
-    assert LOSS_CONFIGS == sorted(objectives.LOSS_NAMES)
+    assert LOSS_CONFIGS == sorted(objectives.OBJECTIVES)
 
 
 @pytest.mark.parametrize("variant", ["mnist", "face", "face,image_folder"])

@@ -34,7 +34,7 @@ from faceloss_jax.train_lib import objectives, optimizers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The core losses; tests/test_train_successors.py trains the successors.
-LOSSES = tuple(name for name in objectives.LOSS_NAMES if name not in objectives.SUCCESSORS)
+LOSSES = objectives.loss_names("core")
 NUM_CLASSES = 8
 IMAGE_SHAPE = (8, 8, 1)
 
@@ -169,8 +169,8 @@ def test_lambda_is_annealed_by_the_step(loss):
 
 
 def test_unknown_loss_name_is_an_error():
-    with pytest.raises(ValueError, match="unknown loss.name 'arcfaec'.*arcface"):
-        objectives.check_loss_name("arcfaec")
+    with pytest.raises(ValueError, match="unknown config.loss.name 'arcfaec'.*arcface"):
+        objectives.canonical_name("arcfaec")
 
 
 # -- Data parallelism ---------------------------------------------------------------

@@ -1,21 +1,30 @@
-"""The training objective that ``config.loss.name`` names, and the state it carries.
+"""The training objectives: one record per loss, and the functions derived from the table.
 
-One place maps a loss config onto the pure functions of ``faceloss_jax.losses``:
+``OBJECTIVES`` maps each ``config.loss.name`` to an ``Objective``: the library function,
+its hyper-parameters (default and valid range), its classifier, the layouts it runs in
+and, for a loss with state outside the gradient, how that state starts and moves.
+Everything else is derived from the table: the loss names, config checks, head
+initialization, the state updates, the objective of a step, the predicted class.
 
-* the classifier head, ``{"weights": W (d, C)}`` (``(d, C, K)`` for sub-center
-  ArcFace; plus ``"bias"`` (C,) for the softmax-based losses with ``use_bias``),
-  trained with the backbone and owned by the train state, not the backbone; the pair
-  losses (triplet, pair-level Circle, XBM) have no classifier;
-* the state a loss moves outside the gradient (center-loss centres, CurricularFace's
-  t, AdaFace's norm statistics, AdaCos's dynamic scale, the XBM memory), a dict of
-  arrays carried explicitly in the train state and replicated over the devices;
-* the scalar objective: the mean of the per-example loss, plus a weighted
-  auxiliary term for the joint losses (DeepID2's contrastive, center loss, XBM).
+Adding a loss is its function in ``faceloss_jax.losses``, one record here and one config
+file in ``configs/`` (see the README's "Adding a loss"); ``register`` adds a record from
+outside the package (a research script, a test).
+
+The scalar objective of a device's batch is ``mean_i fn(x_i, …)``, plus a weighted
+auxiliary term for the joint losses (DeepID2's contrastive, center loss):
+
+* a classifier ``{"weights": W (d, C)}`` (``(d, C, K)`` for sub-centres; plus
+  ``"bias"`` (C,) for a linear classifier with ``use_bias``), owned by the train state;
+  the pair losses (triplet, pair-level Circle, XBM) have none;
+* the loss state (center-loss centres, CurricularFace's t, AdaFace's norm statistics,
+  AdaCos's dynamic scale, the XBM memory): a dict of arrays carried explicitly in the
+  train state, replicated over the devices, moved from the global batch.
 """
 
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,100 +32,532 @@ import jax.numpy as jnp
 import ml_collections
 
 from faceloss_jax import losses
+from faceloss_jax.train_lib import hyperparameters as hp
+from faceloss_jax.train_lib.hyperparameters import ConfigError
+
+Params = Mapping[str, jax.Array]
+# What scores a class: none (pair losses), w_jᵀx + b_j (linear), cos θ_j (normalized),
+# the best of K sub-centres (subcenter).
+CLASSIFIERS = ("none", "linear", "normalized", "subcenter")
+# The layouts a loss can run in (config.loss.chunk_size, config.loss.class_sharded,
+# and scoring the global batch on every device).
+LAYOUTS = frozenset({"chunked", "class_sharded", "data_parallel"})
+# config.loss fields that choose a layout, not the loss.
+LAYOUT_KNOBS = ("chunk_size", "class_sharded")
 
 
 @dataclasses.dataclass(frozen=True)
-class _Head:
-    """A softmax-type loss on the classifier W.
+class StateRule:
+    """How a loss's state outside the gradient starts and moves.
 
     Attributes:
-      fn: the per-example loss ``fn(embeddings, weights, labels, **kwargs)``.
-      hyperparameters: the keyword arguments read from ``config.loss``.
-      layouts: whether it takes ``chunk_size``/``axis_name``/``class_axis_name``
-        (False: dense only, each device's examples against the whole W).
+      init: ``(config, embedding_dim, num_classes) -> state`` (a dict of arrays).
+      before: ``(config, state, x, w, labels, axis_name, class_axis_name) ->
+        (state, kwargs)``: the state moved by this batch before the loss (the official
+        CurricularFace, AdaFace and AdaCos code uses the new value in the same step)
+        and the keyword arguments it gives the loss function; x and w carry no gradient.
+      after: ``(config, state, x, labels, axis_name) -> state``: moved after the loss
+        (center-loss centres, the XBM memory), x without gradient.
+    """
+
+    init: Callable[[ml_collections.ConfigDict, int, int], dict[str, jax.Array]]
+    before: Callable[..., tuple[dict[str, jax.Array], dict[str, Any]]] | None = None
+    after: Callable[..., dict[str, jax.Array]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """One loss, as training sees it.
+
+    Attributes:
+      fn: the library function: ``fn(embeddings, weights, labels, **kwargs)`` (per
+        example) with a classifier, ``fn(embeddings, labels, **kwargs)`` without.
+      paper: the reference, as the README's table of losses shows it.
+      hyperparameters: the ``config.loss`` fields of the loss, each with its default
+        and valid range; those with ``argument=True`` are passed to ``fn``.
+      classifier: one of ``CLASSIFIERS``.
+      layouts: the subset of ``LAYOUTS`` the loss supports (dense only: empty).
+      family: "core" (DESIGN.md's losses) or "successor".
+      state: the state rule of a stateful loss.
+      auxiliary: ``(config, embeddings, labels, state) -> term`` added to the mean loss
+        (the joint losses), or None.
+      schedule: ``(config, step) -> kwargs`` for ``fn`` that depend on the step
+        (L-Softmax's λ), or None.
+      needs_key: whether ``fn`` draws at random (a PRNG key per device and step).
+      unit_embeddings: whether ``fn`` sees L2-normalized embeddings (pair losses).
+      aliases: other names that select the record (e.g. the function's name).
+      check: ``(config) -> None`` raising ConfigError for inconsistent fields, or None.
     """
 
     fn: Callable[..., jax.Array]
-    hyperparameters: tuple[str, ...] = ()
-    layouts: bool = True
+    paper: str
+    hyperparameters: Mapping[str, hp.HyperParameter] = dataclasses.field(default_factory=dict)
+    classifier: str = "normalized"
+    layouts: frozenset[str] = frozenset({"chunked", "class_sharded"})
+    family: str = "core"
+    state: StateRule | None = None
+    auxiliary: Callable[..., jax.Array] | None = None
+    schedule: Callable[..., dict[str, Any]] | None = None
+    needs_key: bool = False
+    unit_embeddings: bool = False
+    aliases: tuple[str, ...] = ()
+    check: Callable[[ml_collections.ConfigDict], None] | None = None
+
+    def __post_init__(self):
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier {self.classifier!r} is not one of {CLASSIFIERS}")
+        if not self.layouts <= LAYOUTS:
+            raise ValueError(f"unknown layouts {set(self.layouts - LAYOUTS)}; valid: {LAYOUTS}")
+
+
+# ------------------------------------------------------------------------------------
+# The pieces of the records: hyper-parameters, state rules, joint terms.
+# ------------------------------------------------------------------------------------
+
+_HALF_PI = math.pi / 2
+_SCALE = hp.positive(64.0, "s, the scale of the cosine logits")
+_ARC_MARGIN = hp.real(0.5, "m, additive angular margin (radians)", low=0.0, high=_HALF_PI)
+_EASY_MARGIN = hp.boolean(False, "margin only where cos θ > 0 (no fallback past π)")
+_INT_MARGIN = hp.integer(4, "m, the integer angular margin of ψ(θ)")
+_USE_BIAS = hp.boolean(True, "a bias b (C,) in the linear classifier", argument=False)
+_EMA_ALPHA = hp.real(0.01, "EMA rate of the state", low=0.0, high=1.0, argument=False)
+_PAIR_MARGIN = hp.positive(0.2, "α of the triplet loss / m of the contrastive loss")
+_MINING = hp.choice("batch_all", losses.MININGS, "in-batch triplet mining")
+_LAMBDA = {
+    "lambda_base": hp.real(1000.0, "λ at step 0", low=0.0, argument=False),
+    "lambda_gamma": hp.real(0.12, "γ of the λ annealing", low=0.0, argument=False),
+    "lambda_power": hp.real(1.0, "power of the λ annealing", low=0.0, argument=False),
+    "lambda_min": hp.real(5.0, "the floor of λ", low=0.0, argument=False),
+}
+
+
+def _lambda_at_step(config: ml_collections.ConfigDict, step: jax.Array) -> dict[str, Any]:
+    """L-Softmax / SphereFace's annealed λ, ``max(λ_min, base·(1 + γ·step)^−power)``."""
+    schedule = losses.lambda_schedule(
+        config.lambda_base, config.lambda_gamma, config.lambda_power, config.lambda_min
+    )
+    return {"lambda_": schedule(step)}
+
+
+def _contrastive_term(config, embeddings, labels, state) -> jax.Array:
+    del state
+    return config.weight * losses.contrastive_loss(embeddings, labels, margin=config.margin)
+
+
+def _center_term(config, embeddings, labels, state) -> jax.Array:
+    return config.weight * jnp.mean(losses.center_loss(embeddings, state["centers"], labels))
+
+
+_CENTERS = StateRule(
+    init=lambda config, d, num_classes: {"centers": jnp.zeros((num_classes, d))},
+    after=lambda config, state, x, labels, axis_name: {
+        "centers": losses.update_centers(
+            state["centers"], x, labels, alpha=config.alpha, axis_name=axis_name
+        )
+    },
+)
+
+
+def _curricularface_before(config, state, x, w, labels, axis_name, class_axis_name):
+    del class_axis_name
+    t = losses.curricularface_update_t(
+        state["t"], x, w, labels, alpha=config.alpha, axis_name=axis_name
+    )
+    return {"t": t}, {"t": t}
+
+
+def _adaface_before(config, state, x, w, labels, axis_name, class_axis_name):
+    del w, labels, class_axis_name
+    stats = losses.adaface_update_stats(
+        losses.AdaFaceStats(**state), x, alpha=config.alpha, axis_name=axis_name
+    )
+    return stats._asdict(), {"stats": stats}
+
+
+def _adacos_init(config, d, num_classes):
+    del d
+    if not config.dynamic:
+        return {}
+    return {"scale": jnp.asarray(losses.adacos_fixed_scale(num_classes), jnp.float32)}
+
+
+def _adacos_before(config, state, x, w, labels, axis_name, class_axis_name):
+    if not config.dynamic:
+        return state, {}
+    scale = losses.adacos_dynamic_scale(
+        state["scale"], x, w, labels, axis_name=axis_name, class_axis_name=class_axis_name
+    )
+    return {"scale": scale}, {"scale": scale}
 
 
 _ELASTICFACE = {"arc": losses.elasticface_arc, "cos": losses.elasticface_cos}
 
 
-def _elasticface(embeddings, weights, labels, *, variant: str, **kwargs) -> jax.Array:
-    """ElasticFace-Arc or -Cos, as ``config.loss.variant`` says."""
+def elasticface(embeddings, weights, labels, *, variant: str, **kwargs) -> jax.Array:
+    """ElasticFace-Arc or -Cos (Boutros et al., CVPR-W 2022), as ``variant`` says."""
     return _ELASTICFACE[variant](embeddings, weights, labels, **kwargs)
 
 
-_HEADS = {
-    "softmax": _Head(losses.softmax_cross_entropy),
-    "lsoftmax": _Head(losses.large_margin_softmax, ("margin",)),
-    "sphereface": _Head(losses.sphereface, ("margin",)),
-    "normface": _Head(losses.normface, ("scale",)),
-    "cosface": _Head(losses.cosface, ("scale", "margin")),
-    "arcface": _Head(losses.arcface, ("scale", "margin", "easy_margin")),
-    "combined": _Head(losses.combined_margin, ("scale", "m1", "m2", "m3")),
-    # The successors of ArcFace (losses/successors.py).
-    "subcenter_arcface": _Head(
-        losses.subcenter_arcface, ("scale", "margin", "easy_margin"), layouts=False
-    ),
-    "curricularface": _Head(losses.curricularface, ("scale", "margin"), layouts=False),
-    "adaface": _Head(losses.adaface, ("scale", "margin", "h")),
-    "magface": _Head(
-        losses.magface,
-        ("scale", "lower_norm", "upper_norm", "lower_margin", "upper_margin", "lambda_g",
-         "easy_margin"),
-    ),
-    "elasticface": _Head(_elasticface, ("variant", "scale", "margin", "sigma", "plus")),
-    "adacos": _Head(losses.adacos),
-    "circle": _Head(losses.circle_loss, ("scale", "margin"), layouts=False),
-}
-# Joint losses: identification by the linear softmax + weight · an auxiliary term.
-_JOINT_LOSSES = ("contrastive", "center")
-# Losses of the embeddings alone, without a classifier.
-PAIR_LOSSES = ("triplet", "circle_pair", "xbm")
-LOSS_NAMES = (*_HEADS, *_JOINT_LOSSES, *PAIR_LOSSES)
-# The successors of ArcFace (losses/successors*.py); the others are the core losses.
-SUCCESSORS = ("subcenter_arcface", "curricularface", "adaface", "magface", "elasticface",
-              "adacos", "circle", "circle_pair", "xbm")
-# Losses whose classifier scores w_jᵀx (+ b_j), so that ‖W_j‖ matters for the decision.
-_UNNORMALIZED = ("softmax", "lsoftmax", *_JOINT_LOSSES)
-
-Params = Mapping[str, jax.Array]
-
-
-def check_loss_name(name: str) -> None:
-    """Raises a ValueError naming the valid losses if ``name`` is not one of them."""
-    if name not in LOSS_NAMES:
-        raise ValueError(f"unknown loss.name {name!r}; valid: {', '.join(LOSS_NAMES)}")
-
-
-def check_loss_config(config: ml_collections.ConfigDict) -> None:
-    """Raises a ValueError naming the first setting the loss cannot run with."""
-    check_loss_name(config.name)
-    if config.name == "elasticface" and config.variant not in _ELASTICFACE:
-        raise ValueError(f"unknown loss.variant {config.variant!r} of elasticface; valid: "
-                         f"{', '.join(_ELASTICFACE)}")
-    if config.name == "xbm" and config.base not in ("triplet", "contrastive"):
-        raise ValueError(f"unknown loss.base {config.base!r} of xbm; valid: triplet, contrastive")
-    head = _HEADS.get(config.name)
-    if head is not None and not head.layouts and (
-        config.chunk_size is not None or config.class_sharded
-    ):
-        raise ValueError(
-            f"{config.name} re-weights every logit, so it is dense only: set "
-            "loss.chunk_size=None and loss.class_sharded=False"
+def _check_elasticface(config: ml_collections.ConfigDict) -> None:
+    if config.plus and config.get("class_sharded"):
+        raise ConfigError(
+            "config.loss.plus=True (ElasticFace+) ranks the batch's target cosines, which a "
+            "class-sharded W cannot: set loss.plus=False or loss.class_sharded=False"
         )
-    if config.name == "elasticface" and config.plus and config.class_sharded:
-        raise ValueError("elasticface with plus=True ranks the batch's target cosines, which "
-                         "a class-sharded W cannot: set loss.plus=False or class_sharded=False")
+
+
+def _check_magface(config: ml_collections.ConfigDict) -> None:
+    if not config.lower_norm < config.upper_norm:
+        raise ConfigError(
+            f"config.loss.lower_norm = {config.lower_norm} must be < config.loss.upper_norm "
+            f"= {config.upper_norm}"
+        )
+    if not config.lower_margin <= config.upper_margin:
+        raise ConfigError(
+            f"config.loss.lower_margin = {config.lower_margin} must be ≤ "
+            f"config.loss.upper_margin = {config.upper_margin}"
+        )
+
+
+def xbm(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    memory: losses.CrossBatchMemory,
+    base: str,
+    margin: float,
+    mining: str,
+    weight: float,
+) -> jax.Array:
+    """XBM (Wang et al., CVPR 2020): the in-batch pair loss + weight · the batch against
+    the memory of past batches (batch-hard triplets, or all contrastive pairs)."""
+    if base == "triplet":
+        loss = losses.triplet_margin_loss(embeddings, labels, margin=margin, mining=mining)
+        cross = losses.xbm_triplet_loss(embeddings, labels, memory, margin=margin)
+    else:
+        loss = losses.contrastive_loss(embeddings, labels, margin=margin)
+        cross = losses.xbm_contrastive_loss(embeddings, labels, memory, margin=margin)
+    return loss + weight * cross
+
+
+_XBM_MEMORY = StateRule(
+    init=lambda config, d, num_classes: losses.xbm_init(config.memory_size, d)._asdict(),
+    before=lambda config, state, *_: (state, {"memory": losses.CrossBatchMemory(**state)}),
+    after=lambda config, state, x, labels, axis_name: losses.xbm_enqueue(
+        losses.CrossBatchMemory(**state),
+        x,
+        labels,
+        warmup_steps=config.warmup_steps,
+        axis_name=axis_name,
+    )._asdict(),
+)
+
+# ------------------------------------------------------------------------------------
+# The table.
+# ------------------------------------------------------------------------------------
+
+OBJECTIVES: dict[str, Objective] = {
+    "softmax": Objective(
+        losses.softmax_cross_entropy,
+        "softmax cross-entropy (DeepFace, Taigman et al. 2014)",
+        {"use_bias": _USE_BIAS},
+        classifier="linear",
+        aliases=("softmax_cross_entropy",),
+    ),
+    "contrastive": Objective(
+        losses.softmax_cross_entropy,
+        "DeepID2: softmax + λ·contrastive (Sun et al., NeurIPS 2014)",
+        {
+            "use_bias": _USE_BIAS,
+            "weight": hp.real(0.05, "λ of the verification term", low=0.0, argument=False),
+            "margin": hp.positive(1.0, "m of the different-pair hinge", argument=False),
+        },
+        classifier="linear",
+        auxiliary=_contrastive_term,
+        aliases=("deepid2",),
+    ),
+    "triplet": Objective(
+        losses.triplet_margin_loss,
+        "triplet loss, online mining (FaceNet, Schroff et al., CVPR 2015)",
+        {"margin": _PAIR_MARGIN, "mining": _MINING},
+        classifier="none",
+        layouts=frozenset(),
+        unit_embeddings=True,
+        aliases=("triplet_margin_loss",),
+    ),
+    "center": Objective(
+        losses.softmax_cross_entropy,
+        "softmax + λ·center loss (Wen et al., ECCV 2016)",
+        {
+            "use_bias": _USE_BIAS,
+            "weight": hp.real(0.003, "λ of the center term", low=0.0, argument=False),
+            "alpha": hp.real(0.5, "α, the centre learning rate", low=0.0, high=1.0,
+                             argument=False),
+        },
+        classifier="linear",
+        state=_CENTERS,
+        auxiliary=_center_term,
+        aliases=("center_loss",),
+    ),
+    "lsoftmax": Objective(
+        losses.large_margin_softmax,
+        "L-Softmax (Liu et al., ICML 2016)",
+        {"margin": _INT_MARGIN, **_LAMBDA},
+        classifier="linear",
+        schedule=_lambda_at_step,
+        aliases=("large_margin_softmax",),
+    ),
+    "sphereface": Objective(
+        losses.sphereface,
+        "A-Softmax / SphereFace (Liu et al., CVPR 2017)",
+        {"margin": _INT_MARGIN, **_LAMBDA},
+        schedule=_lambda_at_step,
+        aliases=("asoftmax",),
+    ),
+    "normface": Objective(
+        losses.normface,
+        "NormFace (Wang et al., ACM MM 2017)",
+        {"scale": _SCALE},
+    ),
+    "cosface": Objective(
+        losses.cosface,
+        "CosFace / AM-Softmax (Wang et al., CVPR 2018)",
+        {"scale": _SCALE, "margin": hp.real(0.35, "m, cosine margin", low=0.0, high=2.0)},
+        aliases=("amsoftmax",),
+    ),
+    "arcface": Objective(
+        losses.arcface,
+        "ArcFace (Deng et al., CVPR 2019)",
+        {"scale": _SCALE, "margin": _ARC_MARGIN, "easy_margin": _EASY_MARGIN},
+    ),
+    "combined": Objective(
+        losses.combined_margin,
+        "combined margin (Deng et al., CVPR 2019, Eq. 4)",
+        {
+            "scale": _SCALE,
+            "m1": hp.real(1.0, "multiplicative angular margin", low=0.0, low_open=True),
+            "m2": hp.real(0.5, "additive angular margin (radians)", low=0.0, high=_HALF_PI),
+            "m3": hp.real(0.0, "additive cosine margin", low=0.0, high=2.0),
+        },
+        aliases=("combined_margin",),
+    ),
+    "subcenter_arcface": Objective(
+        losses.subcenter_arcface,
+        "sub-center ArcFace (Deng et al., ECCV 2020)",
+        {
+            "scale": _SCALE,
+            "margin": _ARC_MARGIN,
+            "easy_margin": _EASY_MARGIN,
+            "num_subcenters": hp.integer(3, "K sub-centres per class", argument=False),
+        },
+        classifier="subcenter",
+        layouts=frozenset(),
+        family="successor",
+    ),
+    "curricularface": Objective(
+        losses.curricularface,
+        "CurricularFace (Huang et al., CVPR 2020)",
+        {"scale": _SCALE, "margin": _ARC_MARGIN, "alpha": _EMA_ALPHA},
+        layouts=frozenset(),
+        family="successor",
+        state=StateRule(
+            init=lambda config, d, c: {"t": jnp.zeros((), jnp.float32)},
+            before=_curricularface_before,
+        ),
+    ),
+    "adaface": Objective(
+        losses.adaface,
+        "AdaFace (Kim et al., CVPR 2022)",
+        {
+            "scale": _SCALE,
+            "margin": hp.real(0.4, "m", low=0.0, high=_HALF_PI),
+            "h": hp.real(0.333, "concentration of the normalized norm ẑ", low=0.0),
+            "alpha": _EMA_ALPHA,
+        },
+        family="successor",
+        state=StateRule(
+            init=lambda config, d, c: losses.adaface_init_stats()._asdict(),
+            before=_adaface_before,
+        ),
+    ),
+    "magface": Objective(
+        losses.magface,
+        "MagFace (Meng et al., CVPR 2021)",
+        {
+            "scale": _SCALE,
+            "lower_norm": hp.positive(10.0, "l_a"),
+            "upper_norm": hp.positive(110.0, "u_a"),
+            "lower_margin": hp.real(0.45, "l_m (radians)", low=0.0, high=_HALF_PI),
+            "upper_margin": hp.real(0.8, "u_m (radians)", low=0.0, high=_HALF_PI),
+            "lambda_g": hp.real(35.0, "λ_g, weight of the regularizer g(a)", low=0.0),
+            "easy_margin": _EASY_MARGIN,
+        },
+        family="successor",
+        check=_check_magface,
+    ),
+    "elasticface": Objective(
+        elasticface,
+        "ElasticFace (Boutros et al., CVPR-W 2022)",
+        {
+            "variant": hp.choice("arc", tuple(_ELASTICFACE), "ElasticFace-Arc or -Cos"),
+            "scale": _SCALE,
+            "margin": hp.real(0.5, "mean margin m", low=0.0, high=_HALF_PI),
+            "sigma": hp.real(0.05, "σ of the margin", low=0.0),
+            "plus": hp.boolean(False, "ElasticFace+: margins sorted by target cosine"),
+        },
+        family="successor",
+        needs_key=True,
+        check=_check_elasticface,
+    ),
+    "adacos": Objective(
+        losses.adacos,
+        "AdaCos (Zhang et al., CVPR 2019)",
+        {"dynamic": hp.boolean(True, "the dynamic scale (else fixed)", argument=False)},
+        family="successor",
+        state=StateRule(init=_adacos_init, before=_adacos_before),
+    ),
+    "circle": Objective(
+        losses.circle_loss,
+        "Circle loss, class level (Sun et al., CVPR 2020)",
+        {"scale": hp.positive(256.0, "γ"), "margin": hp.real(0.25, "m", low=0.0, high=1.0)},
+        layouts=frozenset(),
+        family="successor",
+        aliases=("circle_loss",),
+    ),
+    "circle_pair": Objective(
+        losses.circle_pair_loss,
+        "Circle loss, pair level (Sun et al., CVPR 2020)",
+        {"scale": hp.positive(256.0, "γ"), "margin": hp.real(0.25, "m", low=0.0, high=1.0)},
+        classifier="none",
+        layouts=frozenset(),
+        family="successor",
+        aliases=("circle_pair_loss",),
+    ),
+    "xbm": Objective(
+        xbm,
+        "cross-batch memory (Wang et al., CVPR 2020)",
+        {
+            "base": hp.choice("triplet", ("triplet", "contrastive"), "the pair loss"),
+            "margin": _PAIR_MARGIN,
+            "mining": _MINING,
+            "memory_size": hp.integer(1024, "M memory slots", argument=False),
+            "warmup_steps": hp.integer(1000, "steps before the memory fills", low=0,
+                                       argument=False),
+            "weight": hp.real(1.0, "weight of the memory term", low=0.0),
+        },
+        classifier="none",
+        layouts=frozenset(),
+        family="successor",
+        state=_XBM_MEMORY,
+        unit_embeddings=True,
+    ),
+}
+
+
+def register(name: str, objective: Objective) -> None:
+    """Adds ``objective`` under ``name`` (a new loss, from a script or a test)."""
+    if name in OBJECTIVES or name in _aliases():
+        raise ValueError(f"loss {name!r} is already registered")
+    OBJECTIVES[name] = objective
+
+
+def _aliases() -> dict[str, str]:
+    return {alias: name for name, o in OBJECTIVES.items() for alias in o.aliases}
+
+
+def loss_names(family: str | None = None) -> tuple[str, ...]:
+    """The registered losses (of ``family``, "core" or "successor", if given)."""
+    return tuple(n for n, o in OBJECTIVES.items() if family in (None, o.family))
+
+
+def pair_losses() -> tuple[str, ...]:
+    """The losses of the embeddings alone, without a classifier."""
+    return tuple(n for n, o in OBJECTIVES.items() if o.classifier == "none")
+
+
+def canonical_name(name: str) -> str:
+    """The record key of ``name`` or of its alias; ConfigError naming the valid losses."""
+    if name in OBJECTIVES:
+        return name
+    if name in _aliases():
+        return _aliases()[name]
+    raise ConfigError(
+        f"unknown config.loss.name {name!r}; valid: {', '.join(OBJECTIVES)} "
+        f"(aliases: {', '.join(_aliases())})"
+    )
+
+
+def get(name: str) -> Objective:
+    """The record of loss ``name`` (or of an alias)."""
+    return OBJECTIVES[canonical_name(name)]
+
+
+def default_hyperparameters(name: str) -> dict[str, Any]:
+    """Every hyper-parameter of loss ``name`` at its default."""
+    return {key: spec.default for key, spec in get(name).hyperparameters.items()}
+
+
+def check_loss_config(
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int | None = None,
+    num_devices: int | None = None,
+) -> None:
+    """Raises ConfigError for the first field of ``config.loss`` the run cannot use.
+
+    Checks the name, that every field is a hyper-parameter of the loss or a layout knob,
+    each hyper-parameter against its range, the loss's own consistency checks, the
+    layout knobs against the loss's layouts and, given ``num_classes`` and
+    ``num_devices``, that a class-sharded W splits evenly over the devices.
+    """
+    objective = get(config.name)
+    known = {"name", *objective.hyperparameters}
+    if objective.classifier != "none":
+        known |= set(LAYOUT_KNOBS)
+    for key in config.keys():
+        if key not in known:
+            raise ConfigError(
+                f"config.loss.{key} is not a field of loss {config.name!r}; its fields: "
+                f"{', '.join(sorted(known))}"
+            )
+    for key, spec in objective.hyperparameters.items():
+        if key not in config:
+            raise ConfigError(f"config.loss.{key} of loss {config.name!r} is missing")
+        hp.check(f"loss.{key}", config[key], spec)
+    if objective.check is not None:
+        objective.check(config)
+    _check_layout(config, objective, num_classes=num_classes, num_devices=num_devices)
+
+
+def _check_layout(config, objective, *, num_classes, num_devices) -> None:
+    chunk_size, class_sharded = config.get("chunk_size"), config.get("class_sharded", False)
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ConfigError(
+            f"config.loss.chunk_size = {chunk_size!r} is out of range; valid: None or an "
+            "integer ≥ 1"
+        )
+    for knob, used, layout in (
+        ("chunk_size", chunk_size is not None, "chunked"),
+        ("class_sharded", class_sharded, "class_sharded"),
+    ):
+        if used and layout not in objective.layouts:
+            raise ConfigError(
+                f"loss {config.name!r} does not support config.loss.{knob} (it changes the "
+                "non-target logits too, so it is dense only): set loss.chunk_size=None and "
+                "loss.class_sharded=False"
+            )
+    if class_sharded and num_classes is not None and num_devices is not None:
+        try:
+            losses.class_block_size(num_classes, num_devices)
+        except ValueError as error:
+            raise ConfigError(f"config.loss.class_sharded=True: {error}") from None
 
 
 def has_classifier(config: ml_collections.ConfigDict) -> bool:
     """Whether the loss trains a classifier W (every loss but the pair losses)."""
-    check_loss_name(config.name)
-    return config.name not in PAIR_LOSSES
+    return get(config.name).classifier != "none"
 
 
 def init_head(
@@ -132,128 +573,34 @@ def init_head(
 
     Returns:
       ``(head, loss_state)``: ``head`` has ``"weights"`` (d, C), LeCun-normal
-      ((d, C, K) for sub-center ArcFace, initialized as a (d, C·K) matrix), and
-      ``"bias"`` (C,) zeros for a softmax-based loss with ``use_bias`` (empty for the
-      pair losses); ``loss_state`` has the center-loss ``"centers"`` (C, d) zeros,
-      CurricularFace's ``"t"`` = 0, AdaFace's ``"mean"``, ``"std"`` (20, 100), the
-      dynamic AdaCos ``"scale"`` (the fixed scale √2·ln(C − 1)) or the XBM memory
-      (empty otherwise).
+      ((d, C, K) for sub-centres, initialized as a (d, C·K) matrix), and ``"bias"``
+      (C,) zeros for a linear classifier with ``use_bias`` (empty for the pair losses);
+      ``loss_state`` is the record's ``state.init`` (empty for a stateless loss).
     """
-    head, loss_state = {}, {}
-    name = config.name
-    if has_classifier(config):
+    objective = get(config.name)
+    head = {}
+    if objective.classifier != "none":
         shape = (embedding_dim, num_classes)
-        if name == "subcenter_arcface":
+        if objective.classifier == "subcenter":
             shape += (config.num_subcenters,)
         # Fan-in d for every column, sub-centres included.
         weights = nn.initializers.lecun_normal()(key, (embedding_dim, math.prod(shape[1:])))
         head["weights"] = weights.reshape(shape)
-    if name in ("softmax", *_JOINT_LOSSES) and config.use_bias:
+    if objective.classifier == "linear" and config.get("use_bias", False):
         head["bias"] = jnp.zeros((num_classes,))
-    if name == "center":
-        loss_state["centers"] = jnp.zeros((num_classes, embedding_dim))
-    elif name == "curricularface":
-        loss_state["t"] = jnp.zeros((), jnp.float32)
-    elif name == "adaface":
-        loss_state = losses.adaface_init_stats()._asdict()
-    elif name == "adacos" and config.dynamic:
-        loss_state["scale"] = jnp.asarray(losses.adacos_fixed_scale(num_classes), jnp.float32)
-    elif name == "xbm":
-        loss_state = losses.xbm_init(config.memory_size, embedding_dim)._asdict()
+    loss_state = {} if objective.state is None else objective.state.init(
+        config, embedding_dim, num_classes
+    )
     return head, loss_state
 
 
-def _advance_state(
-    config: ml_collections.ConfigDict,
-    head: Params,
-    loss_state: Params,
-    embeddings: jax.Array,
-    labels: jax.Array,
-    axis_name: str | None,
-    class_axis_name: str | None,
-) -> tuple[Params, dict[str, jax.Array]]:
-    """The loss state moved by this batch (outside the gradient), and the keyword
-    arguments it gives the loss. The official CurricularFace, AdaFace and AdaCos code
-    updates the state first and uses the new value in the same step."""
-    x = jax.lax.stop_gradient(embeddings)
-    w = jax.lax.stop_gradient(head.get("weights"))
-    if config.name == "curricularface":
-        t = losses.curricularface_update_t(
-            loss_state["t"], x, w, labels, alpha=config.alpha, axis_name=axis_name
-        )
-        return {"t": t}, {"t": t}
-    if config.name == "adaface":
-        stats = losses.adaface_update_stats(
-            losses.AdaFaceStats(**loss_state), x, alpha=config.alpha, axis_name=axis_name
-        )
-        return stats._asdict(), {"stats": stats}
-    if config.name == "adacos" and config.dynamic:
-        scale = losses.adacos_dynamic_scale(
-            loss_state["scale"], x, w, labels, axis_name=axis_name, class_axis_name=class_axis_name
-        )
-        return {"scale": scale}, {"scale": scale}
-    return loss_state, {}
-
-
-def _margin_loss(
-    config: ml_collections.ConfigDict,
-    head: Params,
-    embeddings: jax.Array,
-    labels: jax.Array,
-    step: jax.Array,
-    class_axis_name: str | None,
-    **kwargs: jax.Array,
-) -> jax.Array:
-    """Mean softmax-type loss of this device's examples; ``kwargs`` are passed on."""
-    name = "softmax" if config.name in _JOINT_LOSSES else config.name
-    spec = _HEADS[name]
-    kwargs |= {key: config[key] for key in spec.hyperparameters}
-    if name in ("lsoftmax", "sphereface"):
-        kwargs["lambda_"] = losses.lambda_schedule(
-            config.lambda_base, config.lambda_gamma, config.lambda_power, config.lambda_min
-        )(step)
-    if "bias" in head:
-        kwargs["bias"] = head["bias"]
-    if spec.layouts:
-        kwargs["chunk_size"] = config.chunk_size
-        if class_axis_name is not None:
-            # Partial FC layout: every device scores the global batch against its block
-            # of classes; the loss returns this device's examples.
-            kwargs.update(axis_name=class_axis_name, class_axis_name=class_axis_name)
-    return jnp.mean(spec.fn(embeddings, head["weights"], labels, **kwargs))
-
-
-def _unit(embeddings: jax.Array) -> jax.Array:
-    return embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
-
-
-def _pair_loss(
-    config: ml_collections.ConfigDict,
-    loss_state: Params,
-    embeddings: jax.Array,
-    labels: jax.Array,
-    axis_name: str | None,
-) -> tuple[jax.Array, Params]:
-    """A loss of the embeddings alone (no classifier) and the new loss state."""
-    if config.name == "circle_pair":
-        loss = losses.circle_pair_loss(embeddings, labels, scale=config.scale, margin=config.margin)
-        return jnp.mean(loss), loss_state
-    x = _unit(embeddings)
-    base = config.name if config.name == "triplet" else config.base
-    if base == "triplet":
-        loss = losses.triplet_margin_loss(x, labels, margin=config.margin, mining=config.mining)
-    else:
-        loss = losses.contrastive_loss(x, labels, margin=config.margin)
-    if config.name == "triplet":
-        return loss, loss_state
-    # XBM: the batch against the memory of past batches, then the batch is enqueued.
-    memory = losses.CrossBatchMemory(**loss_state)
-    cross = {"triplet": losses.xbm_triplet_loss, "contrastive": losses.xbm_contrastive_loss}
-    loss += config.weight * cross[base](x, labels, memory, margin=config.margin)
-    memory = losses.xbm_enqueue(
-        memory, x, labels, warmup_steps=config.warmup_steps, axis_name=axis_name
-    )
-    return loss, memory._asdict()
+def loss_kwargs(config: ml_collections.ConfigDict, step: jax.Array) -> dict[str, Any]:
+    """The keyword arguments of the loss function set by the config at ``step``."""
+    objective = get(config.name)
+    kwargs = {k: config[k] for k, s in objective.hyperparameters.items() if s.argument}
+    if objective.schedule is not None:
+        kwargs |= objective.schedule(config, step)
+    return kwargs
 
 
 def compute_loss(
@@ -270,22 +617,11 @@ def compute_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The scalar objective of one device's batch and the new loss state.
 
-    * softmax-type losses (the margin losses and their successors):
-      ``mean_i loss_i`` (``lambda_`` of L-Softmax/SphereFace from
-      ``losses.lambda_schedule`` at ``step``; the state of CurricularFace, AdaFace
-      and the dynamic AdaCos moved by this batch first, over ``axis_name``;
-      ElasticFace's margins drawn with ``key``);
-    * ``contrastive`` (DeepID2, Sun et al. 2014): softmax + weight · in-batch
-      ``losses.contrastive_loss``;
-    * ``center`` (Wen et al. 2016): softmax + weight · mean ``losses.center_loss``;
-      the centres move by ``losses.update_centers``, summed over ``axis_name``;
-    * ``triplet`` (FaceNet, Schroff et al. 2015): ``losses.triplet_margin_loss`` of
-      the L2-normalized embeddings with in-batch mining;
-    * ``circle_pair`` (Sun et al. 2020): mean ``losses.circle_pair_loss``;
-    * ``xbm`` (Wang et al. 2020): the in-batch triplet (``config.mining``) or
-      contrastive loss of the L2-normalized embeddings + weight · the same loss
-      against the memory (batch-hard triplets), which then takes the global batch.
-
+    ``mean_i fn(x_i, …)`` with the record's function and the config's
+    hyper-parameters (+ the auxiliary term of a joint loss); the state moved by the
+    record's rule from the global batch (over ``axis_name``); ``key`` for a random loss
+    (ElasticFace). With ``class_axis_name`` (the Partial FC layout) every device scores
+    the global batch against its block of classes and returns its own examples' losses.
     In-batch pair and triplet terms see this device's examples only.
 
     Args:
@@ -295,62 +631,73 @@ def compute_loss(
       embeddings: float32 (B, d) embeddings of this device's examples.
       labels: int (B,) class ids.
       step: the training step (for annealed hyper-parameters).
-      key: PRNG key of the random losses (ElasticFace), distinct per device.
+      key: PRNG key of the random losses, distinct per device.
       axis_name: the data-parallel axis, or None outside a mapped function.
       class_axis_name: the axis over which W's columns are sharded, or None.
 
     Returns:
       ``(loss, new_loss_state)``.
     """
-    if not has_classifier(config):
-        return _pair_loss(config, loss_state, embeddings, labels, axis_name)
-    loss_state, kwargs = _advance_state(
-        config, head, loss_state, embeddings, labels, axis_name, class_axis_name
-    )
-    if config.name == "elasticface":
+    objective = get(config.name)
+    kwargs = loss_kwargs(config, step)
+    x = losses.l2_normalize(embeddings) if objective.unit_embeddings else embeddings
+    weights = head.get("weights")
+    rule = objective.state or StateRule(init=lambda *_: {})
+    if rule.before is not None:
+        loss_state, extra = rule.before(
+            config,
+            loss_state,
+            jax.lax.stop_gradient(x),
+            None if weights is None else jax.lax.stop_gradient(weights),
+            labels,
+            axis_name,
+            class_axis_name,
+        )
+        kwargs |= extra
+    if objective.needs_key:
         if key is None:
-            raise ValueError("elasticface draws its margins at random: pass a PRNG key")
+            raise ValueError(f"{config.name} draws at random: pass a PRNG key")
         kwargs["key"] = key
-    loss = _margin_loss(config, head, embeddings, labels, step, class_axis_name, **kwargs)
-    if config.name == "contrastive":
-        loss += config.weight * losses.contrastive_loss(embeddings, labels, margin=config.margin)
-    elif config.name == "center":
-        centers = loss_state["centers"]
-        loss += config.weight * jnp.mean(losses.center_loss(embeddings, centers, labels))
-        loss_state = {
-            "centers": losses.update_centers(
-                centers,
-                jax.lax.stop_gradient(embeddings),
-                labels,
-                alpha=config.alpha,
-                axis_name=axis_name,
-            )
-        }
+    if objective.classifier == "none":
+        if "data_parallel" in objective.layouts:
+            kwargs["axis_name"] = axis_name
+        loss = jnp.mean(objective.fn(x, labels, **kwargs))
+    else:
+        if "bias" in head:
+            kwargs["bias"] = head["bias"]
+        if "chunked" in objective.layouts:
+            kwargs["chunk_size"] = config.chunk_size
+        if class_axis_name is not None:
+            kwargs.update(axis_name=class_axis_name, class_axis_name=class_axis_name)
+        loss = jnp.mean(objective.fn(x, weights, labels, **kwargs))
+    if objective.auxiliary is not None:
+        loss += objective.auxiliary(config, embeddings, labels, loss_state)
+    if rule.after is not None:
+        loss_state = rule.after(config, loss_state, jax.lax.stop_gradient(x), labels, axis_name)
     return loss, loss_state
 
 
 def classifier_weights(config: ml_collections.ConfigDict, head: Params) -> jax.Array:
     """The class vectors (d, C) whose scores ``xᵀw_j`` decide the predicted class.
 
-    W itself for the losses whose classifier scores ``w_jᵀx (+ b_j)`` (softmax,
-    L-Softmax and the joint ones; the bias is left out), the unit columns of W for
-    the others, whose decision is ``argmax_j cos θ_j`` whatever ‖w_j‖; for
-    sub-center ArcFace the unit sub-centres (d, C, K), a class scoring its best one.
+    W itself for a linear classifier (``w_jᵀx + b_j``; the bias is left out), the unit
+    columns of W for the others, whose decision is ``argmax_j cos θ_j`` whatever
+    ‖w_j‖; for sub-centres the unit sub-centres (d, C, K), a class scoring its best one.
     """
-    weights = head["weights"]
-    if config.name in _UNNORMALIZED:
-        return weights
-    return weights / jnp.maximum(jnp.linalg.norm(weights, axis=0, keepdims=True), 1e-12)
+    if get(config.name).classifier == "linear":
+        return head["weights"]
+    return losses.l2_normalize(head["weights"], axis=0)
 
 
 def batch_metrics(
     config: ml_collections.ConfigDict, head: Params, embeddings: jax.Array, labels: jax.Array
 ) -> dict[str, jax.Array]:
     """Training accuracy and ArcFace's L_Intra of a batch (empty without a classifier)."""
-    if not has_classifier(config):
+    classifier = get(config.name).classifier
+    if classifier == "none":
         return {}
     weights = classifier_weights(config, head)
-    if weights.ndim == 3:  # sub-centres: each class by its sub-centre closest to x
+    if classifier == "subcenter":  # each class by its sub-centre closest to x
         per_subcenter = jnp.einsum("bd,dck->bck", embeddings, weights)
         closest = jnp.argmax(per_subcenter, axis=-1)
         scores = jnp.max(per_subcenter, axis=-1)
@@ -359,7 +706,42 @@ def batch_metrics(
     else:
         scores = embeddings @ weights
         intra = losses.intra_angle(embeddings, head["weights"], labels)
-    if config.name in _UNNORMALIZED:
+    if classifier == "linear":
         scores += head.get("bias", 0.0)
     correct = jnp.argmax(scores, axis=-1) == labels
     return {"accuracy": jnp.mean(correct), "intra_angle": intra}
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+    """The loss of ``config``: its paper, classifier, layouts and each knob with its
+    value, default and valid range (``python -m faceloss_jax.main ... --describe``)."""
+    objective = get(config.name)
+    layouts = ", ".join(sorted(objective.layouts)) or "dense only"
+    lines = [
+        f"loss {config.name!r}: {objective.paper}",
+        f"  classifier: {objective.classifier}; layouts: {layouts}",
+    ]
+    for key, spec in objective.hyperparameters.items():
+        value = config.get(key, spec.default)
+        lines.append(
+            f"  loss.{key} = {value!r}  (default {spec.default!r}; valid: {spec.valid})"
+            + (f"  {spec.doc}" if spec.doc else "")
+        )
+    if objective.classifier != "none":
+        lines.append(f"  loss.chunk_size = {config.get('chunk_size')!r}  (None or an integer ≥ 1)")
+        lines.append(f"  loss.class_sharded = {config.get('class_sharded')!r}  (True or False)")
+    return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    """The README's table of losses, generated from ``OBJECTIVES``."""
+    rows = [
+        "| `loss.name` | loss | classifier | layouts | state | hyper-parameters |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, o in OBJECTIVES.items():
+        layouts = ", ".join(sorted(o.layouts)) or "dense"
+        state = "yes" if o.state is not None else ""
+        knobs = ", ".join(f"`{k}`" for k in o.hyperparameters)
+        rows.append(f"| `{name}` | {o.paper} | {o.classifier} | {layouts} | {state} | {knobs} |")
+    return "\n".join(rows)
