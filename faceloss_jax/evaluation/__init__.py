@@ -29,6 +29,11 @@ from faceloss_jax.evaluation.verification import verification_report
 from faceloss_jax.evaluation.identification import identification_rates
 from faceloss_jax.evaluation.identification import probe_ranks
 
+# IJB-B/C from the release layout (ijb.py)
+from faceloss_jax.evaluation import ijb
+from faceloss_jax.evaluation.ijb import evaluate_ijb
+from faceloss_jax.evaluation.ijb import read_ijb
+
 # Geometry (geometry.py)
 from faceloss_jax.evaluation.geometry import class_centers
 from faceloss_jax.evaluation.geometry import class_mean_norms
