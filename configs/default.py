@@ -7,8 +7,10 @@ few minutes on a laptop CPU:
 
 ``get_config("face")`` is the face recipe: iResNet-50, 512-d embeddings, 112×112
 inputs, SGD 0.1 with polynomial decay (InsightFace's arcface_torch), bfloat16
-compute, on synthetic identities; ``"face,image_folder"`` trains on a folder of
-identities (set ``--config.dataset.path``, ``test_path`` and ``openset_path``).
+compute, on synthetic identities; ``"face,source=image_folder"`` trains on a folder
+of identities (set ``--config.dataset.path``, ``test_path`` and ``openset_path``),
+``"face,source=recordio"`` on an InsightFace folder; ``--config.dataset.name=<source>``
+on the command line selects a source too.
 Any field can be overridden on the command line, e.g.
 ``--config.optimizer.learning_rate=0.05``. (Run from the repository root, so that
 ``configs`` is importable.)
@@ -20,8 +22,9 @@ from ml_collections import config_dict
 from faceloss_jax import data
 from faceloss_jax.train_lib import objectives
 
-VARIANTS = ("mnist", "face")
-FACE_SOURCES = ("synthetic", "image_folder")
+RECIPES = ("mnist", "face")
+# The data source of each recipe unless the variant names one (``source=...``).
+DEFAULT_SOURCES = {"mnist": "mnist", "face": "synthetic"}
 
 
 def _mnist(config: ml_collections.ConfigDict, *, angular: bool) -> None:
@@ -53,12 +56,12 @@ def _mnist(config: ml_collections.ConfigDict, *, angular: bool) -> None:
     config.eval.num_pairs = 3000
 
 
-def _face(config: ml_collections.ConfigDict, source: str) -> None:
+def _face(config: ml_collections.ConfigDict) -> None:
     """iResNet-50 on 112×112 faces, the recipe of InsightFace's arcface_torch."""
     config.model.name = "iresnet50"
     config.model.embedding_dim = 512
     config.model.dropout = 0.0
-    config.dataset = data.default_config(source)
+    config.dataset = data.default_config(DEFAULT_SOURCES["face"])
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
@@ -99,12 +102,48 @@ def loss_config(name: str, **hyperparameters) -> ml_collections.ConfigDict:
     return config
 
 
+def parse_variant(variant: str) -> tuple[str, dict[str, str]]:
+    """``"recipe[,key=value…]"`` → ``(recipe, {key: value})``, big_vision style.
+
+    The recipe is "mnist" or "face"; the one argument is ``source=<name>``, a data
+    source of ``data.sources.SOURCES`` (a bare name, as in "face,image_folder", is
+    read as the source too).
+
+    Example:
+      >>> parse_variant("face,source=recordio")
+      ('face', {'source': 'recordio'})
+    """
+    recipe, *parts = variant.split(",")
+    arguments = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key, value = (key, value) if sep else ("source", key)
+        arguments[key.strip()] = value.strip()
+    valid = (
+        "mnist or face, optionally followed by ,source=<name> with a source of: "
+        + ", ".join(data.sources.SOURCES)
+    )
+    if recipe not in RECIPES or set(arguments) - {"source"}:
+        raise objectives.ConfigError(f"unknown config variant {variant!r}; valid: {valid}")
+    if arguments.get("source", DEFAULT_SOURCES[recipe]) not in data.sources.SOURCES:
+        raise objectives.ConfigError(f"unknown data source in variant {variant!r}; valid: {valid}")
+    return recipe, arguments
+
+
+def recipe(variant: str) -> str:
+    """The recipe of ``variant``: "mnist" or "face" (see ``parse_variant``)."""
+    return parse_variant(variant)[0]
+
+
 def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collections.ConfigDict:
-    """The default experiment of ``variant``: "mnist", "face" or "face,<source>".
+    """The default experiment of ``variant`` (see ``parse_variant``).
 
     Args:
-      variant: "mnist" (LeNets++ on MNIST), or "face" optionally followed by a
-        comma and a data source in ``FACE_SOURCES`` (default "synthetic").
+      variant: "mnist" (LeNets++ on the embedded MNIST) or "face" (iResNet-50 on
+        synthetic identities), optionally with ``,source=<name>`` to train the recipe
+        on another data source (``face,source=image_folder`` with
+        ``--config.dataset.path=DIR``; ``face,source=recordio`` for an InsightFace
+        folder). ``--config.dataset.name=<name>`` on the command line does the same.
       angular: the MNIST recipe of the normalized (angular) losses: 3-D features
         without the final PReLU, learning rate 1e-3 (no effect on "face").
 
@@ -112,12 +151,8 @@ def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collectio
       The config; every field is documented by a comment here or in the module
       that reads it (``data.default_config`` for ``dataset``).
     """
-    name, _, source = variant.partition(",")
-    if name not in VARIANTS or (source and (name != "face" or source not in FACE_SOURCES)):
-        raise ValueError(
-            f"unknown config variant {variant!r}; valid: mnist, face, "
-            + ", ".join(f"face,{s}" for s in FACE_SOURCES)
-        )
+    name, arguments = parse_variant(variant)
+    source = arguments.get("source", DEFAULT_SOURCES[name])
     config = ml_collections.ConfigDict()
     config.seed = 0
 
@@ -174,5 +209,7 @@ def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collectio
     if name == "mnist":
         _mnist(config, angular=angular)
     else:
-        _face(config, source or "synthetic")
+        _face(config)
+    if source != config.dataset.name:
+        config.dataset = data.default_config(source)
     return config

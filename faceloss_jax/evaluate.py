@@ -5,24 +5,43 @@
 The experiment is read from ``<workdir>/config.json`` (written by the training run),
 or from ``--config`` (with overrides, e.g. ``--config.eval.num_pairs=3000``). Results go
 to ``<workdir>/eval/step_<N>.json`` and the figures beside it, as during training.
+
+The field's benchmarks, for a run or a converted backbone (``faceloss_jax.convert``)::
+
+    python -m faceloss_jax.evaluate --workdir=DIR --ijb=/data/IJB_release/IJBC --ijb_set=IJBC
+    python -m faceloss_jax.evaluate --workdir=DIR --bins=/data/ms1m/lfw.bin,/data/ms1m/cfp_fp.bin
+
+``--ijb``: IJB-B/C 1:1 TAR@FAR = 1e-6 … 1e-1 (and 1:N rank-1, TPIR@FPIR when the
+release has the gallery/probe files) by arcface_torch's protocol
+(``evaluation.ijb``), written to ``<workdir>/eval/ijb/`` with the ROC figure.
+``--bins``: 10-fold accuracy ± std of ``.bin`` pair sets (LFW, CFP-FP, AgeDB-30) with
+flip TTA, written to ``<workdir>/eval/verification_bins.json`` (whose LFW threshold
+``faceloss_jax.embed`` uses).
 """
 
+import functools
 import json
 from collections.abc import Sequence
 
 import jax
 import ml_collections
+import numpy as np
 from absl import app, flags
 from etils import epath
+from jax.tree_util import Partial
 from ml_collections import config_flags
 
-from faceloss_jax import data, train
+from faceloss_jax import data, evaluation, models, train, weights
 from faceloss_jax.train_lib import checkpointing, cli, optimizers, reporting
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a training run.", required=True)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file; default: the run's config.json.", lock_config=True
 )
+_IJB = flags.DEFINE_string("ijb", None, "An IJB-B/C release folder (meta/, loose_crop/).")
+_IJB_SET = flags.DEFINE_enum("ijb_set", "IJBC", list(evaluation.ijb.IJB_SETS), "IJBB or IJBC.")
+_BINS = flags.DEFINE_list("bins", None, "Verification .bin pair sets (lfw.bin, cfp_fp.bin, ...).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Faces per step for --ijb / --bins.")
 
 
 def load_run_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
@@ -75,10 +94,75 @@ def evaluate_checkpoint(
     return {"step": step, **metrics}
 
 
+def _embed_fn(backbone: weights.Backbone) -> Partial:
+    return Partial(functools.partial(backbone.model.apply, train=False), backbone.variables)
+
+
+def evaluate_ijb(
+    workdir: epath.PathLike, root: epath.PathLike, ijb_set: str = "IJBC", *, batch_size: int = 128
+) -> dict[str, float]:
+    """IJB-B/C of the backbone in ``workdir`` (a run or a converted backbone); results
+    in ``<workdir>/eval/ijb/``."""
+    backbone = weights.load_backbone(workdir)
+    release = evaluation.read_ijb(root, ijb_set)
+    features = evaluation.ijb.face_features(
+        release,
+        _embed_fn(backbone),
+        preprocess=backbone.preprocess,
+        batch_size=batch_size,
+        log=lambda message: print(message, flush=True),
+    )
+    return evaluation.evaluate_ijb(
+        release,
+        features,
+        out_dir=epath.Path(workdir) / "eval" / "ijb",
+        label=backbone.model_config["name"],
+    )
+
+
+def evaluate_bins(
+    workdir: epath.PathLike, paths: Sequence[str], *, batch_size: int = 128
+) -> dict[str, dict[str, float]]:
+    """10-fold verification of ``.bin`` pair sets (flip TTA, cosine, exact thresholds);
+    results in ``<workdir>/eval/verification_bins.json``, keyed by file stem."""
+    backbone = weights.load_backbone(workdir)
+    size = models.input_shape(backbone.model_config["name"])[0]
+    results = {}
+    for path in paths:
+        pairs = data.read_verification_bin(path, image_size=size)
+        embeddings = evaluation.extract_embeddings(
+            _embed_fn(backbone), backbone.preprocess(pairs.images), batch_size=batch_size
+        )
+        report = evaluation.verification_report(embeddings[0::2], embeddings[1::2], pairs.issame)
+        results[epath.Path(path).stem] = {
+            k: v for k, v in report.items() if not isinstance(v, np.ndarray)
+        }
+    eval_dir = epath.Path(workdir) / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    (eval_dir / "verification_bins.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     cli.default_to_warnings()
+    if _IJB.value or _BINS.value:
+        if _BINS.value:
+            for name, report in evaluate_bins(
+                _WORKDIR.value, _BINS.value, batch_size=_BATCH_SIZE.value
+            ).items():
+                print(
+                    f"{name}: accuracy {100 * report['accuracy']:.2f} ± "
+                    f"{100 * report['accuracy_std']:.2f} % (cosine threshold "
+                    f"{report['threshold']:.4f})"
+                )
+        if _IJB.value:
+            metrics = evaluate_ijb(
+                _WORKDIR.value, _IJB.value, _IJB_SET.value, batch_size=_BATCH_SIZE.value
+            )
+            print(evaluation.ijb.format_table(metrics, _IJB_SET.value))
+        return
     metrics = evaluate_checkpoint(_WORKDIR.value, _CONFIG.value)
     print(f"step {metrics['step']}")
     print(reporting.format_report(metrics))
