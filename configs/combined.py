@@ -16,9 +16,9 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "combined",
-        scale=16.0 if variant == "mnist" else 64.0,
+        scale=16.0 if default.recipe(variant) == "mnist" else 64.0,
         m1=1.0,  # multiplicative angular margin (SphereFace)
-        m2=0.1 if variant == "mnist" else 0.3,  # additive angular (ArcFace)
-        m3=0.1 if variant == "mnist" else 0.2,  # additive cosine (CosFace)
+        m2=0.1 if default.recipe(variant) == "mnist" else 0.3,  # additive angular (ArcFace)
+        m3=0.1 if default.recipe(variant) == "mnist" else 0.2,  # additive cosine (CosFace)
     )
     return config

@@ -19,8 +19,8 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "curricularface",
-        scale=16.0 if variant == "mnist" else 64.0,  # s
-        margin=0.2 if variant == "mnist" else 0.5,  # m, radians
+        scale=16.0 if default.recipe(variant) == "mnist" else 64.0,  # s
+        margin=0.2 if default.recipe(variant) == "mnist" else 0.5,  # m, radians
         alpha=0.01,  # the EMA rate of t
     )
     return config

@@ -23,9 +23,9 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config.loss = default.loss_config(
         "elasticface",
         variant="arc",  # "arc" | "cos"
-        scale=16.0 if variant == "mnist" else 64.0,  # s
-        margin=0.2 if variant == "mnist" else 0.5,  # mean margin m (arc: radians)
-        sigma=0.02 if variant == "mnist" else 0.05,  # σ of the margin
+        scale=16.0 if default.recipe(variant) == "mnist" else 64.0,  # s
+        margin=0.2 if default.recipe(variant) == "mnist" else 0.5,  # mean margin m (arc: radians)
+        sigma=0.02 if default.recipe(variant) == "mnist" else 0.05,  # σ of the margin
         plus=False,  # ElasticFace+: margins sorted against the target cosines
     )
     return config

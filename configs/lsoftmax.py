@@ -17,7 +17,7 @@ from configs import default
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """L-Softmax; ``variant`` as in ``configs/default.py``."""
     config = default.get_config(variant, angular=True)
-    mnist = variant == "mnist"
+    mnist = default.recipe(variant) == "mnist"
     config.loss = default.loss_config(
         "lsoftmax",
         margin=4,  # m, an integer

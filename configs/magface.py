@@ -19,7 +19,7 @@ from configs import default
 
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """MagFace; ``variant`` as in ``configs/default.py``."""
-    mnist = variant == "mnist"
+    mnist = default.recipe(variant) == "mnist"
     config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "magface",

@@ -16,6 +16,6 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "normface",
-        scale=16.0 if variant == "mnist" else 64.0,
+        scale=16.0 if default.recipe(variant) == "mnist" else 64.0,
     )
     return config

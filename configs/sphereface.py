@@ -16,15 +16,16 @@ from configs import default
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """SphereFace (A-Softmax); ``variant`` as in ``configs/default.py``."""
     config = default.get_config(variant, angular=True)
+    mnist = default.recipe(variant) == "mnist"
     config.loss = default.loss_config(
         "sphereface",
         margin=4,  # m, an integer
         lambda_base=1000.0,
-        lambda_gamma=2.0 if variant == "mnist" else 0.12,  # MNIST: λ_min at step 100
+        lambda_gamma=2.0 if mnist else 0.12,  # MNIST: λ_min at step 100
         lambda_power=1.0,
         lambda_min=5.0,
     )
-    if variant != "mnist":
+    if default.recipe(variant) != "mnist":
         config.optimizer.schedule = "step"
         config.optimizer.warmup_steps = 0
         config.optimizer.boundaries = (16_000, 24_000)

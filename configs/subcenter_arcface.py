@@ -20,8 +20,8 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "subcenter_arcface",
-        scale=16.0 if variant == "mnist" else 64.0,  # s
-        margin=0.2 if variant == "mnist" else 0.5,  # m, radians
+        scale=16.0 if default.recipe(variant) == "mnist" else 64.0,  # s
+        margin=0.2 if default.recipe(variant) == "mnist" else 0.5,  # m, radians
         easy_margin=False,
         num_subcenters=3,  # K
     )

@@ -19,6 +19,6 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config.loss = default.loss_config(
         "triplet",
         margin=0.2,  # α (FaceNet)
-        mining="batch_all" if variant == "mnist" else "semi_hard",
+        mining="batch_all" if default.recipe(variant) == "mnist" else "semi_hard",
     )
     return config

@@ -20,13 +20,14 @@ from configs import default
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """XBM on the batch-hard triplet loss; ``variant`` as in ``configs/default.py``."""
     config = default.get_config(variant, angular=True)
+    mnist = default.recipe(variant) == "mnist"
     config.loss = default.loss_config(
         "xbm",
         base="triplet",  # "triplet" | "contrastive": the pair loss
         margin=0.2,  # α of the triplet loss, m of the contrastive one
         mining="batch_all",  # in-batch, as configs/triplet.py; the memory term is batch-hard
-        memory_size=1024 if variant == "mnist" else 16384,  # M slots
-        warmup_steps=50 if variant == "mnist" else 1000,  # steps before the memory fills
+        memory_size=1024 if mnist else 16384,  # M slots
+        warmup_steps=50 if mnist else 1000,  # steps before the memory fills
         weight=1.0,  # of the memory term
     )
     return config

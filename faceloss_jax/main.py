@@ -1,14 +1,19 @@
 r"""Trains and evaluates one experiment: a config file, a work directory.
 
     python -m faceloss_jax.main --config=configs/arcface.py --workdir=/tmp/fl_arcface
+    python -m faceloss_jax.main --config=configs/arcface.py --describe
 
 Any config field can be overridden, ``--config.loss.margin=0.4``; a key that is not in
-the config is an error that lists the valid keys. ``configs/<loss>.py:face`` selects a
-config's face variant. Running the same command again resumes from the latest
+the config is an error that lists the valid keys, an out-of-range value one line
+naming the field and its valid range.
+``configs/<loss>.py:face`` selects a config's face variant, ``:face,source=recordio`` (or
+``--config.dataset.name=recordio``) its data source; ``--describe`` prints the loss's
+knobs with their values and ranges and exits. Running the same command again resumes from the latest
 checkpoint in the work directory. Multi-host: add ``--multihost`` on every process
 (see ``faceloss_jax.train``).
 """
 
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -16,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from faceloss_jax import train
-from faceloss_jax.train_lib import cli, reporting
+from faceloss_jax.train_lib import cli, objectives, reporting
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, logs).")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,13 +35,21 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+_DESCRIBE = flags.DEFINE_bool(
+    "describe", False, "Print the loss's knobs (value, default, valid range) and exit."
+)
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     cli.default_to_warnings()
+    if _DESCRIBE.value:
+        print(objectives.describe(_CONFIG.value.loss))
+        return
+    if _WORKDIR.value is None:
+        raise app.UsageError("--workdir is required")
     if _MULTIHOST.value:
         # Cross-process collectives of CPU devices go through gloo (no effect on GPU/TPU).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -51,7 +64,10 @@ def main(argv: Sequence[str]) -> None:
         jax.process_index(),
         jax.process_count(),
     )
-    metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (objectives.ConfigError, FileNotFoundError) as error:
+        sys.exit(f"FATAL {type(error).__name__}: {error}")
     if jax.process_index() == 0:
         print(reporting.format_report(metrics))
 

@@ -31,7 +31,7 @@ def test_there_is_one_config_per_loss():
     assert LOSS_CONFIGS == sorted(objectives.OBJECTIVES)
 
 
-@pytest.mark.parametrize("variant", ["mnist", "face", "face,image_folder"])
+@pytest.mark.parametrize("variant", ["mnist", "face", "face,image_folder", "face,source=recordio"])
 @pytest.mark.parametrize("name", ["default", *LOSS_CONFIGS])
 def test_config_loads_and_is_consistent(name, variant):
     config = importlib.import_module(f"configs.{name}").get_config(variant)
@@ -41,13 +41,13 @@ def test_config_loads_and_is_consistent(name, variant):
     train.check_config(config, num_devices=1)
     models.create_model(config.model)  # every model key is valid
     assert config.dataset.name == {"mnist": "mnist", "face": "synthetic"}.get(
-        variant, "image_folder"
+        variant, variant.rpartition("=")[2].rpartition(",")[2]
     )
     assert config.eval.flip == (variant != "mnist")
 
 
 def test_unknown_variant_is_an_error():
-    with pytest.raises(ValueError, match="unknown config variant 'faces'.*face,image_folder"):
+    with pytest.raises(ValueError, match="unknown config variant 'faces'.*source=<name>.*recordio"):
         importlib.import_module("configs.arcface").get_config("faces")
 
 

@@ -47,7 +47,7 @@ def test_default_config_unknown_name_and_locked_fields():
 def test_create_source_rejects_unknown_split_and_missing_path():
     with pytest.raises(ValueError, match="unknown split 'val'"):
         data.create_source(data.default_config("synthetic"), "val")
-    with pytest.raises(ValueError, match=r"needs config.path"):
+    with pytest.raises(ValueError, match=r"needs config.dataset.path"):
         data.create_source(data.default_config("recordio"), "train")
 
 

@@ -3,9 +3,8 @@
 import ml_collections
 from ml_collections import config_dict
 
-from faceloss_jax.data import mnist
+from faceloss_jax.data import sources
 
-SOURCES = ("mnist", "image_folder", "recordio", "synthetic")
 NORMALIZATIONS = {
     # MNIST nets (LeNets++) see [0, 1].
     "unit": (0.0, 255.0),
@@ -18,7 +17,7 @@ def default_config(name: str) -> ml_collections.ConfigDict:
     """The data config of source ``name``, locked (a mistyped field is an error).
 
     Fields shared by all sources:
-      name: the source, one of ``SOURCES``.
+      name: the source, one of ``sources.SOURCES``.
       image_size, channels: the records' image shape ``(size, size, channels)``.
       normalization: ``"unit"`` (x / 255) or ``"symmetric"`` ((x − 127.5) / 128).
       augment.flip: random horizontal flip (faces yes; digits no: a flipped
@@ -30,26 +29,19 @@ def default_config(name: str) -> ml_collections.ConfigDict:
       worker_count: grain worker processes (0: none; on 2 cores threads suffice).
       worker_buffer_size: batches each worker process prepares ahead.
 
-    Per source:
-      mnist: data_dir (TFDS data dir, None = TFDS default), held_out_classes;
-        images are 28×28×1.
-      image_folder: path (the train ``root/<identity>/<image>``), test_path and
-        openset_path (the same layout; optional), on_error (``"skip"`` or
-        ``"raise"``), validate (decode every image once up front to find
-        unreadable ones).
-      recordio: path (the folder holding ``train.rec`` and ``train.idx``).
-      synthetic: seed, num_identities (train classes), held_out_identities
-        (open-set identities), images_per_identity (train),
-        test_images_per_identity (test and open set).
+    Per source: the ``fields`` of its record, documented in its module (``mnist``:
+    data_dir, held_out_classes; ``image_folder``: path, test_path, openset_path,
+    on_error, validate; ``recordio``: path; ``synthetic``: seed, num_identities,
+    held_out_identities, images_per_identity, test_images_per_identity). A field
+    that defaults to None is a path (a string placeholder).
 
     Example:
       >>> config = default_config("mnist")
       >>> config.held_out_classes
       (7, 8, 9)
     """
-    if name not in SOURCES:
-        raise ValueError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}")
-    face = name != "mnist"
+    record = sources.get(name)
+    face = record.face
     config = ml_collections.ConfigDict({
         "name": name,
         "image_size": 112 if face else 28,
@@ -61,22 +53,7 @@ def default_config(name: str) -> ml_collections.ConfigDict:
         "worker_count": 0,
         "worker_buffer_size": 2,
     })
-    if name == "mnist":
-        config.data_dir = config_dict.placeholder(str)
-        config.held_out_classes = mnist.DEFAULT_HELD_OUT
-    elif name == "image_folder":
-        config.path = config_dict.placeholder(str)
-        config.test_path = config_dict.placeholder(str)
-        config.openset_path = config_dict.placeholder(str)
-        config.on_error = "skip"
-        config.validate = True
-    elif name == "recordio":
-        config.path = config_dict.placeholder(str)
-    else:
-        config.seed = 0
-        config.num_identities = 100
-        config.held_out_identities = 20
-        config.images_per_identity = 20
-        config.test_images_per_identity = 5
+    for field, value in record.fields.items():
+        config[field] = config_dict.placeholder(str) if value is None else value
     config.lock()
     return config

@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from faceloss_jax.data import images
+from faceloss_jax.data import source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 OnError = Literal["skip", "raise"]
@@ -167,3 +168,25 @@ class ImageFolderSource:
 def _check_on_error(on_error: str) -> None:
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+
+
+def _create(config, split: str) -> ImageFolderSource:
+    field = {"train": "path", "test": "test_path", "openset": "openset_path"}[split]
+    return ImageFolderSource(source.required(config, field), image_size=config.image_size,
+                             channels=config.channels, on_error=config.on_error,
+                             validate=config.validate)
+
+
+def _num_classes(config) -> int:
+    names, _, _ = list_identities(source.required(config, "path"), on_error=config.on_error)
+    return len(names)
+
+
+# path: the train root/<identity>/<image>; test_path, openset_path: the same layout
+# (optional); on_error: "skip" or "raise"; validate: decode every image once up front.
+SOURCE = source.Source(
+    fields={"path": None, "test_path": None, "openset_path": None, "on_error": "skip",
+            "validate": True},
+    create=_create,
+    num_classes=_num_classes,
+)

@@ -34,6 +34,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from faceloss_jax.data import source
+
 DEFAULT_HELD_OUT = (7, 8, 9)
 NUM_DIGITS = 10
 _TEST_EVERY = 5
@@ -171,3 +173,27 @@ def _file_lock(path: pathlib.Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _create(config, split: str):
+    if (config.image_size, config.channels) != (28, 1):
+        raise ValueError("the embedded MNIST has 28×28×1 images; got image_size="
+                         f"{config.image_size}, channels={config.channels}")
+    builder = load_builder(data_dir=config.data_dir, held_out_classes=config.held_out_classes)
+    if split not in builder.info.splits:
+        raise ValueError("MNIST has no 'openset' split when held_out_classes is empty")
+    return builder.as_data_source(split)
+
+
+def _num_classes(config) -> int:
+    return NUM_DIGITS - len(builder_config(config.held_out_classes).held_out_classes)
+
+
+# data_dir: TFDS data dir (None: TFDS's default); held_out_classes: digits kept out of
+# training for the open set.
+SOURCE = source.Source(
+    fields={"data_dir": None, "held_out_classes": DEFAULT_HELD_OUT},
+    create=_create,
+    num_classes=_num_classes,
+    face=False,
+)

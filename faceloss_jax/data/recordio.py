@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from faceloss_jax.data import images
+from faceloss_jax.data import source
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -269,3 +270,20 @@ def _read_index(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         raise RecordIOError(f"{path}: expected 2 columns (key, offset), got {table.shape[1]}")
     order = np.argsort(table[:, 0], kind="stable")
     return table[order, 0], table[order, 1]
+
+
+def _create(config, split: str) -> RecordIOSource:
+    if split != "train":
+        raise ValueError(f"RecordIO sets hold training images only, not {split!r}; evaluate "
+                         "on .bin pair sets with read_verification_bin")
+    return RecordIOSource(source.required(config, "path"), image_size=config.image_size,
+                          channels=config.channels)
+
+
+# path: the folder holding train.rec and train.idx (InsightFace's layout).
+SOURCE = source.Source(
+    fields={"path": None},
+    create=_create,
+    num_classes=lambda config: _create(config, "train").num_classes,
+    splits=("train",),
+)

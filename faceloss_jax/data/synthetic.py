@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from faceloss_jax.data import source
+
 _GRID = 10  # prototype detail: a 10×10 grid of random values per channel
 _VIEW = 6  # a sample shows about 6×6 cells of it, so jitter never reaches the border
 _PROTOTYPE, _SAMPLE = 0, 1  # seed-sequence domains
@@ -152,3 +154,21 @@ def feature_batch(key: jax.Array, step: int | jax.Array, *, batch_size: int,
     labels = jax.random.randint(label_key, (batch_size,), 0, num_classes, jnp.int32)
     z = jax.random.normal(noise_key, (batch_size, dim), jnp.float32)
     return class_directions(key, labels, dim=dim) + noise * z / np.sqrt(dim), labels
+
+
+def _create(config, split: str) -> SyntheticFaces:
+    k, n = config.num_identities, config.images_per_identity
+    identities = range(k, k + config.held_out_identities) if split == "openset" else range(k)
+    samples = range(n) if split == "train" else range(n, n + config.test_images_per_identity)
+    return SyntheticFaces(identities=identities, samples=samples, image_size=config.image_size,
+                          channels=config.channels, seed=config.seed)
+
+
+# num_identities: train classes; held_out_identities: open-set identities;
+# images_per_identity: train; test_images_per_identity: test and open set.
+SOURCE = source.Source(
+    fields={"seed": 0, "num_identities": 100, "held_out_identities": 20,
+            "images_per_identity": 20, "test_images_per_identity": 5},
+    create=_create,
+    num_classes=lambda config: config.num_identities,
+)

@@ -1,5 +1,5 @@
-"""Command-line helpers shared by ``main`` and ``evaluate``: config files and a clear
-error for an override of a config key that does not exist."""
+"""Command-line helpers shared by ``main`` and ``evaluate``: config files, the data
+source chosen on the command line, and one clear line for a config error."""
 
 import importlib.util
 import sys
@@ -8,7 +8,10 @@ from collections.abc import Sequence
 import ml_collections
 from absl import flags, logging
 
+from faceloss_jax.train_lib.hyperparameters import ConfigError
+
 _CONFIG_PREFIX = "--config."
+_SOURCE_FLAG = "--config.dataset.name="
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -44,13 +47,41 @@ def _override_keys(argv: Sequence[str]) -> list[str]:
     return [a[len(_CONFIG_PREFIX) :].split("=", 1)[0] for a in argv if a.startswith(_CONFIG_PREFIX)]
 
 
+def with_source_variant(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--config.dataset.name=S`` moved into the config's variant.
+
+    The dataset config is locked per source (a mistyped field is an error), so a
+    source's own fields (``--config.dataset.path``) exist only once the config is built
+    for it: ``--config=configs/arcface.py:face --config.dataset.name=recordio`` becomes
+    ``--config=configs/arcface.py:face,source=recordio``.
+
+    Example:
+      >>> with_source_variant(["main", "--config=c.py", "--config.dataset.name=synthetic"])
+      ['main', '--config=c.py:mnist,source=synthetic', '--config.dataset.name=synthetic']
+    """
+    sources = [a[len(_SOURCE_FLAG) :] for a in argv if a.startswith(_SOURCE_FLAG)]
+    if not sources:
+        return list(argv)
+    result = []
+    for arg in argv:
+        if arg.startswith("--config=") and not arg.startswith(_CONFIG_PREFIX):
+            path, _, variant = arg[len("--config=") :].partition(":")
+            recipe = (variant or "mnist").split(",")[0]
+            arg = f"--config={path}:{recipe},source={sources[-1]}"
+        result.append(arg)
+    return result
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a clear error for an override of an unknown config key
-    (ml_collections raises a bare AttributeError with a traceback)."""
+    """absl's flag parsing, with ``--config.dataset.name`` selecting the data source and
+    one clear line (no traceback) for an unknown config key or an invalid config."""
+    argv = with_source_variant(argv)
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
         sys.exit(f"FATAL Flags parsing error: {error}")
+    except ConfigError as error:
+        sys.exit(f"FATAL config error: {error}")
     except (AttributeError, KeyError) as error:
         specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
         if specs:

@@ -63,7 +63,9 @@ def real(
         below = value < high if high_open else value <= high
         return above and below
 
-    bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    opening = "(" if low_open or not math.isfinite(low) else "["
+    closing = "]" if math.isfinite(high) and not high_open else ")"
+    bounds = f"{opening}{low:g}, {high:g}{closing}"
     return HyperParameter(default, bounds.replace("inf", "∞"), accepts, doc, argument)
 
 

@@ -13,6 +13,8 @@ import jax
 import ml_collections
 import optax
 
+from faceloss_jax.train_lib.hyperparameters import ConfigError
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "polynomial")
 
@@ -59,7 +61,7 @@ def _check_boundaries(boundaries: Sequence[int], warmup_steps: int, decay_steps:
         or list(boundaries) != sorted(boundaries)
         or not all(warmup_steps < b < end for b in boundaries)
     ):
-        raise ValueError(
+        raise ConfigError(
             f"optimizer.boundaries must be increasing steps strictly between the end of "
             f"warmup ({warmup_steps}) and num_train_steps ({end}); got {boundaries}"
         )
@@ -87,11 +89,11 @@ def create_learning_rate_schedule(
         boundaries outside the run.
     """
     if config.schedule not in SCHEDULES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown optimizer.schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}"
         )
     if not 0 <= config.warmup_steps < num_train_steps:
-        raise ValueError(
+        raise ConfigError(
             f"optimizer.warmup_steps must be in [0, num_train_steps={num_train_steps}); "
             f"got {config.warmup_steps}"
         )
@@ -137,4 +139,4 @@ def create_optimizer(
             weight_decay=config.weight_decay,
             mask=decay_mask,
         )
-    raise ValueError(f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}")
