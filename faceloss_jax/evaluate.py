@@ -41,6 +41,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _IJB = flags.DEFINE_string("ijb", None, "An IJB-B/C release folder (meta/, loose_crop/).")
 _IJB_SET = flags.DEFINE_enum("ijb_set", "IJBC", list(evaluation.ijb.IJB_SETS), "IJBB or IJBC.")
 _BINS = flags.DEFINE_list("bins", None, "Verification .bin pair sets (lfw.bin, cfp_fp.bin, ...).")
+_N_FOLDS = flags.DEFINE_integer("n_folds", 10, "Folds of the --bins protocol (10 for LFW).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Faces per step for --ijb / --bins.")
 
 
@@ -121,7 +122,7 @@ def evaluate_ijb(
 
 
 def evaluate_bins(
-    workdir: epath.PathLike, paths: Sequence[str], *, batch_size: int = 128
+    workdir: epath.PathLike, paths: Sequence[str], *, batch_size: int = 128, n_folds: int = 10
 ) -> dict[str, dict[str, float]]:
     """10-fold verification of ``.bin`` pair sets (flip TTA, cosine, exact thresholds);
     results in ``<workdir>/eval/verification_bins.json``, keyed by file stem."""
@@ -133,7 +134,9 @@ def evaluate_bins(
         embeddings = evaluation.extract_embeddings(
             _embed_fn(backbone), backbone.preprocess(pairs.images), batch_size=batch_size
         )
-        report = evaluation.verification_report(embeddings[0::2], embeddings[1::2], pairs.issame)
+        report = evaluation.verification_report(
+            embeddings[0::2], embeddings[1::2], pairs.issame, n_folds=n_folds
+        )
         results[epath.Path(path).stem] = {
             k: v for k, v in report.items() if not isinstance(v, np.ndarray)
         }
@@ -150,7 +153,7 @@ def main(argv: Sequence[str]) -> None:
     if _IJB.value or _BINS.value:
         if _BINS.value:
             for name, report in evaluate_bins(
-                _WORKDIR.value, _BINS.value, batch_size=_BATCH_SIZE.value
+                _WORKDIR.value, _BINS.value, batch_size=_BATCH_SIZE.value, n_folds=_N_FOLDS.value
             ).items():
                 print(
                     f"{name}: accuracy {100 * report['accuracy']:.2f} ± "
