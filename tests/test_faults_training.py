@@ -223,13 +223,13 @@ def _initial_state(c, x_other, y_other):
     return head, state
 
 
-@pytest.mark.parametrize("variant", ["mnist", "face"])
 @pytest.mark.parametrize("config_name", CONFIGS)
-def test_config_objective_equals_the_library_called_by_hand(config_name, variant):
+def test_config_objective_equals_the_library_called_by_hand(config_name, variant="mnist"):
     """Fault 5: ``configs/<name>.py`` must train the loss it names with every one of its
     hyper-parameters: zeroing DeepID2's or the center loss's term, dropping ``m3`` of the
     combined margin (0.1 → 0) or MagFace's ``lambda_g`` (3.5 → the default 35) changes
-    the objective on a fixed batch, and the new loss state."""
+    the objective on a fixed batch, and the new loss state. (The MNIST variant: its
+    hyper-parameters differ from every library default; ``:face`` reads the same fields.)"""
     c = importlib.import_module(f"configs.{config_name}").get_config(variant).loss
     rng = np.random.default_rng(0)
     x = jnp.asarray(3.0 * rng.normal(size=(16, DIM)), jnp.float32)
