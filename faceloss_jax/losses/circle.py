@@ -9,13 +9,12 @@ Similarities re-weighted by their distance from the optimum: positives
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _common, _validation
+from faceloss_jax.losses import _common, _validation, euclidean
 
 
 def _circle_logits(sim: jax.Array, scale: float, margin: float) -> tuple[jax.Array, jax.Array]:
@@ -90,6 +89,7 @@ def circle_pair_loss(
     *,
     scale: float = 256.0,
     margin: float = 0.25,
+    axis_name: str | None = None,
 ) -> jax.Array:
     """Circle loss, pair-level form: each sample against the other samples of the batch.
 
@@ -107,9 +107,14 @@ def circle_pair_loss(
       labels: (B,) integer identities.
       scale: the scale γ.
       margin: the relaxation m.
+      axis_name: a device axis whose global batch is paired: the embeddings and
+        labels are all-gathered and each device returns its own samples' losses
+        against all N samples (as ``losses.arcface`` does), so the mean over the
+        axis of the local means is the single-device mean of the global batch
+        (``euclidean.pair_batch``).
 
     Returns:
-      Per-sample losses (B,), float32.
+      Per-sample losses (B,), float32 (this device's samples under ``axis_name``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -120,11 +125,11 @@ def circle_pair_loss(
     """
     name = "circle_pair_loss"
     _validation.check_embeddings_labels(embeddings, labels, name=name)
-    labels = jnp.asarray(labels)
-    x = jnp.asarray(embeddings)
-    sim = _common.unit_cosines(x, x.T)
-    same = labels[:, None] == labels[None, :]
-    positives = same & ~jnp.eye(labels.shape[0], dtype=bool)
+    batch = euclidean.pair_batch(embeddings, labels, axis_name)
+    sim = _common.unit_cosines(batch.anchors, batch.others.T)
+    same = batch.anchor_labels[:, None] == batch.other_labels[None, :]
+    itself = batch.positions[:, None] == jnp.arange(batch.others.shape[0])[None, :]
+    positives = same & ~itself
     positive, negative = _circle_logits(sim, scale, margin)
     # A finite floor instead of −inf for the masked pairs: a sample without positives
     # (or negatives) gets LSE ≈ −1e30 and softplus 0, with no nan in the gradient.

@@ -14,17 +14,101 @@ pytorch-metric-learning, as pure functions on fixed shapes so that it jits:
   with a validity mask, at fixed shapes;
 * reducer: `triplet_margin_loss` averages the hinge over the mined triplets.
 
+Global mining (``axis_name``, inside ``shard_map`` or ``pmap``): `contrastive_loss`
+and `triplet_margin_loss` all-gather the embeddings and labels of the axis, so each
+device's anchors are paired and mined against the whole global batch (with 8
+examples per device a local batch holds almost no positives); every miner works row
+by row, one row per anchor, so a device needs only its anchors' (b, N) rows. Each
+device returns its anchors' share of the global mean, times the axis size, so that
+the mean over the axis (``lax.pmean``, what a data-parallel train step does with the
+per-device losses and gradients) is the single-device loss of the global batch, and
+so is its gradient (the all-gather's transpose sums each embedding's cotangents).
+
 Inputs in a low-precision float (bfloat16, float16) are computed, and the
 losses returned, in float32; float64 stays float64.
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.typing import ArrayLike
 
 from faceloss_jax.losses import _validation, engine
 
 MININGS = ("batch_all", "batch_hard", "semi_hard")
+
+
+class PairBatch(NamedTuple):
+    """The anchors of one device and the global batch they are paired with.
+
+    Attributes:
+      anchors: (b, d) this device's embeddings (the whole batch without an axis).
+      anchor_labels: (b,) their identities.
+      others: (N, d) the embeddings of the global batch (``anchors`` itself without
+        an axis; all-gathered, device-major, with one).
+      other_labels: (N,) their identities.
+      positions: (b,) int, each anchor's row in the global batch.
+      num_devices: the size of the axis (1 without one).
+    """
+
+    anchors: jax.Array
+    anchor_labels: jax.Array
+    others: jax.Array
+    other_labels: jax.Array
+    positions: jax.Array
+    num_devices: int
+
+
+def pair_batch(embeddings: ArrayLike, labels: ArrayLike, axis_name: str | None) -> PairBatch:
+    """This device's anchors and the global batch (all-gathered over ``axis_name``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> batch = pair_batch(jnp.zeros((3, 2)), jnp.array([0, 1, 1]), None)
+      >>> batch.others.shape, batch.positions.tolist(), batch.num_devices
+      ((3, 2), [0, 1, 2], 1)
+    """
+    x, y = jnp.asarray(embeddings), jnp.asarray(labels)
+    local = x.shape[0]
+    if axis_name is None:
+        return PairBatch(x, y, x, y, jnp.arange(local), 1)
+    index = engine.axis_index(axis_name)
+    others, other_labels = (lax.all_gather(a, axis_name, tiled=True) for a in (x, y))
+    positions = index * local + jnp.arange(local)
+    return PairBatch(x, y, others, other_labels, positions, others.shape[0] // max(local, 1))
+
+
+def anchor_sq_distances(batch: PairBatch) -> jax.Array:
+    """(b, N) squared distances of the anchors to the global batch, exactly 0 at each
+    anchor's own column (`pairwise_sq_distances` when there is no axis)."""
+    sq_dist = sq_distances(batch.anchors, batch.others)
+    return jnp.where(_self_pairs(batch), 0, sq_dist)
+
+
+def _self_pairs(batch: PairBatch) -> jax.Array:
+    """(b, N) mask of each anchor's own column."""
+    return batch.positions[:, None] == jnp.arange(batch.others.shape[0])[None, :]
+
+
+def _anchor_masks(batch: PairBatch) -> tuple[jax.Array, jax.Array]:
+    """(b, N) masks of each anchor's positives (same identity, not itself) and negatives."""
+    same = batch.anchor_labels[:, None] == batch.other_labels[None, :]
+    return same & ~_self_pairs(batch), ~same
+
+
+def global_mean(
+    total: jax.Array, count: jax.Array, *, axis_name: str | None, num_devices: int
+) -> jax.Array:
+    """``total / max(count, 1)`` over the global batch, as this device's share.
+
+    Without an axis, the mean. With one, ``num_devices · total / max(Σ count, 1)``
+    (count summed over the axis): its ``lax.pmean`` over the axis is the global mean.
+    """
+    if axis_name is not None:
+        count = lax.psum(count, axis_name)
+    return num_devices * total / jnp.maximum(count, 1)
 
 
 def _sq_distance(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -128,7 +212,13 @@ def pairwise_sq_distances(embeddings: ArrayLike) -> jax.Array:
     return jnp.where(jnp.eye(sq_dist.shape[0], dtype=bool), 0, sq_dist)
 
 
-def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float = 1.0) -> jax.Array:
+def contrastive_loss(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: float = 1.0,
+    axis_name: str | None = None,
+) -> jax.Array:
     """Contrastive loss over all in-batch pairs i < j.
 
     With D_ij = ‖x_i − x_j‖₂, each unordered pair contributes
@@ -151,9 +241,12 @@ def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float 
       embeddings: shape (B, d).
       labels: integer identities, shape (B,).
       margin: the margin m that different pairs are pushed beyond.
+      axis_name: a device axis whose global batch is paired (see the module
+        docstring): each device sums the pairs (i, j > i) of its anchors i.
 
     Returns:
-      The scalar loss (0 for B < 2).
+      The scalar loss (0 for B < 2); with ``axis_name`` this device's share, whose
+      ``lax.pmean`` over the axis is the loss of the global batch.
 
     Example:
       >>> import jax.numpy as jnp
@@ -163,14 +256,20 @@ def contrastive_loss(embeddings: ArrayLike, labels: ArrayLike, *, margin: float 
       0.041666668
     """
     _validation.check_embeddings_labels(embeddings, labels, name="contrastive_loss")
-    labels = jnp.asarray(labels)
-    sq_dist = pairwise_sq_distances(embeddings)
+    batch = pair_batch(embeddings, labels, axis_name)
+    sq_dist = anchor_sq_distances(batch)
     hinge = jax.nn.relu(margin - engine.safe_sqrt(sq_dist))
-    same = labels[:, None] == labels[None, :]
+    same = batch.anchor_labels[:, None] == batch.other_labels[None, :]
     per_pair = 0.5 * jnp.where(same, sq_dist, jnp.square(hinge))
-    batch = labels.shape[0]
-    upper = jnp.triu(jnp.ones((batch, batch), dtype=bool), k=1)
-    return jnp.sum(jnp.where(upper, per_pair, 0)) / max(batch * (batch - 1) // 2, 1)
+    size = batch.others.shape[0]
+    upper = jnp.arange(size)[None, :] > batch.positions[:, None]  # pairs i < j, once
+    total = jnp.sum(jnp.where(upper, per_pair, 0))
+    return global_mean(
+        total,
+        jnp.asarray(max(size * (size - 1) // 2, 1), total.dtype),
+        axis_name=None,  # the number of pairs is already the global one
+        num_devices=batch.num_devices,
+    )
 
 
 def triplet_loss(
@@ -291,8 +390,15 @@ def batch_hard_triplets(
     """
     _check_miner_inputs(sq_distances, labels, name="batch_hard_triplets")
     labels = jnp.asarray(labels)
-    sq_distances = jnp.asarray(sq_distances)
-    positives, negatives = _positive_pairs(labels), _negative_pairs(labels)
+    return _batch_hard_rows(
+        jnp.asarray(sq_distances), _positive_pairs(labels), _negative_pairs(labels)
+    )
+
+
+def _batch_hard_rows(
+    sq_distances: jax.Array, positives: jax.Array, negatives: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`batch_hard_triplets` on (b, N) rows of anchors and their (b, N) masks."""
     positive = jnp.argmax(jnp.where(positives, sq_distances, -jnp.inf), axis=1)
     negative = jnp.argmin(jnp.where(negatives, sq_distances, jnp.inf), axis=1)
     valid = jnp.any(positives, axis=1) & jnp.any(negatives, axis=1)
@@ -333,8 +439,15 @@ def semi_hard_triplets(sq_distances: ArrayLike, labels: ArrayLike) -> tuple[jax.
     """
     _check_miner_inputs(sq_distances, labels, name="semi_hard_triplets")
     labels = jnp.asarray(labels)
-    sq_distances = jnp.asarray(sq_distances)
-    negatives = _negative_pairs(labels)
+    return _semi_hard_rows(
+        jnp.asarray(sq_distances), _positive_pairs(labels), _negative_pairs(labels)
+    )
+
+
+def _semi_hard_rows(
+    sq_distances: jax.Array, positives: jax.Array, negatives: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """`semi_hard_triplets` on (b, N) rows of anchors and their (b, N) masks."""
     d_ap, d_an = sq_distances[:, :, None], sq_distances[:, None, :]
     farther = negatives[:, None, :] & (d_an > d_ap)
     closest_farther = jnp.argmin(jnp.where(farther, d_an, jnp.inf), axis=2)
@@ -345,7 +458,7 @@ def semi_hard_triplets(sq_distances: ArrayLike, labels: ArrayLike) -> tuple[jax.
     )
     farthest = jnp.argmax(jnp.where(negatives, sq_distances, -jnp.inf), axis=1)
     negative = jnp.where(found, closest_farther, farthest[:, None])
-    valid = _positive_pairs(labels) & jnp.any(negatives, axis=1)[:, None]
+    valid = positives & jnp.any(negatives, axis=1)[:, None]
     return negative, valid
 
 
@@ -355,6 +468,7 @@ def triplet_margin_loss(
     *,
     margin: float = 0.2,
     mining: str = "batch_all",
+    axis_name: str | None = None,
 ) -> jax.Array:
     """Triplet loss with in-batch online mining (fixed shapes, jit-compatible).
 
@@ -390,9 +504,14 @@ def triplet_margin_loss(
       labels: integer identities, shape (B,).
       margin: the margin α.
       mining: one of "batch_all", "batch_hard", "semi_hard" (static under jit).
+      axis_name: a device axis whose global batch is mined (see the module
+        docstring): each device mines the triplets of its own anchors against all
+        N examples ((b, N, N) for "batch_all"), and the mean is over every
+        device's selected triplets.
 
     Returns:
-      The scalar loss.
+      The scalar loss; with ``axis_name`` this device's share, whose ``lax.pmean``
+      over the axis is the loss of the global batch.
 
     Raises:
       ValueError: an unknown `mining`, or bad shapes (see `check_embeddings_labels`).
@@ -408,19 +527,23 @@ def triplet_margin_loss(
     if mining not in MININGS:
         raise ValueError(f"{name}: unknown mining {mining!r}; expected one of {MININGS}")
     _validation.check_embeddings_labels(embeddings, labels, name=name)
-    sq_dist = pairwise_sq_distances(embeddings)
+    batch = pair_batch(embeddings, labels, axis_name)
+    sq_dist = anchor_sq_distances(batch)
+    positives, negatives = _anchor_masks(batch)
     if mining == "batch_all":
         hinge = jax.nn.relu(sq_dist[:, :, None] - sq_dist[:, None, :] + margin)
-        selected = batch_all_triplets(labels) & (hinge > 0)
+        selected = positives[:, :, None] & negatives[:, None, :] & (hinge > 0)
     elif mining == "batch_hard":
-        positive, negative, selected = batch_hard_triplets(sq_dist, labels)
+        positive, negative, selected = _batch_hard_rows(sq_dist, positives, negatives)
         anchor = jnp.arange(sq_dist.shape[0])
         hinge = jax.nn.relu(sq_dist[anchor, positive] - sq_dist[anchor, negative] + margin)
     else:
-        negative, selected = semi_hard_triplets(sq_dist, labels)
+        negative, selected = _semi_hard_rows(sq_dist, positives, negatives)
         d_an = jnp.take_along_axis(sq_dist, negative, axis=1)
         hinge = jax.nn.relu(sq_dist - d_an + margin)
-    return jnp.sum(jnp.where(selected, hinge, 0)) / jnp.maximum(jnp.sum(selected), 1)
+    total = jnp.sum(jnp.where(selected, hinge, 0))
+    count = jnp.sum(selected).astype(total.dtype)
+    return global_mean(total, count, axis_name=axis_name, num_devices=batch.num_devices)
 
 
 def _check_centers(

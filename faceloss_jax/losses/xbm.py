@@ -57,8 +57,10 @@ def xbm_init(memory_size: int, embedding_dim: int, *, dtype=jnp.float32) -> Cros
       ((4, 2), [False, False, False, False])
     """
     if memory_size < 1 or embedding_dim < 1:
-        raise ValueError(f"xbm_init: memory_size and embedding_dim must be ≥ 1, got "
-                         f"{memory_size}, {embedding_dim}")
+        raise ValueError(
+            f"xbm_init: memory_size and embedding_dim must be ≥ 1, got "
+            f"{memory_size}, {embedding_dim}"
+        )
     return CrossBatchMemory(
         embeddings=jnp.zeros((memory_size, embedding_dim), dtype),
         labels=jnp.zeros((memory_size,), jnp.int32),
@@ -71,8 +73,10 @@ def xbm_init(memory_size: int, embedding_dim: int, *, dtype=jnp.float32) -> Cros
 def _check(name: str, embeddings, labels, memory: CrossBatchMemory) -> None:
     _validation.check_embeddings_labels(embeddings, labels, name=name)
     if jnp.shape(embeddings)[1] != memory.embeddings.shape[1]:
-        raise ValueError(f"{name}: embeddings have dimension {jnp.shape(embeddings)[1]} but "
-                         f"the memory holds {memory.embeddings.shape[1]}")
+        raise ValueError(
+            f"{name}: embeddings have dimension {jnp.shape(embeddings)[1]} but "
+            f"the memory holds {memory.embeddings.shape[1]}"
+        )
 
 
 def xbm_enqueue(
@@ -116,8 +120,9 @@ def xbm_enqueue(
         x, y = (lax.all_gather(a, axis_name, tiled=True) for a in (x, y))
     batch, size = x.shape[0], memory.embeddings.shape[0]
     if batch > size:
-        raise ValueError(f"{name}: a (global) batch of {batch} does not fit a memory of "
-                         f"{size} slots")
+        raise ValueError(
+            f"{name}: a (global) batch of {batch} does not fit a memory of {size} slots"
+        )
     slots = (memory.pointer + jnp.arange(batch)) % size
     written = memory._replace(
         embeddings=memory.embeddings.at[slots].set(x.astype(memory.embeddings.dtype)),
@@ -142,6 +147,7 @@ def xbm_contrastive_loss(
     memory: CrossBatchMemory,
     *,
     margin: float = 1.0,
+    axis_name: str | None = None,
 ) -> jax.Array:
     """The contrastive loss of the pairs (batch sample, filled memory slot).
 
@@ -156,9 +162,14 @@ def xbm_contrastive_loss(
       labels: (B,) integer identities.
       memory: the memory (no gradient flows into it).
       margin: the margin m.
+      axis_name: a device axis whose global batch is paired with the memory (the
+        memory, filled by ``xbm_enqueue`` with the same axis, is the same on every
+        device): each device sums its own samples' pairs, the mean is over the
+        N × (filled slots) pairs of the global batch.
 
     Returns:
-      The scalar loss.
+      The scalar loss; with ``axis_name`` this device's share, whose ``lax.pmean``
+      over the axis is the loss of the global batch (``euclidean.global_mean``).
 
     Example:
       >>> memory = xbm_enqueue(xbm_init(2, 2), jnp.array([[0.0, 0.5], [3.0, 4.0]]),
@@ -172,8 +183,11 @@ def xbm_contrastive_loss(
     same = labels[:, None] == memory.labels[None, :]
     hinge = jax.nn.relu(margin - engine.safe_sqrt(sq_dist))
     per_pair = 0.5 * jnp.where(same, sq_dist, jnp.square(hinge))
-    pairs = labels.shape[0] * jnp.sum(memory.filled)
-    return jnp.sum(jnp.where(memory.filled[None, :], per_pair, 0)) / jnp.maximum(pairs, 1)
+    total = jnp.sum(jnp.where(memory.filled[None, :], per_pair, 0))
+    pairs = (labels.shape[0] * jnp.sum(memory.filled)).astype(total.dtype)
+    return euclidean.global_mean(
+        total, pairs, axis_name=axis_name, num_devices=_axis_size(axis_name)
+    )
 
 
 def xbm_triplet_loss(
@@ -182,6 +196,7 @@ def xbm_triplet_loss(
     memory: CrossBatchMemory,
     *,
     margin: float = 0.2,
+    axis_name: str | None = None,
 ) -> jax.Array:
     """The batch-hard triplet loss with positives and negatives from the memory.
 
@@ -196,9 +211,13 @@ def xbm_triplet_loss(
       labels: (B,) integer identities.
       memory: the memory (no gradient flows into it).
       margin: the margin α.
+      axis_name: a device axis whose global batch is mined against the memory:
+        each device mines its own anchors, the mean is over every device's valid
+        anchors.
 
     Returns:
-      The scalar loss.
+      The scalar loss; with ``axis_name`` this device's share, whose ``lax.pmean``
+      over the axis is the loss of the global batch (``euclidean.global_mean``).
 
     Example:
       >>> memory = xbm_enqueue(xbm_init(2, 1), jnp.array([[1.0], [0.5]]), jnp.array([0, 1]))
@@ -214,6 +233,19 @@ def xbm_triplet_loss(
     negative = jnp.argmin(jnp.where(negatives, sq_dist, jnp.inf), axis=1)
     valid = jnp.any(positives, axis=1) & jnp.any(negatives, axis=1)
     stored = lax.stop_gradient(memory.embeddings)
-    hinge = euclidean.triplet_loss(embeddings, stored[positive], stored[negative],
-                                   margin=margin)
-    return jnp.sum(jnp.where(valid, hinge, 0)) / jnp.maximum(jnp.sum(valid), 1)
+    hinge = euclidean.triplet_loss(embeddings, stored[positive], stored[negative], margin=margin)
+    total = jnp.sum(jnp.where(valid, hinge, 0))
+    return euclidean.global_mean(
+        total,
+        jnp.sum(valid).astype(total.dtype),
+        axis_name=axis_name,
+        num_devices=_axis_size(axis_name),
+    )
+
+
+def _axis_size(axis_name: str | None) -> int:
+    """The number of devices along ``axis_name`` (1 for None)."""
+    if axis_name is None:
+        return 1
+    engine.axis_index(axis_name)  # a clear error for an unbound axis
+    return lax.axis_size(axis_name)
