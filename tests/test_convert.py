@@ -300,3 +300,40 @@ def test_arcface_torch_init_statistics():
     bias = np.asarray(torch_like["Dense_0"]["bias"])
     assert np.abs(bias).max() <= bound and bias.std() > 0.5 * bound / np.sqrt(3)
     assert np.all(np.asarray(torch_like["PReLU_0"]["negative_slope"]) == 0.25)
+
+
+def _random_iresnet18(directory, *, grid: int, embedding_dim: int = 512, seed: int = 0):
+    """A backbone directory with random weights (as faceloss_jax.convert writes one)."""
+    rng = np.random.default_rng(seed)
+    shapes = weights.arcface_torch.abstract_variables(
+        "iresnet18", embedding_dim=embedding_dim, grid=grid
+    )
+    variables = jax.tree.map(
+        lambda leaf: rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32) * 0.05, shapes
+    )
+    weights.save_backbone(
+        directory, variables, {"name": "iresnet18", "embedding_dim": embedding_dim}
+    )
+    return variables
+
+
+def test_init_from_a_different_backbone_lists_the_differences(tmp_path):
+    import flax  # noqa: PLC0415
+
+    @flax.struct.dataclass
+    class State:
+        params: dict
+        batch_stats: dict
+
+    _random_iresnet18(tmp_path / "r18", grid=2, embedding_dim=128)
+    model = models.IResNet(STAGE_SIZES["iresnet34"], embedding_dim=128)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
+    )
+    state = State(
+        params={"backbone": shapes["params"], "head": {}}, batch_stats=shapes["batch_stats"]
+    )
+    with pytest.raises(ValueError, match="does not fit") as error:
+        weights.init_from(state, tmp_path / "r18")
+    assert "params/stage1_block2/Conv_0/kernel: missing" in str(error.value)
+    assert "batch_stats/stage3_block5/BatchNorm_0/mean: missing" in str(error.value)
