@@ -17,9 +17,12 @@ by ~1e-3 relative, so the bound separates a layout error from float reordering b
 an order of magnitude. Resuming the same topology is exact (``assert_array_equal``).
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import pathlib
+import re
 import shutil
 import time
 
@@ -33,6 +36,8 @@ from faceloss_jax import data, train
 from faceloss_jax.train_lib import checkpointing, optimizers
 
 RTOL, ATOL = 1e-4, 1e-6
+# What the survivor of a killed peer says: the coordination service's verdict, or gloo's.
+PEER_LOST = re.compile(r"another task died|Connection closed by peer|Connection reset by peer")
 NUM_STEPS = 6
 # The losses of the 2 × 4 == 1 × 8 check: config.loss fields over the tiny config.
 CASES = {
@@ -184,20 +189,47 @@ def run_in_process(loss: str, workdir: pathlib.Path, *, num_steps: int = NUM_STE
         train.create_model = create_model
 
 
+@contextlib.contextmanager
+def _exclusive(lock_file: pathlib.Path):
+    """Holds an exclusive lock on ``lock_file`` (``fcntl.flock``; released on exit)."""
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Every case trained for 6 steps on 2 processes × 4 devices (one job, in the
-    background) and on 1 process × 8 devices (here); ``{"2x4": root, "1x8": root}``."""
-    roots = {name: tmp_path_factory.mktemp(name) for name in ("2x4", "1x8")}
-    job = multiprocess.launch(
-        WORKER, num_processes=2, args=[roots["2x4"], ",".join(CASES)], log_dir=roots["2x4"]
-    )
-    try:
-        for loss in CASES:
-            run_in_process(loss, roots["1x8"] / loss)
-        job.wait(timeout=JOB_TIMEOUT_S)
-    finally:
-        multiprocess.kill_all()
+    background) and on 1 process × 8 devices (here); ``{"2x4": root, "1x8": root}``.
+
+    Made once per test session even when pytest-xdist spreads this module's tests
+    over several workers: the first worker makes them under a file lock in the
+    directory the workers share, the others wait and reuse them.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the workers' common base
+    root = shared / "multihost_runs"
+    roots = {name: root / name for name in ("2x4", "1x8")}
+    with _exclusive(shared / "multihost_runs.lock"):
+        if (root / "done").exists():
+            return roots
+        shutil.rmtree(root, ignore_errors=True)  # a worker that failed half-way
+        for path in roots.values():
+            path.mkdir(parents=True)
+        job = multiprocess.launch(
+            WORKER, num_processes=2, args=[roots["2x4"], ",".join(CASES)], log_dir=roots["2x4"]
+        )
+        try:
+            for loss in CASES:
+                run_in_process(loss, roots["1x8"] / loss)
+            job.wait(timeout=JOB_TIMEOUT_S)
+        finally:
+            multiprocess.kill_all()
+        (root / "done").write_text("")
     return roots
 
 
@@ -297,6 +329,8 @@ def test_sigkill_of_one_process_stops_the_other_and_a_relaunch_resumes_exactly(r
     print(f"\nprocess 0 exited {time.monotonic() - killed_at:.1f} s after the kill; its log ends:")
     print("\n".join(logs[0].splitlines()[-15:]))
     assert job.returncodes[0] != 0
+    assert PEER_LOST.search(logs[0]), logs[0][-3000:]
+    assert time.monotonic() - killed_at < multiprocess.HEARTBEAT_TIMEOUT_S + 50  # no hang
     assert not (workdir / "checkpoints" / "6").exists()
 
     relaunch = multiprocess.launch(
