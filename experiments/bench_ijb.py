@@ -113,6 +113,7 @@ def main(argv):
         "score_s",
         "roc_s",
         "total_s",
+        "cpu_s",
         "peak_alloc_gib",
         "embeddings_gib",
         "peak_rss_gib",
@@ -134,7 +135,10 @@ def main(argv):
         with open(_OUT.value, "w") as f:
             f.write(
                 "IJB-C scoring at the real counts (synthetic embeddings), "
-                "`python experiments/bench_ijb.py`:\n\n" + table + "\n"
+                "`python experiments/bench_ijb.py`; wall seconds per stage, cpu_s the "
+                "process CPU time, peak_alloc_gib the peak of the arrays allocated while "
+                "scoring (tracemalloc), beside the embeddings (embeddings_gib); peak_rss_gib "
+                "includes generating the synthetic data:\n\n" + table + "\n"
             )
         with open(_OUT.value.rsplit(".", 1)[0] + ".json", "w") as f:
             json.dump(result, f, indent=2)

@@ -34,7 +34,9 @@ from ml_collections import config_flags
 from faceloss_jax import data, evaluation, models, train, weights
 from faceloss_jax.train_lib import checkpointing, cli, optimizers, reporting
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a training run.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "A training run (or, with --ijb/--bins, a converted backbone).", required=True
+)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file; default: the run's config.json.", lock_config=True
 )

@@ -337,3 +337,18 @@ def test_init_from_a_different_backbone_lists_the_differences(tmp_path):
         weights.init_from(state, tmp_path / "r18")
     assert "params/stage1_block2/Conv_0/kernel: missing" in str(error.value)
     assert "batch_stats/stage3_block5/BatchNorm_0/mean: missing" in str(error.value)
+
+
+@needs_torch
+def test_check_conversion_script():
+    """The README's measurement command, at the tests' input size."""
+    result = subprocess.run(
+        [sys.executable, "experiments/check_conversion.py", "--size=32", "--models=iresnet18"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| iresnet18"))
+    assert all(float(cell) < RTOL for cell in row.strip("| ").split(" | ")[2:])
