@@ -15,15 +15,23 @@ from faceloss_jax.evaluation.verification import equal_error_rate
 from faceloss_jax.evaluation.verification import far_key
 from faceloss_jax.evaluation.verification import fold_indices
 from faceloss_jax.evaluation.verification import kfold_accuracy
+from faceloss_jax.evaluation.verification import kfold_accuracy_insightface
 from faceloss_jax.evaluation.verification import kfold_val_at_far
+from faceloss_jax.evaluation.verification import kfold_val_at_far_insightface
 from faceloss_jax.evaluation.verification import make_pairs
+from faceloss_jax.evaluation.verification import pair_distances
 from faceloss_jax.evaluation.verification import pair_scores
 from faceloss_jax.evaluation.verification import pool_templates
 from faceloss_jax.evaluation.verification import roc_curve
 from faceloss_jax.evaluation.verification import tar_at_far
 from faceloss_jax.evaluation.verification import template_verification
 from faceloss_jax.evaluation.verification import threshold_at_far
+from faceloss_jax.evaluation.verification import threshold_at_far_insightface
+from faceloss_jax.evaluation.verification import THRESHOLD_MODES
 from faceloss_jax.evaluation.verification import verification_report
+
+# Verification targets: .bin pair sets as arcface_torch evaluates them (pair_sets.py)
+from faceloss_jax.evaluation.pair_sets import evaluate_pair_set
 
 # Identification (identification.py)
 from faceloss_jax.evaluation.identification import identification_rates

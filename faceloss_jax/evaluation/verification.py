@@ -2,6 +2,17 @@
 
 Scores are cosine similarities and a pair is predicted "same" when its score is
 strictly above the threshold.
+
+The 10-fold protocol comes in two threshold modes (``THRESHOLD_MODES``):
+
+* ``"exact"``: the best threshold of the training folds over every distinct score
+  (``best_threshold``), on cosine similarities.
+* ``"insightface"``: InsightFace's ``eval/verification.py`` (``calculate_roc``,
+  ``calculate_val``), the procedure behind the published LFW / CFP-FP / AgeDB-30
+  numbers: squared L2 distance of the L2-normalized embeddings, ``d = ‖â − b̂‖²``
+  (``= 2 − 2 cos θ``), a pair accepted when ``d < t``, ``t`` on the grid
+  ``np.arange(0, 4, 0.01)``; the best training-fold threshold is the first argmax
+  (the smallest, strictest, on ties). VAL@FAR: ``kfold_val_at_far_insightface``.
 """
 
 from collections.abc import Sequence
@@ -14,6 +25,12 @@ from faceloss_jax.evaluation.extract import l2_normalize
 def far_key(far: float) -> str:
     """The short name of a false-accept rate in metric keys: ``1e-3``, ``1.5e-4``."""
     return np.format_float_scientific(far, trim="-", exp_digits=1)
+
+
+THRESHOLD_MODES = ("exact", "insightface")
+# InsightFace's grids: accuracy (calculate_roc) and VAL@FAR (calculate_val).
+INSIGHTFACE_THRESHOLDS = np.arange(0, 4, 0.01)
+INSIGHTFACE_VAL_THRESHOLDS = np.arange(0, 4, 0.001)
 
 
 def _check_pairs(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,8 +55,7 @@ def pair_scores(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
     emb_a, emb_b = np.asarray(emb_a), np.asarray(emb_b)
     if emb_a.ndim != 2 or emb_a.shape != emb_b.shape:
         raise ValueError(
-            f"pair embeddings must be two (N, d) arrays, "
-            f"got {emb_a.shape} and {emb_b.shape}"
+            f"pair embeddings must be two (N, d) arrays, got {emb_a.shape} and {emb_b.shape}"
         )
     return np.sum(l2_normalize(emb_a) * l2_normalize(emb_b), axis=-1)
 
@@ -63,8 +79,7 @@ def fold_indices(num_pairs: int, n_folds: int) -> list[np.ndarray]:
     """Contiguous folds, the first ``num_pairs % n_folds`` one larger (sklearn's ``KFold``)."""
     if not 2 <= n_folds <= num_pairs:
         raise ValueError(
-            f"n_folds must be in [2, {num_pairs}] for {num_pairs} pairs, "
-            f"got {n_folds}"
+            f"n_folds must be in [2, {num_pairs}] for {num_pairs} pairs, got {n_folds}"
         )
     return np.array_split(np.arange(num_pairs), n_folds)
 
@@ -97,12 +112,18 @@ def kfold_accuracy(
 
 
 def threshold_at_far(negative_scores: np.ndarray, far: float) -> float:
-    """The threshold at which the false-accept rate of ``negative_scores`` is ``far``.
+    """A cosine threshold at which a fraction ``far`` of ``negative_scores`` lies above it.
 
-    The empirical FAR ``#{s > t} / n`` is a step function of t; its corners
-    ``(s_(j), (j - 1) / n)``, s_(j) the j-th largest score, are joined linearly and
-    the resulting curve is inverted (the interpolated threshold of the insightface
-    evaluation code).
+    With the n negatives sorted ascending, ``s_(0) ≤ … ≤ s_(n−1)``, it is the order
+    statistic at the fractional rank ``p = (n − 1) − far·n``, linearly interpolated
+    between ``s_(⌊p⌋)`` and ``s_(⌈p⌉)`` (``np.interp``; ``p < 0`` clamps to ``s_(0)``).
+    When ``far·n = k`` is an integer, it is the (k+1)-th largest score, so exactly
+    k negatives are strictly above it if the scores are distinct: FAR = ``far``;
+    otherwise the FAR is ``⌊far·n⌋ / n`` or the next one up, depending on ties.
+
+    This is not InsightFace's rule (which interpolates the threshold over a grid
+    of training FARs: ``kfold_val_at_far_insightface``); it is the ``"exact"``
+    mode's counterpart, with no grid.
     """
     if not 0.0 < far < 1.0:
         raise ValueError(f"far must be in (0, 1), got {far}")
@@ -130,6 +151,134 @@ def kfold_val_at_far(
         train[test] = False
         threshold = threshold_at_far(scores[train & ~issame], far)
         accepted, same = scores[test] > threshold, issame[test]
+        vals.append(accepted[same].mean() if same.any() else np.nan)
+        fars.append(accepted[~same].mean() if (~same).any() else np.nan)
+    return np.array(vals), np.array(fars)
+
+
+def pair_distances(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
+    """InsightFace's pair distance: ``‖â − b̂‖²`` of the L2-normalized rows, float64
+    ``(N, d), (N, d) -> (N,)``, in ``[0, 4]``."""
+    emb_a, emb_b = np.asarray(emb_a, np.float64), np.asarray(emb_b, np.float64)
+    if emb_a.ndim != 2 or emb_a.shape != emb_b.shape:
+        raise ValueError(
+            f"pair embeddings must be two (N, d) arrays, got {emb_a.shape} and {emb_b.shape}"
+        )
+    return np.sum(np.square(l2_normalize(emb_a) - l2_normalize(emb_b)), axis=1)
+
+
+def kfold_accuracy_insightface(
+    distances: np.ndarray,
+    issame: np.ndarray,
+    *,
+    n_folds: int = 10,
+    thresholds: np.ndarray = INSIGHTFACE_THRESHOLDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """InsightFace's 10-fold accuracy (``calculate_roc`` with ``calculate_accuracy``).
+
+    For each contiguous fold (sklearn's unshuffled ``KFold``), the threshold of best
+    accuracy on the other folds, ``t* = thresholds[argmax_t acc_train(t)]`` with
+    ``acc(t) = (#{same, d < t} + #{different, d ≥ t}) / N`` (the first argmax: the
+    smallest, strictest, threshold on ties), is applied to the held-out fold.
+
+    Args:
+      distances: ``(N,)`` squared L2 distances of normalized embeddings (``pair_distances``).
+      issame: ``(N,)`` booleans.
+      n_folds: number of folds.
+      thresholds: the grid, ``np.arange(0, 4, 0.01)`` as InsightFace.
+
+    Returns:
+      ``(accuracies, thresholds)`` of shape ``(n_folds,)``; thresholds are distances.
+
+    Example:
+      >>> d = np.array([0.1, 1.9, 0.2, 2.5]); same = np.array([True, False, True, False])
+      >>> kfold_accuracy_insightface(d, same, n_folds=2)[0]
+      array([1., 1.])
+    """
+    distances, issame = _check_pairs(distances, issame)
+    thresholds = np.asarray(thresholds, np.float64)
+    # correct[i, j]: pair i is classified right at threshold j.
+    correct = (distances[:, None] < thresholds[None, :]) == issame[:, None]
+    accuracies, chosen = [], []
+    for test in fold_indices(len(distances), n_folds):
+        train = np.ones(len(distances), bool)
+        train[test] = False
+        best = int(np.argmax(correct[train].sum(axis=0)))
+        accuracies.append(correct[test, best].sum() / len(test))
+        chosen.append(thresholds[best])
+    return np.array(accuracies), np.array(chosen)
+
+
+def threshold_at_far_insightface(
+    distances: np.ndarray,
+    issame: np.ndarray,
+    far: float,
+    *,
+    thresholds: np.ndarray = INSIGHTFACE_VAL_THRESHOLDS,
+) -> float:
+    """InsightFace's VAL@FAR threshold on a set of pairs (``calculate_val``).
+
+    ``F(t) = #{different, d < t} / #different`` on the grid ``t_j``; if
+    ``max F < far`` the threshold is 0 (nothing accepted); otherwise it is
+    ``interp1d(F, t, kind="slinear")(far)``: with ``l`` the last grid index where
+    ``F(t_l) ≤ far``, the linear interpolation between ``(F(t_l), t_l)`` and
+    ``(F(t_{l+1}), t_{l+1})``, which is ``t_l`` when ``F(t_l) = far``. This is what
+    scipy's degree-1 spline gave for the non-decreasing, repeated ``F`` values
+    InsightFace passes it (scipy ≥ 1.11 refuses repeated ``x``), evaluated in the
+    same de Boor form, so the threshold is bit-identical. Where ``far = max F``
+    (every grid point past it has the same FAR) it is the smallest grid threshold
+    reaching ``max F``.
+    """
+    distances, issame = np.asarray(distances, np.float64), np.asarray(issame, bool)
+    thresholds = np.asarray(thresholds, np.float64)
+    negatives = np.sort(distances[~issame])
+    if not len(negatives):
+        raise ValueError("VAL@FAR needs at least one different pair")
+    # #{negatives < t}, the count of np.less(d, t) over the different pairs.
+    rates = np.searchsorted(negatives, thresholds, side="left") / len(negatives)
+    if rates.max() < far:
+        return 0.0
+    last = int(np.searchsorted(rates, far, side="right")) - 1
+    if last == len(rates) - 1:
+        return float(thresholds[np.searchsorted(rates, rates[-1], side="left")])
+    low, high = rates[last], rates[last + 1]
+    weight = 1.0 / (high - low)
+    return float(
+        thresholds[last] * (weight * (high - far)) + thresholds[last + 1] * (weight * (far - low))
+    )
+
+
+def kfold_val_at_far_insightface(
+    distances: np.ndarray,
+    issame: np.ndarray,
+    *,
+    far: float = 1e-3,
+    n_folds: int = 10,
+    thresholds: np.ndarray = INSIGHTFACE_VAL_THRESHOLDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """VAL@FAR as InsightFace computes it (``calculate_val``, FaceNet's definition).
+
+    On each fold, the threshold where the training folds' FAR reaches ``far``
+    (``threshold_at_far_insightface``, on the grid ``np.arange(0, 4, 0.001)``) is
+    applied to the held-out fold: ``VAL = #{same, d < t} / #same``, and the FAR
+    achieved there, ``#{different, d < t} / #different``, is reported next to it
+    (the achieved FAR can differ from the target: the held-out fold has few negatives).
+
+    Returns:
+      ``(val, far)`` of shape ``(n_folds,)``; NaN for a fold without same
+      (different) pairs, where InsightFace divides by zero.
+    """
+    distances, issame = _check_pairs(distances, issame)
+    if not 0.0 < far < 1.0:
+        raise ValueError(f"far must be in (0, 1), got {far}")
+    vals, fars = [], []
+    for test in fold_indices(len(distances), n_folds):
+        train = np.ones(len(distances), bool)
+        train[test] = False
+        threshold = threshold_at_far_insightface(
+            distances[train], issame[train], far, thresholds=thresholds
+        )
+        accepted, same = distances[test] < threshold, issame[test]
         vals.append(accepted[same].mean() if same.any() else np.nan)
         fars.append(accepted[~same].mean() if (~same).any() else np.nan)
     return np.array(vals), np.array(fars)
@@ -253,6 +402,7 @@ def verification_report(
     n_folds: int = 10,
     *,
     far: float = 1e-3,
+    threshold: str = "exact",
 ) -> dict[str, float | np.ndarray]:
     """Everything the LFW protocol reports for a list of pairs.
 
@@ -265,16 +415,30 @@ def verification_report(
       issame: ``(N,)`` booleans.
       n_folds: folds of the k-fold protocol (10 in LFW).
       far: false-accept rate of the reported VAL.
+      threshold: ``"exact"`` (``kfold_accuracy``, ``kfold_val_at_far``) or
+        ``"insightface"`` (``kfold_accuracy_insightface``,
+        ``kfold_val_at_far_insightface``: the papers' numbers).
 
     Returns:
       A dict with ``accuracy`` and ``accuracy_std`` (over folds), ``threshold``
-      (the mean of the fold thresholds), ``val``, ``val_std`` and ``far`` (VAL@FAR
-      and the measured FAR, k-fold), ``auc`` and ``eer`` (all pairs), and the ROC
-      arrays ``fpr``, ``tpr``.
+      (the mean of the fold thresholds, as a cosine similarity: ``1 − t/2`` for an
+      insightface distance threshold t), ``val``, ``val_std`` and ``far`` (VAL@FAR
+      and the FAR achieved on the held-out folds, k-fold), ``auc`` and ``eer`` (all
+      pairs), and the ROC arrays ``fpr``, ``tpr``.
     """
+    if threshold not in THRESHOLD_MODES:
+        raise ValueError(
+            f"unknown threshold mode {threshold!r}; valid: {', '.join(THRESHOLD_MODES)}"
+        )
     scores = pair_scores(emb_a, emb_b)
-    accuracies, thresholds = kfold_accuracy(scores, issame, n_folds=n_folds)
-    vals, fars = kfold_val_at_far(scores, issame, far=far, n_folds=n_folds)
+    if threshold == "insightface":
+        distances = pair_distances(emb_a, emb_b)
+        accuracies, thresholds = kfold_accuracy_insightface(distances, issame, n_folds=n_folds)
+        thresholds = 1.0 - thresholds / 2.0
+        vals, fars = kfold_val_at_far_insightface(distances, issame, far=far, n_folds=n_folds)
+    else:
+        accuracies, thresholds = kfold_accuracy(scores, issame, n_folds=n_folds)
+        vals, fars = kfold_val_at_far(scores, issame, far=far, n_folds=n_folds)
     fpr, tpr, _ = roc_curve(scores, issame)
     return {
         "accuracy": float(accuracies.mean()),
