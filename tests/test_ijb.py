@@ -219,6 +219,9 @@ def test_reader_errors_name_the_problem(tmp_path):
         ijb.read_ijb(tmp_path)
     path.write_text("\n".join(lines) + "\n")
     pairs = tmp_path / "meta" / "ijbc_template_pair_label.txt"
+    pairs.write_text("1 2 1\n1 x 0\n")
+    with pytest.raises(ijb.IJBFormatError, match="not a table of integers"):
+        ijb.read_ijb(tmp_path)
     pairs.write_text("1 99 0\n")
     with pytest.raises(ijb.IJBFormatError, match=r"templates without faces, e.g. \[99\]"):
         ijb.read_ijb(tmp_path)
