@@ -14,8 +14,14 @@ record 0 whose two labels are ``(first identity record, end)``: image records ar
 keys ``1 … label[0] − 1`` and identity records ``label[0] … label[1] − 1`` each hold
 the ``(start, end)`` image-key range of one identity, so
 ``num_classes = label[1] − label[0]``. Image labels are class ids ``0 … C − 1``.
+
+The folder's ``property`` file is one text line ``num_classes,height,width`` (e.g.
+``85742,112,112`` for MS1MV2). It is read when present and checked against the header;
+it is required only for a set without the record-0 header (plain ``im2rec`` output),
+whose class count it gives.
 """
 
+import io
 import os
 import pathlib
 import struct
@@ -23,9 +29,11 @@ import weakref
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+import PIL.Image
 
-from faceloss_jax.data import images
-from faceloss_jax.data import source
+from faceloss_jax.data import images, source
+
+PROPERTY = "property"
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -52,8 +60,7 @@ def pack(header: IRHeader, payload: bytes) -> bytes:
     label = np.asarray(header.label, np.float32)
     if label.ndim == 0:
         return _IR_HEADER.pack(0, float(label), header.id, header.id2) + payload
-    return (_IR_HEADER.pack(label.size, 0.0, header.id, header.id2)
-            + label.tobytes() + payload)
+    return _IR_HEADER.pack(label.size, 0.0, header.id, header.id2) + label.tobytes() + payload
 
 
 def unpack(record: bytes) -> tuple[IRHeader, bytes]:
@@ -77,7 +84,7 @@ def frame(record: bytes) -> bytes:
         raise ValueError("RecordIO records must be shorter than 2**29 bytes")
     parts, start = [], 0
     for i in range(0, len(record) - len(record) % 4, 4):
-        if record[i:i + 4] == _MAGIC_BYTES:
+        if record[i : i + 4] == _MAGIC_BYTES:
             parts.append(record[start:i])
             start = i + 4
     parts.append(record[start:])
@@ -102,7 +109,8 @@ class IndexedRecordIO:
             if not path.is_file():
                 raise FileNotFoundError(
                     f"{path} not found: an InsightFace RecordIO set needs both "
-                    f"{self.rec_path.name} and its index {self.idx_path.name}")
+                    f"{self.rec_path.name} and its index {self.idx_path.name}"
+                )
         self.keys, self._offsets = _read_index(self.idx_path)
         self._size = self.rec_path.stat().st_size
         self._open()
@@ -133,9 +141,11 @@ class IndexedRecordIO:
             head = self._pread(_FRAME.size, offset, key)
             magic, lrecord = _FRAME.unpack(head)
             if magic != MAGIC:
-                raise RecordIOError(f"{self.rec_path}: record {key} at byte {offset} has no "
-                                    f"RecordIO magic (is {self.idx_path.name} the index of "
-                                    f"this file?)")
+                raise RecordIOError(
+                    f"{self.rec_path}: record {key} at byte {offset} has no "
+                    f"RecordIO magic (is {self.idx_path.name} the index of "
+                    f"this file?)"
+                )
             cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
             parts.append(self._pread(length, offset + _FRAME.size, key))
             offset += _FRAME.size + length + (-length % 4)
@@ -145,8 +155,10 @@ class IndexedRecordIO:
     def _pread(self, n: int, offset: int, key: int) -> bytes:
         data = os.pread(self._fd, n, offset)
         if len(data) != n:
-            raise RecordIOError(f"{self.rec_path} is truncated: record {key} needs bytes "
-                                f"{offset}..{offset + n} but the file has {self._size}")
+            raise RecordIOError(
+                f"{self.rec_path} is truncated: record {key} needs bytes "
+                f"{offset}..{offset + n} but the file has {self._size}"
+            )
         return data
 
 
@@ -172,21 +184,52 @@ class IndexedRecordIOWriter:
         self.close()
 
 
-def write_insightface_recordio(directory: str | os.PathLike,
-                               encoded_images: Sequence[bytes],
-                               labels: Sequence[int]) -> None:
-    """Writes ``train.rec``/``train.idx`` laid out as InsightFace's training sets.
+class Property(NamedTuple):
+    """The ``property`` file of an InsightFace folder: ``num_classes,height,width``."""
+
+    num_classes: int
+    height: int
+    width: int
+
+
+def read_property(path: str | os.PathLike) -> Property:
+    """Parses a ``property`` file; a RecordIOError naming it if it is not 3 integers."""
+    text = pathlib.Path(path).read_text().strip()
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or min(values) < 1:
+        raise RecordIOError(
+            f"{path}: expected one line 'num_classes,height,width' of positive "
+            f"integers (e.g. 85742,112,112), got {text[:80]!r}"
+        )
+    return Property(*values)
+
+
+def write_insightface_recordio(
+    directory: str | os.PathLike,
+    encoded_images: Sequence[bytes],
+    labels: Sequence[int],
+    *,
+    image_shape: tuple[int, int] | None = None,
+) -> None:
+    """Writes ``train.rec``/``train.idx`` and ``property`` laid out as InsightFace's sets.
 
     Args:
       directory: where to write (created if needed).
       encoded_images: JPEG/PNG bytes, one per image.
       labels: class id of each image, in ``0 … C − 1``; images are stored grouped
         by class (as InsightFace's ``im2rec`` lists are), every class non-empty.
+      image_shape: ``(height, width)`` for ``property``; default: the first image's
+        (no ``property`` is written if it does not decode).
     """
     labels = np.asarray(labels, np.int64)
     if len(labels) != len(encoded_images) or not len(labels):
-        raise ValueError(f"need as many labels as images (>0), got {len(labels)} "
-                         f"labels for {len(encoded_images)} images")
+        raise ValueError(
+            f"need as many labels as images (>0), got {len(labels)} "
+            f"labels for {len(encoded_images)} images"
+        )
     num_classes = int(labels.max()) + 1
     if labels.min() < 0 or np.any(np.bincount(labels, minlength=num_classes) == 0):
         raise ValueError("labels must be 0..C-1 with every class present")
@@ -201,8 +244,17 @@ def write_insightface_recordio(directory: str | os.PathLike,
             writer.write_idx(key, pack(IRHeader(0, float(labels[i]), key, 0), encoded_images[i]))
         bounds = np.searchsorted(labels[order], np.arange(num_classes + 1)) + 1
         for c in range(num_classes):
-            writer.write_idx(first_identity + c,
-                             pack(IRHeader(0, [bounds[c], bounds[c + 1]], 0, 0), b""))
+            writer.write_idx(
+                first_identity + c, pack(IRHeader(0, [bounds[c], bounds[c + 1]], 0, 0), b"")
+            )
+    if image_shape is None:
+        try:
+            width, height = PIL.Image.open(io.BytesIO(encoded_images[0])).size
+            image_shape = (height, width)
+        except (OSError, ValueError):  # Not an image: no property; the reader names it.
+            (directory / PROPERTY).unlink(missing_ok=True)
+            return
+    (directory / PROPERTY).write_text(f"{num_classes},{image_shape[0]},{image_shape[1]}\n")
 
 
 class RecordIOSource:
@@ -210,34 +262,58 @@ class RecordIOSource:
 
     Records are ``{"image": uint8 (image_size, image_size, channels), "label": int}``;
     JPEGs are decoded with Pillow. A set without the record-0 header (plain
-    ``im2rec`` output) is read as all of its keys; its ``num_classes`` is then the
-    largest label + 1, found by reading every record header once.
+    ``im2rec`` output) is read as all of its keys, and needs the ``property`` file for
+    its ``num_classes``; with the header, ``property`` is optional and must agree.
 
     Attributes:
       num_classes: identities in the set.
+      property: the parsed ``property`` file, or None when the folder has none.
+
+    Raises:
+      FileNotFoundError: ``train.rec`` or ``train.idx`` is missing (named).
+      RecordIOError: a truncated ``.rec``, an index of another file, a malformed
+        ``property`` or one that disagrees with the header, or a set with neither a
+        header nor a ``property`` (each names the file).
     """
 
-    def __init__(self, directory: str | os.PathLike, *, image_size: int | None = 112,
-                 channels: int = 3, prefix: str = "train"):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        image_size: int | None = 112,
+        channels: int = 3,
+        prefix: str = "train",
+    ):
         directory = pathlib.Path(directory)
         self._rec = IndexedRecordIO(directory / f"{prefix}.idx", directory / f"{prefix}.rec")
         self._image_size, self._channels = image_size, channels
+        property_path = directory / PROPERTY
+        self.property = read_property(property_path) if property_path.is_file() else None
         header, _ = unpack(self._rec.read_idx(0))
         if header.flag > 0:
             first_identity, end = int(header.label[0]), int(header.label[1])
             self._keys = np.arange(1, first_identity)
             self.num_classes = end - first_identity
+            if self.property is not None and self.property.num_classes != self.num_classes:
+                raise RecordIOError(
+                    f"{property_path} says {self.property.num_classes} classes but the header "
+                    f"of {self._rec.rec_path} has {self.num_classes} identity records"
+                )
+        elif self.property is None:
+            raise RecordIOError(
+                f"{property_path} not found: {self._rec.rec_path} has no identity header in "
+                "record 0, so its class count must come from a 'num_classes,height,width' "
+                "property file"
+            )
         else:
             self._keys = self._rec.keys
-            self.num_classes = 1 + max(self._label(int(k)) for k in self._keys)
+            self.num_classes = self.property.num_classes
         missing = np.setdiff1d(self._keys, self._rec.keys)
         if len(missing):
-            raise RecordIOError(f"{self._rec.idx_path} lacks image records {missing[:5].tolist()}"
-                                f"… ({len(missing)} of {len(self._keys)})")
-
-    def _label(self, key: int) -> int:
-        header, _ = unpack(self._rec.read_idx(key))
-        return int(np.ravel(header.label)[0])
+            raise RecordIOError(
+                f"{self._rec.idx_path} lacks image records {missing[:5].tolist()}"
+                f"… ({len(missing)} of {len(self._keys)})"
+            )
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -247,15 +323,21 @@ class RecordIOSource:
         header, payload = unpack(self._rec.read_idx(key))
         label = int(np.ravel(header.label)[0])
         if not 0 <= label < self.num_classes:
-            raise RecordIOError(f"{self._rec.rec_path} record {key}: label {label} outside "
-                                f"[0, {self.num_classes})")
-        image = images.decode_image(payload, name=f"{self._rec.rec_path} record {key}",
-                                    channels=self._channels, image_size=self._image_size)
+            raise RecordIOError(
+                f"{self._rec.rec_path} record {key}: label {label} outside [0, {self.num_classes})"
+            )
+        image = images.decode_image(
+            payload,
+            name=f"{self._rec.rec_path} record {key}",
+            channels=self._channels,
+            image_size=self._image_size,
+        )
         return {"image": image, "label": label}
 
     def __repr__(self) -> str:
-        return (f"RecordIOSource({self._rec.rec_path}, {len(self)} images, "
-                f"{self.num_classes} classes)")
+        return (
+            f"RecordIOSource({self._rec.rec_path}, {len(self)} images, {self.num_classes} classes)"
+        )
 
 
 def _read_index(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
@@ -274,16 +356,21 @@ def _read_index(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _create(config, split: str) -> RecordIOSource:
     if split != "train":
-        raise ValueError(f"RecordIO sets hold training images only, not {split!r}; evaluate "
-                         "on .bin pair sets with read_verification_bin")
-    return RecordIOSource(source.required(config, "path"), image_size=config.image_size,
-                          channels=config.channels)
+        raise ValueError(
+            f"RecordIO sets hold training images only, not {split!r}; evaluate "
+            "on .bin pair sets with read_verification_bin"
+        )
+    return RecordIOSource(
+        source.required(config, "path"), image_size=config.image_size, channels=config.channels
+    )
 
 
-# path: the folder holding train.rec and train.idx (InsightFace's layout).
+# path: the folder holding train.rec, train.idx, property and the .bin verification
+# targets (InsightFace's layout); those targets are the default config.eval.val_targets.
 SOURCE = source.Source(
     fields={"path": None},
     create=_create,
     num_classes=lambda config: _create(config, "train").num_classes,
     splits=("train",),
+    val_targets=("lfw", "cfp_fp", "agedb_30"),
 )

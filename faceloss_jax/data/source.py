@@ -27,6 +27,8 @@ class Source:
       splits: the splits ``create`` accepts, of ``"train"``, ``"test"``, ``"openset"``.
       face: whether the records are face crops (112×112×3, symmetric normalization,
         random flips by default) rather than MNIST digits.
+      val_targets: the verification ``.bin`` sets evaluated during training by default
+        (``config.eval.val_targets``), looked up as ``<name>.bin`` in the dataset folder.
     """
 
     fields: Mapping[str, Any]
@@ -34,6 +36,7 @@ class Source:
     num_classes: Callable[[ml_collections.ConfigDict], int]
     splits: tuple[str, ...] = ("train", "test", "openset")
     face: bool = True
+    val_targets: tuple[str, ...] = ()
 
 
 def required(config: ml_collections.ConfigDict, field: str) -> Any:
