@@ -205,6 +205,15 @@ def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collectio
     config.eval.flip = False  # flip test-time augmentation
     config.eval.batch_size = 256
     config.eval.plot = True  # ROC, angle histograms, 2-D/3-D feature figures
+    # Verification targets: <name>.bin pair sets (LFW, CFP-FP, AgeDB-30) evaluated every
+    # eval_every_steps as arcface_torch does (evaluation.evaluate_pair_set); set below to
+    # the source's defaults (recordio: lfw, cfp_fp, agedb_30; others: none). A missing
+    # file is an error at start. Command line: --config.eval.val_targets="('lfw',)".
+    config.eval.val_targets = ()
+    config.eval.val_dir = config_dict.placeholder(str)  # where the .bin are; None: dataset.path
+    # 10-fold thresholds of the targets: "insightface" (0.01 grid on the squared L2
+    # distance, strictest best threshold: the papers' numbers) | "exact" (every score).
+    config.eval.threshold = "insightface"
 
     if name == "mnist":
         _mnist(config, angular=angular)
@@ -212,4 +221,5 @@ def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collectio
         _face(config)
     if source != config.dataset.name:
         config.dataset = data.default_config(source)
+    config.eval.val_targets = data.sources.get(source).val_targets
     return config
