@@ -349,3 +349,23 @@ def test_sigkill_of_one_process_stops_the_other_and_a_relaunch_resumes_exactly(r
     actual = state_arrays(restore_state("softmax", workdir))
     for name in expected:
         np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+
+
+def test_harness_shows_the_failing_logs_and_kills_on_timeout(tmp_path):
+    failing = multiprocess.launch(
+        "import os, sys; print('hello from', os.environ['FL_TEST_PROCESS_ID']); "
+        "sys.exit(3 if os.environ['FL_TEST_PROCESS_ID'] == '1' else 0)",
+        num_processes=2,
+        log_dir=tmp_path / "failing",
+    )
+    with pytest.raises(multiprocess.JobError, match=r"(?s)processes \[1\] failed.*hello from 1"):
+        failing.wait(timeout=60)
+    hanging = multiprocess.launch(
+        "import time; print('waiting', flush=True); time.sleep(600)",
+        num_processes=2,
+        log_dir=tmp_path / "hanging",
+    )
+    started = time.monotonic()
+    with pytest.raises(multiprocess.JobError, match=r"(?s)past its timeout of 8 s.*waiting"):
+        hanging.wait(timeout=8)
+    assert time.monotonic() - started < 30 and None not in hanging.returncodes
