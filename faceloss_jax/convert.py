@@ -26,14 +26,20 @@ from etils import epath
 
 from faceloss_jax import weights
 
-_FROM_TORCH = flags.DEFINE_string("from_torch", None, "arcface_torch backbone.pth to import.")
-_TO_TORCH = flags.DEFINE_string("to_torch", None, "Path of the state_dict .pth to export.")
-_MODEL = flags.DEFINE_enum(
-    "model", None, list(weights.IRESNET_NAMES), "The architecture of --from_torch."
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Backbone directory to write (import) or read (export).", required=True
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined when run as a program, so that importing this module
+    as a library defines none)."""
+    flags.DEFINE_string("from_torch", None, "arcface_torch backbone.pth to import.")
+    flags.DEFINE_string("to_torch", None, "Path of the state_dict .pth to export.")
+    flags.DEFINE_enum(
+        "model", None, list(weights.IRESNET_NAMES), "The architecture of --from_torch."
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Backbone directory to write (import) or read (export).", required=True
+    )
 
 
 def _import_torch() -> Any:
@@ -98,17 +104,18 @@ def export_torch_checkpoint(workdir: epath.PathLike, path: epath.PathLike) -> st
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if (_FROM_TORCH.value is None) == (_TO_TORCH.value is None):
+    if (FLAGS.from_torch is None) == (FLAGS.to_torch is None):
         raise app.UsageError("pass exactly one of --from_torch (import) or --to_torch (export)")
-    if _FROM_TORCH.value is not None:
-        if _MODEL.value is None:
+    if FLAGS.from_torch is not None:
+        if FLAGS.model is None:
             raise app.UsageError("--from_torch needs --model (iresnet18/34/50/100)")
-        directory = import_torch_checkpoint(_FROM_TORCH.value, _MODEL.value, _WORKDIR.value)
-        print(f"wrote the {_MODEL.value} backbone to {directory}")
+        directory = import_torch_checkpoint(FLAGS.from_torch, FLAGS.model, FLAGS.workdir)
+        print(f"wrote the {FLAGS.model} backbone to {directory}")
     else:
-        name = export_torch_checkpoint(_WORKDIR.value, _TO_TORCH.value)
-        print(f"wrote the {name} state_dict to {_TO_TORCH.value}")
+        name = export_torch_checkpoint(FLAGS.workdir, FLAGS.to_torch)
+        print(f"wrote the {name} state_dict to {FLAGS.to_torch}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

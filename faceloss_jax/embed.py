@@ -29,11 +29,17 @@ from PIL import Image
 
 from faceloss_jax import data, evaluation, weights
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run or converted backbone.", required=True)
-_LANDMARKS = flags.DEFINE_string("landmarks", None, "A file of 5 landmarks per image.")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "Cosine threshold of 'same'.")
-_OUTPUT = flags.DEFINE_string("output", None, "Save the (N, d) embeddings to this .npy.")
-_FLIP = flags.DEFINE_bool("flip", True, "Flip test-time augmentation.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined when run as a program, so that importing this module
+    for ``embed_faces``/``compare_faces`` defines none)."""
+    flags.DEFINE_string("workdir", None, "A run or converted backbone.", required=True)
+    flags.DEFINE_string("landmarks", None, "A file of 5 landmarks per image.")
+    flags.DEFINE_float("threshold", None, "Cosine threshold of 'same'.")
+    flags.DEFINE_string("output", None, "Save the (N, d) embeddings to this .npy.")
+    flags.DEFINE_bool("flip", True, "Flip test-time augmentation.")
 
 
 def load_image(path: epath.PathLike) -> np.ndarray:
@@ -175,19 +181,19 @@ def main(argv: Sequence[str]) -> None:
     paths = argv[1:]
     if len(paths) < 2:
         raise app.UsageError("give at least two images: python -m faceloss_jax.embed a.jpg b.jpg")
-    backbone = weights.load_backbone(_WORKDIR.value)
+    backbone = weights.load_backbone(FLAGS.workdir)
     images = [load_image(p) for p in paths]
-    landmarks = read_landmarks(_LANDMARKS.value, len(paths)) if _LANDMARKS.value else None
+    landmarks = read_landmarks(FLAGS.landmarks, len(paths)) if FLAGS.landmarks else None
     _, notes = _crops(images, landmarks, 112)
     for note in notes:
         print(f"warning: {note}")
-    emb = embed_faces(backbone, images, landmarks, flip=_FLIP.value)
-    if _OUTPUT.value:
-        np.save(_OUTPUT.value, emb)
-    if _THRESHOLD.value is not None:
-        threshold, origin = _THRESHOLD.value, "--threshold"
+    emb = embed_faces(backbone, images, landmarks, flip=FLAGS.flip)
+    if FLAGS.output:
+        np.save(FLAGS.output, emb)
+    if FLAGS.threshold is not None:
+        threshold, origin = FLAGS.threshold, "--threshold"
     else:
-        threshold, origin = stored_threshold(_WORKDIR.value) or (None, None)
+        threshold, origin = stored_threshold(FLAGS.workdir) or (None, None)
     print(
         f"threshold {threshold:.4f} ({origin})"
         if threshold is not None
@@ -203,4 +209,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
