@@ -340,3 +340,42 @@ def test_bench_ijb_script_runs_at_small_counts(tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["pairs"] == 20000 and report["templates"] == 400
     assert "peak_alloc_gib" in out.read_text()
+
+
+def test_embed_library_functions_align_and_compare():
+    """``embed.embed_faces`` / ``compare_faces`` on arrays, with a stand-in backbone whose
+    embedding is the mean colour of the aligned crop."""
+    import flax.linen as nn  # noqa: PLC0415
+
+    from faceloss_jax import embed  # noqa: PLC0415
+
+    class MeanColour(nn.Module):
+        @nn.compact
+        def __call__(self, images, train):
+            return images.mean(axis=(1, 2))
+
+    backbone = weights.Backbone(
+        model=MeanColour(),
+        variables={},
+        model_config={"name": "stub"},
+        shift=127.5,
+        scale=127.5,
+        info={},
+    )
+    red = np.zeros((230, 230, 3), np.uint8)
+    red[..., 0] = 250
+    green = np.zeros((112, 112, 3), np.uint8)
+    green[..., 1] = 250
+    # The red photo at twice the scale, aligned by its landmarks; the green one is a crop.
+    emb = embed.embed_faces(backbone, [red, green], np.stack([2 * REF, REF]))
+    expected = 2 * (np.array([[250, 0, 0], [0, 250, 0]]) - 127.5) / 127.5
+    np.testing.assert_allclose(
+        emb, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6
+    )
+    result = embed.compare_faces(
+        backbone, red, green, landmarks_a=2 * REF, landmarks_b=REF, threshold=0.0
+    )
+    assert result["similarity"] == pytest.approx(float(emb[0] @ emb[1]), abs=1e-6)
+    assert result["same"] is (result["similarity"] >= 0.0)
+    with pytest.raises(ValueError, match="both faces or for neither"):
+        embed.compare_faces(backbone, red, green, landmarks_a=REF)
