@@ -51,7 +51,7 @@ class Setting:
     config: ml_collections.ConfigDict
 
 
-def load_config(
+def experiment_config(
     loss: str, overrides: Mapping[str, Any] | None = None, *, variant: str = "mnist"
 ) -> ml_collections.ConfigDict:
     """``configs/<loss>.py:get_config(variant)`` with dotted-key ``overrides``.
@@ -71,16 +71,11 @@ def load_config(
 def override(
     config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with the dotted-key ``overrides`` set (existing keys only)."""
+    """A locked copy of ``config`` with the dotted-key ``overrides`` set
+    (``update_from_flattened_dict``; an unknown key is a KeyError naming it)."""
     config = ml_collections.ConfigDict(config.to_dict())
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"config has no field {key!r}")
-        node[leaf] = value
+    config.lock()
+    config.update_from_flattened_dict(dict(overrides))
     return config
 
 
@@ -113,7 +108,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
     return {**metrics, "train_seconds": time.perf_counter() - start}
 
 
-def test_features(config: ml_collections.ConfigDict, workdir: str) -> tuple[np.ndarray, np.ndarray]:
+def final_test_features(config: ml_collections.ConfigDict, workdir: str) -> tuple[np.ndarray, np.ndarray]:
     """The raw (unnormalized) test-split features and labels of the run in ``workdir``,
     from its final checkpoint."""
     images, labels = train.load_split(config, config.eval.test_split)
@@ -156,7 +151,7 @@ def _run_one(
     metrics = train_run(config, workdir)
     print(f"[{name} seed {config.seed}] "
           + ", ".join(f"{k}={metrics[k]:.4f}" for k in METRICS), flush=True)
-    return metrics, test_features(config, workdir) if with_features else None
+    return metrics, final_test_features(config, workdir) if with_features else None
 
 
 def run_settings(

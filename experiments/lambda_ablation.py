@@ -18,7 +18,7 @@ NO_ANNEALING = {"loss.lambda_base": 0.0, "loss.lambda_min": 0.0}
 def settings(losses: tuple[str, ...]) -> list[common.Setting]:
     """Each loss with its config's λ annealing and without (λ = 0 throughout)."""
     return [
-        common.Setting(f"{loss} {name}", common.load_config(loss, overrides))
+        common.Setting(f"{loss} {name}", common.experiment_config(loss, overrides))
         for loss in losses
         for name, overrides in (("annealed λ", {}), ("λ = 0", NO_ANNEALING))
     ]

@@ -20,7 +20,7 @@ from experiments import common
 def settings(loss: str, param: str, values: tuple[float, ...]) -> list[common.Setting]:
     """``loss``'s MNIST config with ``loss.<param>`` set to each value (cast to the
     field's type, so SphereFace's integer m stays an integer)."""
-    base = common.load_config(loss)
+    base = common.experiment_config(loss)
     if param not in base.loss:
         raise KeyError(f"the {loss} config has no loss.{param}; it has {sorted(base.loss)}")
     cast = type(base.loss[param])

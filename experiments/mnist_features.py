@@ -27,7 +27,7 @@ def settings(losses: tuple[str, ...], *, dims: int | None) -> list[common.Settin
     """One setting per loss: its MNIST config, with ``dims``-dimensional features
     unless None."""
     overrides = {} if dims is None else {"model.embedding_dim": dims}
-    return [common.Setting(loss, common.load_config(loss, overrides)) for loss in losses]
+    return [common.Setting(loss, common.experiment_config(loss, overrides)) for loss in losses]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,7 +37,7 @@ def settings(losses: tuple[str, ...], *, steps: int) -> list[common.Setting]:
     SphereFace is compressed so that λ_min is reached halfway through ``steps``."""
     result = []
     for loss in losses:
-        config = common.load_config(loss, CPU_RECIPE, variant="face")
+        config = common.experiment_config(loss, CPU_RECIPE, variant="face")
         if "lambda_gamma" in config.loss:
             ratio = config.loss.lambda_base / config.loss.lambda_min
             gamma = (ratio ** (1 / config.loss.lambda_power) - 1) / (steps / 2)

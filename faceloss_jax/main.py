@@ -66,8 +66,10 @@ def main(argv: Sequence[str]) -> None:
     )
     try:
         metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (objectives.ConfigError, FileNotFoundError) as error:
-        sys.exit(f"FATAL {type(error).__name__}: {error}")
+    except objectives.ConfigError as error:
+        sys.exit(f"FATAL config error: {error}")
+    except FileNotFoundError as error:
+        sys.exit(f"FATAL missing file: {error}")
     if jax.process_index() == 0:
         print(reporting.format_report(metrics))
 

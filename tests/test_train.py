@@ -193,6 +193,10 @@ def _assert_trees_close(a, b):
         ("curricularface", False),  # t from the global batch
         ("adaface", True),  # norm statistics from the global batch, W split over devices
         ("adacos", True),  # the dynamic scale from the global batch and all classes
+        ("triplet", False),  # triplets mined over the global batch
+        ("contrastive", False),  # DeepID2's pairs over the global batch
+        ("circle_pair", False),
+        ("xbm", False),  # the memory and the in-batch pairs, global
     ],
 )
 def test_eight_devices_equal_one(loss, class_sharded):
@@ -395,6 +399,7 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
 def test_create_model_sets_precision_and_batch_norm_axis():
     config = importlib.import_module("configs.arcface").get_config("face")
     config.update(half_precision=True, sync_batch_norm=True)
+    config.lock()  # as the command line builds it: dtype, bn_axis_name are not its keys
     model = train.create_model(config)
     assert model.dtype == jnp.bfloat16 and model.bn_axis_name == "data"
     config.update(half_precision=False, sync_batch_norm=False)

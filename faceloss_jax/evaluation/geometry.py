@@ -4,6 +4,7 @@ NumPy functions on extracted features (float64 inside). ``weights`` has the shap
 the classifier in ``faceloss_jax.losses``, ``(d, C)``: one column per class.
 """
 
+import jax
 import numpy as np
 
 from faceloss_jax import losses
@@ -81,8 +82,8 @@ def pair_angles(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
 
 
 def intra_angle(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray) -> float:
-    """L_Intra of ArcFace (Deng et al., CVPR 2019, eq. 8): ``(1/πN) Σ_i θ_{y_i}``,
-    θ_{y_i} the angle between x_i and its class' column ``W_{y_i}``.
+    """``losses.intra_angle`` (ArcFace's L_Intra, ``(1/πN) Σ_i θ_{y_i}``) in float64, as
+    a Python float: the same function, evaluated on the host's arrays.
 
     Args:
       embeddings: ``(N, d)`` features.
@@ -96,7 +97,8 @@ def intra_angle(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray)
             f"got {embeddings.shape} and {weights.shape}"
         )
     labels = _check_labels(labels, len(embeddings), weights.shape[1])
-    return float(np.mean(pair_angles(embeddings, weights.T[labels])) / np.pi)
+    with jax.enable_x64(True):
+        return float(losses.intra_angle(embeddings, weights, labels))
 
 
 def dominant_subcenters(
@@ -125,7 +127,9 @@ def inter_angle(weights: np.ndarray) -> float:
 
     The paper averages over the N samples' classes y_i; over the classes, as here,
     the two agree when the classes are balanced. More negative is more separated:
-    −0.5 for orthogonal class vectors. Computed in row blocks, so C may be large.
+    −0.5 for orthogonal class vectors. The value of ``losses.inter_angle`` (the
+    differentiable one, which holds the C×C angles), computed on the host in row
+    blocks, so C may be 10⁵ or more.
 
     Args:
       weights: ``(d, C)`` class vectors, C ≥ 2.

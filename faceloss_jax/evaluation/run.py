@@ -154,17 +154,20 @@ def evaluate_run(
     report = verification.verification_report(open_unit[idx_a], open_unit[idx_b], issame,
                                               n_folds=n_folds)
     angles = geometry.pair_angles(open_unit[idx_a], open_unit[idx_b])
-    centers = geometry.class_centers(test_unit, test_labels)
-    norms = geometry.class_mean_norms(test_features, test_labels)
+    # Centres of the classes the test set holds (a subsample, max_examples, may miss some).
+    present = np.unique(test_labels, return_inverse=True)[1]
+    centers = geometry.class_centers(test_unit, present)
+    norms = geometry.class_mean_norms(test_features, present)
+    closed_labels = present if weights is None else test_labels
     metrics = {
-        "closed_set_accuracy": closed_set_accuracy(test_unit, test_labels, weights=weights),
+        "closed_set_accuracy": closed_set_accuracy(test_unit, closed_labels, weights=weights),
         "verification_accuracy": report["accuracy"],
         "verification_std": report["accuracy_std"],
         "verification_threshold": report["threshold"],
         "auc": report["auc"],
         "eer": report["eer"],
         "val_at_far_1e-3": report["val"],
-        "l_intra": geometry.intra_angle(test_unit, centers.T, test_labels),
+        "l_intra": geometry.intra_angle(test_unit, centers.T, present),
         "l_inter": geometry.inter_angle(centers.T),
         "positive_angle_deg": float(np.degrees(angles[issame].mean())),
         "negative_angle_deg": float(np.degrees(angles[~issame].mean())),

@@ -322,6 +322,7 @@ def arcface(
     scale: float = 64.0,
     margin: float = 0.5,
     easy_margin: bool = False,
+    straight_through: bool = False,
     chunk_size: int | None = None,
     axis_name: str | None = None,
     class_axis_name: str | None = None,
@@ -332,7 +333,13 @@ def arcface(
     CVPR 2019 (s = 64, m = 0.5). The target is ``cos θ cos m − sin θ sin m`` (no
     arccos); where θ_y + m > π it falls back to ``cos θ_y − m·sin m`` as InsightFace
     does, or, with ``easy_margin``, to ``cos θ_y`` wherever cos θ_y ≤ 0. m = 0 is
-    NormFace.
+    NormFace. This is the original InsightFace and PML convention, with the exact
+    gradient of ``cos(θ + m)``.
+
+    ``straight_through=True`` is current arcface_torch (since its Dec 2022 "fixed
+    arcface impl"): the target logit's value is ``s·cos(θ_y + m)`` with no fallback
+    past π, and its gradient is that of ``s·cos θ_y`` (the margin is applied under
+    ``torch.no_grad``: d logit / d cos θ_y = s).
 
     Args:
       embeddings: (B, d) features.
@@ -341,6 +348,7 @@ def arcface(
       scale: the scale s.
       margin: the angular margin m in radians.
       easy_margin: see above.
+      straight_through: arcface_torch's convention (see above); not with easy_margin.
       chunk_size: see ``softmax_cross_entropy``.
       axis_name: see ``softmax_cross_entropy``.
       class_axis_name: see ``softmax_cross_entropy``.
@@ -355,6 +363,22 @@ def arcface(
       >>> [round(float(v), 4) for v in loss]
       [0.3133, 0.3133]
     """
+    if straight_through:
+        if easy_margin:
+            raise ValueError("arcface: straight_through (arcface_torch) has no easy_margin")
+        return combined_margin(
+            embeddings,
+            weights,
+            labels,
+            scale=scale,
+            m1=1.0,
+            m2=margin,
+            m3=0.0,
+            straight_through=True,
+            chunk_size=chunk_size,
+            axis_name=axis_name,
+            class_axis_name=class_axis_name,
+        )
     return _normalized(
         "arcface",
         embeddings,
@@ -377,6 +401,7 @@ def combined_margin(
     m1: float = 1.0,
     m2: float = 0.5,
     m3: float = 0.0,
+    straight_through: bool = False,
     chunk_size: int | None = None,
     axis_name: str | None = None,
     class_axis_name: str | None = None,
@@ -387,6 +412,11 @@ def combined_margin(
     m2 = 0.3, m3 = 0.2). m1 is SphereFace's multiplicative margin (here real-valued,
     without ψ's monotonic extension), m2 ArcFace's and m3 CosFace's. Computed through
     a clipped arccos, with no fallback where m1·θ + m2 > π (as the original code).
+    arcface_torch's ``margin_list = (m1, m2, m3)`` is these three numbers.
+
+    ``straight_through=True`` is current arcface_torch's ``CombinedMarginLoss``: the
+    same value, but the angular part ``cos(m1·θ + m2)`` is applied without gradient,
+    so d logit / d cos θ_y = s (its CosFace branch, m1 = 1, m2 = 0, is exact either way).
 
     Args:
       embeddings: (B, d) features.
@@ -396,6 +426,7 @@ def combined_margin(
       m1: multiplicative angular margin.
       m2: additive angular margin (radians).
       m3: additive cosine margin.
+      straight_through: arcface_torch's gradient convention (see above).
       chunk_size: see ``softmax_cross_entropy``.
       axis_name: see ``softmax_cross_entropy``.
       class_axis_name: see ``softmax_cross_entropy``.
@@ -410,13 +441,19 @@ def combined_margin(
       >>> [round(float(v), 4) for v in loss]
       [0.3133, 0.3133]
     """
+    def margin_fn(cos):
+        if not straight_through:
+            return combined_angular_margin(cos, m1, m2, m3)
+        angular = combined_angular_margin(cos, m1, m2, 0.0)
+        return cos + jax.lax.stop_gradient(angular - cos) - m3
+
     return _normalized(
         "combined_margin",
         embeddings,
         weights,
         labels,
         scale,
-        lambda c: combined_angular_margin(c, m1, m2, m3),
+        margin_fn,
         chunk_size,
         axis_name,
         class_axis_name,

@@ -97,3 +97,26 @@ def default_to_warnings() -> None:
     INFO logs of checkpointing and evaluation), so that the progress bar stays readable."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+
+
+def config_from_command_line(args: Sequence[str]) -> ml_collections.ConfigDict:
+    """The locked config that ``main`` builds from ``--config=...`` and its overrides.
+
+    The same path as the command line (``config_flags`` with ``lock_config=True``, the
+    source moved into the variant), for tests and scripts that start runs in-process.
+
+    Example:
+      >>> config = config_from_command_line(["--config=configs/arcface.py:face",
+      ...                                    "--config.loss.margin=0.4"])
+      >>> config.loss.margin, config.model.name
+      (0.4, 'iresnet50')
+    """
+    from ml_collections import config_flags  # noqa: PLC0415 (absl flags at call time)
+
+    argv = with_source_variant(["prog", *args])
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    flag_values(argv)
+    return flag_values.config

@@ -76,11 +76,12 @@ class Objective:
       hyperparameters: the ``config.loss`` fields of the loss, each with its default
         and valid range; those with ``argument=True`` are passed to ``fn``.
       classifier: one of ``CLASSIFIERS``.
-      layouts: the subset of ``LAYOUTS`` the loss supports (dense only: empty).
+      layouts: the subset of ``LAYOUTS`` the loss supports (dense only: empty);
+        "data_parallel" for a pair loss: it mines over the global batch (``axis_name``).
       family: "core" (DESIGN.md's losses) or "successor".
       state: the state rule of a stateful loss.
-      auxiliary: ``(config, embeddings, labels, state) -> term`` added to the mean loss
-        (the joint losses), or None.
+      auxiliary: ``(config, embeddings, labels, state, axis_name) -> term`` added to
+        the mean loss (the joint losses), or None.
       schedule: ``(config, step) -> kwargs`` for ``fn`` that depend on the step
         (L-Softmax's λ), or None.
       needs_key: whether ``fn`` draws at random (a PRNG key per device and step).
@@ -118,6 +119,9 @@ _HALF_PI = math.pi / 2
 _SCALE = hp.positive(64.0, "s, the scale of the cosine logits")
 _ARC_MARGIN = hp.real(0.5, "m, additive angular margin (radians)", low=0.0, high=_HALF_PI)
 _EASY_MARGIN = hp.boolean(False, "margin only where cos θ > 0 (no fallback past π)")
+_STRAIGHT_THROUGH = hp.boolean(
+    False, "current arcface_torch: no fallback, gradient of s·cos θ_y (see losses.arcface)"
+)
 _INT_MARGIN = hp.integer(4, "m, the integer angular margin of ψ(θ)")
 _USE_BIAS = hp.boolean(True, "a bias b (C,) in the linear classifier", argument=False)
 _EMA_ALPHA = hp.real(0.01, "EMA rate of the state", low=0.0, high=1.0, argument=False)
@@ -139,12 +143,15 @@ def _lambda_at_step(config: ml_collections.ConfigDict, step: jax.Array) -> dict[
     return {"lambda_": schedule(step)}
 
 
-def _contrastive_term(config, embeddings, labels, state) -> jax.Array:
+def _contrastive_term(config, embeddings, labels, state, axis_name) -> jax.Array:
     del state
-    return config.weight * losses.contrastive_loss(embeddings, labels, margin=config.margin)
+    return config.weight * losses.contrastive_loss(
+        embeddings, labels, margin=config.margin, axis_name=axis_name
+    )
 
 
-def _center_term(config, embeddings, labels, state) -> jax.Array:
+def _center_term(config, embeddings, labels, state, axis_name) -> jax.Array:
+    del axis_name  # each device's own examples against the (replicated) centres
     return config.weight * jnp.mean(losses.center_loss(embeddings, state["centers"], labels))
 
 
@@ -206,6 +213,14 @@ def _check_elasticface(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _check_straight_through(config: ml_collections.ConfigDict) -> None:
+    if config.straight_through and config.easy_margin:
+        raise ConfigError(
+            "config.loss.straight_through=True (arcface_torch) has no easy margin: set "
+            "loss.easy_margin=False"
+        )
+
+
 def _check_magface(config: ml_collections.ConfigDict) -> None:
     if not config.lower_norm < config.upper_norm:
         raise ConfigError(
@@ -228,15 +243,18 @@ def xbm(
     margin: float,
     mining: str,
     weight: float,
+    axis_name: str | None = None,
 ) -> jax.Array:
     """XBM (Wang et al., CVPR 2020): the in-batch pair loss + weight · the batch against
-    the memory of past batches (batch-hard triplets, or all contrastive pairs)."""
+    the memory of past batches (batch-hard triplets, or all contrastive pairs), mined
+    over the global batch under ``axis_name``."""
+    pairs = {"margin": margin, "axis_name": axis_name}
     if base == "triplet":
-        loss = losses.triplet_margin_loss(embeddings, labels, margin=margin, mining=mining)
-        cross = losses.xbm_triplet_loss(embeddings, labels, memory, margin=margin)
+        loss = losses.triplet_margin_loss(embeddings, labels, mining=mining, **pairs)
+        cross = losses.xbm_triplet_loss(embeddings, labels, memory, **pairs)
     else:
-        loss = losses.contrastive_loss(embeddings, labels, margin=margin)
-        cross = losses.xbm_contrastive_loss(embeddings, labels, memory, margin=margin)
+        loss = losses.contrastive_loss(embeddings, labels, **pairs)
+        cross = losses.xbm_contrastive_loss(embeddings, labels, memory, **pairs)
     return loss + weight * cross
 
 
@@ -281,7 +299,7 @@ OBJECTIVES: dict[str, Objective] = {
         "triplet loss, online mining (FaceNet, Schroff et al., CVPR 2015)",
         {"margin": _PAIR_MARGIN, "mining": _MINING},
         classifier="none",
-        layouts=frozenset(),
+        layouts=frozenset({"data_parallel"}),
         unit_embeddings=True,
         aliases=("triplet_margin_loss",),
     ),
@@ -328,7 +346,13 @@ OBJECTIVES: dict[str, Objective] = {
     "arcface": Objective(
         losses.arcface,
         "ArcFace (Deng et al., CVPR 2019)",
-        {"scale": _SCALE, "margin": _ARC_MARGIN, "easy_margin": _EASY_MARGIN},
+        {
+            "scale": _SCALE,
+            "margin": _ARC_MARGIN,
+            "easy_margin": _EASY_MARGIN,
+            "straight_through": _STRAIGHT_THROUGH,
+        },
+        check=_check_straight_through,
     ),
     "combined": Objective(
         losses.combined_margin,
@@ -338,6 +362,7 @@ OBJECTIVES: dict[str, Objective] = {
             "m1": hp.real(1.0, "multiplicative angular margin", low=0.0, low_open=True),
             "m2": hp.real(0.5, "additive angular margin (radians)", low=0.0, high=_HALF_PI),
             "m3": hp.real(0.0, "additive cosine margin", low=0.0, high=2.0),
+            "straight_through": _STRAIGHT_THROUGH,
         },
         aliases=("combined_margin",),
     ),
@@ -429,7 +454,7 @@ OBJECTIVES: dict[str, Objective] = {
         "Circle loss, pair level (Sun et al., CVPR 2020)",
         {"scale": hp.positive(256.0, "γ"), "margin": hp.real(0.25, "m", low=0.0, high=1.0)},
         classifier="none",
-        layouts=frozenset(),
+        layouts=frozenset({"data_parallel"}),
         family="successor",
         aliases=("circle_pair_loss",),
     ),
@@ -446,7 +471,7 @@ OBJECTIVES: dict[str, Objective] = {
             "weight": hp.real(1.0, "weight of the memory term", low=0.0),
         },
         classifier="none",
-        layouts=frozenset(),
+        layouts=frozenset({"data_parallel"}),
         family="successor",
         state=_XBM_MEMORY,
         unit_embeddings=True,
@@ -622,7 +647,9 @@ def compute_loss(
     record's rule from the global batch (over ``axis_name``); ``key`` for a random loss
     (ElasticFace). With ``class_axis_name`` (the Partial FC layout) every device scores
     the global batch against its block of classes and returns its own examples' losses.
-    In-batch pair and triplet terms see this device's examples only.
+    Pair and triplet losses (and DeepID2's contrastive term) mine over the global
+    batch under ``axis_name``: each device returns its share, and the mean over the
+    devices (the train step's ``pmean``) is the single-device loss of the whole batch.
 
     Args:
       config: the loss config.
@@ -671,7 +698,7 @@ def compute_loss(
             kwargs.update(axis_name=class_axis_name, class_axis_name=class_axis_name)
         loss = jnp.mean(objective.fn(x, weights, labels, **kwargs))
     if objective.auxiliary is not None:
-        loss += objective.auxiliary(config, embeddings, labels, loss_state)
+        loss += objective.auxiliary(config, embeddings, labels, loss_state, axis_name)
     if rule.after is not None:
         loss_state = rule.after(config, loss_state, jax.lax.stop_gradient(x), labels, axis_name)
     return loss, loss_state

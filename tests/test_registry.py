@@ -1,0 +1,293 @@
+"""The registries: a loss or a data source is one record, checked from the record, and
+every config starts through the command line's own locked-config path."""
+
+import dataclasses
+import importlib
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_train import NUM_CLASSES, tiny_config, tiny_model  # noqa: F401 (fixture)
+
+from configs import default
+from faceloss_jax import data, losses, train
+from faceloss_jax.train_lib import cli, objectives
+from faceloss_jax.train_lib import hyperparameters as hp
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__",))
+
+
+# -- A new loss is one function and one record --------------------------------------
+
+
+def toy_margin(embeddings, weights, labels, *, scale, margin, **layout):
+    """A CosFace written on the public engine, as a newcomer would."""
+    return losses.margin_softmax(
+        embeddings, weights, labels, scale=scale, margin_fn=lambda cos: cos - margin, **layout
+    )
+
+
+@pytest.fixture
+def toy_loss():
+    objectives.register(
+        "toy_margin",
+        objectives.Objective(
+            toy_margin,
+            "a test's own loss",
+            {"scale": hp.positive(16.0), "margin": hp.real(0.2, low=0.0, high=1.0)},
+        ),
+    )
+    yield
+    del objectives.OBJECTIVES["toy_margin"]
+
+
+@pytest.mark.parametrize("class_sharded", [False, True])
+def test_a_registered_loss_trains_by_name_in_every_layout(
+    toy_loss, tiny_model, tmp_path, class_sharded
+):
+    config = tiny_config("cosface")
+    config.dataset.num_identities = 24  # 3 classes a device: a chunk of 2 and a remainder
+    config.loss = default.loss_config("toy_margin", margin=0.3)
+    config.loss.update(chunk_size=2, class_sharded=class_sharded)
+    config.num_train_steps = 2
+    config.eval_every_steps = 2
+    metrics = train.train_and_evaluate(config, str(tmp_path))
+    assert 0.0 <= metrics["verification_accuracy"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite([r["loss"] for r in records if r["split"] == "train"]).all()
+
+    # The objective is the loss function with the config's values.
+    x = jax.random.normal(jax.random.key(0), (6, config.model.embedding_dim))
+    head, state = objectives.init_head(
+        config.loss, jax.random.key(1), embedding_dim=x.shape[1], num_classes=NUM_CLASSES
+    )
+    y = np.arange(6) % NUM_CLASSES
+    value, _ = objectives.compute_loss(config.loss, head, state, x, y, step=0)
+    expected = losses.cosface(x, head["weights"], y, scale=16.0, margin=0.3).mean()
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_a_name_is_registered_once():
+    with pytest.raises(ValueError, match="already registered"):
+        objectives.register("arcface", objectives.OBJECTIVES["arcface"])
+
+
+def test_aliases_select_the_record():
+    assert objectives.get("combined_margin") is objectives.OBJECTIVES["combined"]
+    assert objectives.canonical_name("large_margin_softmax") == "lsoftmax"
+
+
+def test_every_record_is_consistent_with_its_config_file():
+    """Each config names its own record and sets every hyper-parameter; the names in the
+    records' hyper-parameters that reach the function are its keyword arguments."""
+    for name, objective in objectives.OBJECTIVES.items():
+        config = importlib.import_module(f"configs.{name}").get_config()
+        assert config.loss.name == name
+        objectives.check_loss_config(config.loss)
+        assert set(objective.hyperparameters) <= set(config.loss)
+
+
+# -- Hyper-parameters are checked from the record -----------------------------------
+
+
+def _out_of_range(spec: hp.HyperParameter):
+    """A value of the knob's type that its range rejects, or None (booleans)."""
+    default = spec.default
+    if isinstance(default, bool):
+        return None
+    if isinstance(default, str):
+        return "no-such-option"
+    if isinstance(default, int):
+        return int(spec.valid.split("≥ ")[1]) - 1
+    low, high = (float(v.replace("∞", "inf")) for v in spec.valid[1:-1].split(", "))
+    return low if spec.valid[0] == "(" and math.isfinite(low) else (
+        low - 1.0 if math.isfinite(low) else high + 1.0
+    )
+
+
+CASES = [
+    (name, key, spec)
+    for name, objective in objectives.OBJECTIVES.items()
+    for key, spec in objective.hyperparameters.items()
+    if _out_of_range(spec) is not None
+]
+
+
+@pytest.mark.parametrize("name,key,spec", CASES, ids=[f"{n}.{k}" for n, k, _ in CASES])
+def test_every_out_of_range_hyperparameter_is_a_config_error(name, key, spec):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    bad = _out_of_range(spec)
+    assert spec.accepts(spec.default) and not spec.accepts(bad)
+    config.loss[key] = bad
+    with pytest.raises(hp.ConfigError) as error:
+        train.check_config(config, num_devices=1)
+    message = str(error.value)
+    assert f"config.loss.{key} = {bad!r}" in message and spec.valid in message
+
+
+def test_the_issue_ranges():
+    """The ranges the field expects: ArcFace's margin in [0, π/2], scales > 0,
+    SphereFace's margin a positive integer."""
+    arcface = objectives.OBJECTIVES["arcface"].hyperparameters
+    assert arcface["margin"].accepts(math.pi / 2) and not arcface["margin"].accepts(1.6)
+    assert not arcface["scale"].accepts(0.0) and arcface["scale"].accepts(1e-3)
+    margin = objectives.OBJECTIVES["sphereface"].hyperparameters["margin"]
+    assert margin.accepts(1) and not margin.accepts(0) and not margin.accepts(2.0)
+
+
+def test_layouts_the_loss_or_the_devices_cannot_honour():
+    config = importlib.import_module("configs.arcface").get_config()
+    config.loss.class_sharded = True
+    with pytest.raises(hp.ConfigError, match="class_sharded=True: .*7.*8"):
+        objectives.check_loss_config(config.loss, num_classes=7, num_devices=8)
+    objectives.check_loss_config(config.loss, num_classes=16, num_devices=8)
+    config.loss.update(class_sharded=False, chunk_size=0)
+    with pytest.raises(hp.ConfigError, match="chunk_size = 0 is out of range"):
+        objectives.check_loss_config(config.loss)
+    circle = importlib.import_module("configs.circle").get_config()
+    circle.loss.chunk_size = 4
+    with pytest.raises(hp.ConfigError, match="'circle' does not support config.loss.chunk_size"):
+        objectives.check_loss_config(circle.loss)
+
+
+def test_a_field_of_another_loss_is_an_error():
+    config = importlib.import_module("configs.arcface").get_config()
+    with config.loss.unlocked():
+        config.loss.name = "cosface"
+    with pytest.raises(hp.ConfigError, match="easy_margin is not a field of loss 'cosface'"):
+        objectives.check_loss_config(config.loss)
+    with pytest.raises(hp.ConfigError, match="no hyper-parameter margn"):
+        default.loss_config("arcface", margn=0.1)
+
+
+def _main(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "faceloss_jax.main", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_the_cli_prints_a_config_error_as_one_line(tmp_path):
+    result = _main("--config=configs/arcface.py", f"--workdir={tmp_path}", "--config.loss.margin=-1")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "FATAL config error: config.loss.margin = -1.0 is out of range; valid: [0, 1.5708]"
+    ]
+    assert not (tmp_path / "checkpoints").exists()  # rejected before anything ran
+
+
+def test_describe_lists_the_knobs():
+    result = _main("--config=configs/combined.py", "--describe")
+    assert result.returncode == 0, result.stderr
+    assert "loss 'combined': combined margin" in result.stdout
+    assert "loss.m3 = 0.1  (default 0.0; valid: [0, 2])" in result.stdout
+
+
+def test_readme_table_of_losses_is_the_registry():
+    assert objectives.markdown_table() in (REPO / "README.md").read_text()
+
+
+# -- Data sources ---------------------------------------------------------------------
+
+
+def test_every_source_is_a_record_with_its_config():
+    for name, record in data.SOURCES.items():
+        config = data.default_config(name)
+        assert config.name == name and set(record.fields) <= set(config)
+        assert config.channels == (3 if record.face else 1)
+
+
+@pytest.mark.parametrize("source", list(data.SOURCES))
+@pytest.mark.parametrize("spec", ["configs/arcface.py", "configs/triplet.py:face"])
+def test_dataset_name_on_the_command_line_switches_the_source(source, spec):
+    config = cli.config_from_command_line([f"--config={spec}", f"--config.dataset.name={source}"])
+    assert config.is_locked and config.dataset.name == source
+    assert config.dataset.to_dict() == data.default_config(source).to_dict()
+    # The recipe stays: the MNIST recipe keeps LeNets++, the face recipe iResNet.
+    assert config.model.name == ("iresnet50" if ":face" in spec else "lenet_pp")
+
+
+def test_variant_arguments_and_their_errors():
+    assert default.parse_variant("face,image_folder") == ("face", {"source": "image_folder"})
+    assert default.get_config("mnist,source=synthetic").dataset.name == "synthetic"
+    with pytest.raises(hp.ConfigError, match="unknown data source in variant 'face,source=lfw'"):
+        default.get_config("face,source=lfw")
+    with pytest.raises(hp.ConfigError, match="unknown config variant 'face,depth=3'"):
+        default.get_config("face,depth=3")
+
+
+# -- Every documented command starts ------------------------------------------------
+
+TINY = [
+    "--config.num_train_steps=1",
+    "--config.optimizer.warmup_steps=0",
+    "--config.batch_size=8",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=1",
+    "--config.eval_every_steps=1",
+    "--config.eval.max_examples=24",
+    "--config.eval.num_pairs=20",
+    "--config.eval.n_folds=2",
+    "--config.eval.plot=False",
+]
+TINY_FACE = [
+    "--config.half_precision=False",  # bfloat16 convolutions are slow on XLA:CPU
+    "--config.model.name=iresnet18",
+    "--config.model.embedding_dim=16",
+    "--config.dataset.image_size=16",
+    "--config.dataset.num_identities=8",
+    "--config.dataset.held_out_identities=4",
+    "--config.dataset.images_per_identity=4",
+    "--config.dataset.test_images_per_identity=2",
+]
+# The face recipe compiles an iResNet per loss (minutes on 2 cores): a linear head with
+# a bias and a pair loss run end to end; every face config builds its model and state in
+# test_every_face_config_builds_its_model_and_state_from_the_command_line.
+FACE_CONFIGS = ("softmax", "triplet")
+
+
+def _start(spec: str, extra: list[str], tmp_path) -> dict:
+    config = cli.config_from_command_line([f"--config={spec}", *TINY, *extra])
+    assert config.is_locked
+    return train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_starts_from_the_command_line(name, tmp_path):
+    metrics = _start(f"configs/{name}.py", [], tmp_path)
+    assert 0.0 <= metrics["verification_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("name", FACE_CONFIGS)
+def test_face_configs_start_from_the_command_line(name, tmp_path):
+    metrics = _start(f"configs/{name}.py:face", TINY_FACE, tmp_path)
+    assert 0.0 <= metrics["verification_accuracy"] <= 1.0
+
+
+def test_every_face_config_builds_its_model_and_state_from_the_command_line():
+    """The part of a face run that depends on the config: the locked config, its checks,
+    the backbone with bfloat16 and synchronized BatchNorm, the head and loss state."""
+    for name in CONFIGS:
+        config = cli.config_from_command_line(
+            [f"--config=configs/{name}.py:face", *TINY_FACE[1:]]  # bfloat16, the recipe's
+        )
+        train.check_config(config, num_devices=jax.device_count())
+        model = train.create_model(config)
+        assert model.bn_axis_name == "data" and model.dtype == jnp.bfloat16, name
+        objectives.init_head(config.loss, jax.random.key(0), embedding_dim=16, num_classes=8)
+
+
+def test_dataclass_records_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        objectives.OBJECTIVES["arcface"].classifier = "linear"
