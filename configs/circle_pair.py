@@ -21,4 +21,9 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
         scale=32.0 if default.recipe(variant) == "mnist" else 256.0,  # γ
         margin=0.25,  # m, the relaxation
     )
+    if default.recipe(variant) == "face":
+        # Identity-balanced batches (FaceNet; data.sampling): 4 images of each of
+        # batch_size / 4 identities (32 of the 128), so every anchor has positives
+        # among thousands of identities.
+        config.dataset.samples_per_identity = 4
     return config

@@ -22,4 +22,9 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
         weight=0.05,  # λ of the verification term (DeepID2)
         margin=10.0,  # m of the different-pair hinge, in feature units
     )
+    if default.recipe(variant) == "face":
+        # Identity-balanced batches (FaceNet; data.sampling): 4 images of each of
+        # batch_size / 4 identities (32 of the 128), so every anchor has positives
+        # among thousands of identities.
+        config.dataset.samples_per_identity = 4
     return config

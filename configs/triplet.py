@@ -21,4 +21,9 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
         margin=0.2,  # α (FaceNet)
         mining="batch_all" if default.recipe(variant) == "mnist" else "semi_hard",
     )
+    if default.recipe(variant) == "face":
+        # Identity-balanced batches (FaceNet; data.sampling): 4 images of each of
+        # batch_size / 4 identities (32 of the 128), so every anchor has positives
+        # among thousands of identities.
+        config.dataset.samples_per_identity = 4
     return config

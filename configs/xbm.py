@@ -30,4 +30,9 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
         warmup_steps=50 if mnist else 1000,  # steps before the memory fills
         weight=1.0,  # of the memory term
     )
+    if default.recipe(variant) == "face":
+        # Identity-balanced batches (FaceNet; data.sampling): 4 images of each of
+        # batch_size / 4 identities (32 of the 128), so every anchor has positives
+        # among thousands of identities.
+        config.dataset.samples_per_identity = 4
     return config

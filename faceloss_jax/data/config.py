@@ -28,6 +28,11 @@ def default_config(name: str) -> ml_collections.ConfigDict:
       prefetch_buffer_size: records read ahead by those threads.
       worker_count: grain worker processes (0: none; on 2 cores threads suffice).
       worker_buffer_size: batches each worker process prepares ahead.
+      identities_per_batch, samples_per_identity: P and K of identity-balanced
+        training batches, P identities × K images each (``data.sampling``; the batch
+        size must be P·K; one of them 0: derived from the batch size; an identity with
+        fewer than K images gives all of them plus draws with replacement). Both 0
+        (the default): uniformly shuffled batches.
 
     Per source: the ``fields`` of its record, documented in its module (``mnist``:
     data_dir, held_out_classes; ``image_folder``: path, test_path, openset_path,
@@ -52,6 +57,8 @@ def default_config(name: str) -> ml_collections.ConfigDict:
         "prefetch_buffer_size": 256,
         "worker_count": 0,
         "worker_buffer_size": 2,
+        "identities_per_batch": 0,
+        "samples_per_identity": 0,
     })
     for field, value in record.fields.items():
         config[field] = config_dict.placeholder(str) if value is None else value

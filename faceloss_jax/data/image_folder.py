@@ -13,8 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from absl import logging
 
-from faceloss_jax.data import images
-from faceloss_jax.data import source
+from faceloss_jax.data import images, sampling, source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 OnError = Literal["skip", "raise"]
@@ -160,6 +159,11 @@ class ImageFolderSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"image": self._read(self._paths[index]), "label": int(self._labels[index])}
 
+    def identity_index(self) -> list[np.ndarray]:
+        """Per label, its record indices, from the listing (no image is decoded); an
+        identity whose every image was skipped as unreadable has none."""
+        return sampling.identity_index_from_labels(self._labels, len(self.identities))
+
     def __repr__(self) -> str:
         return (f"ImageFolderSource({self.report.num_images} images, "
                 f"{len(self.identities)} identities)")
@@ -189,4 +193,5 @@ SOURCE = source.Source(
             "validate": True},
     create=_create,
     num_classes=_num_classes,
+    identity_index=source.identity_index_method,
 )

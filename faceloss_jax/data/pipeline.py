@@ -26,6 +26,7 @@ import numpy as np
 from absl import flags
 
 from faceloss_jax.data import config as config_lib
+from faceloss_jax.data import sampling, sources
 
 Batch = dict[str, np.ndarray]
 
@@ -98,6 +99,7 @@ def create_iterator(
     num_epochs: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    repeat_batches: int = 1,
 ) -> grain.DatasetIterator:
     """A checkpointable iterator of this process's batches.
 
@@ -108,6 +110,10 @@ def create_iterator(
     global batch, ``b = global_batch_size / P``, augmented (``config.augment``) as
     the same rows of a single-process batch would be. Concatenating the processes'
     batches in process order gives the single-process batch, for any ``P``.
+    With ``config.identities_per_batch`` (P) and/or ``config.samples_per_identity``
+    (K) set, global batches are P×K draws instead (``data.sampling``; the batch size
+    must be P·K, the missing one is derived from it), split over the processes the
+    same way.
 
     Evaluation: the source in order, padded to a whole number of global batches with
     ``mask = False`` records (zero images, label 0), split the same way; every
@@ -127,6 +133,9 @@ def create_iterator(
       num_epochs: training epochs, None for endless; evaluation makes one pass.
       process_index, process_count: this process and the number of processes;
         default ``jax.process_index()`` and ``jax.process_count()``.
+      repeat_batches: training: each global batch's examples are served for this many
+        consecutive steps (augmented afresh each step): offline triplet mining trains
+        on a mined batch until its next refresh (``losses.mining``).
 
     Returns:
       A ``grain.DatasetIterator``.
@@ -150,13 +159,31 @@ def create_iterator(
     size = len(source)
     if size < (process_count if train else 1):
         raise ValueError(f"the source has {size} examples, too few for {process_count} processes")
+    if repeat_batches < 1:
+        raise ValueError(f"repeat_batches must be ≥ 1; got {repeat_batches}")
     local_batch_size = global_batch_size // process_count
     model_input = functools.partial(_model_input, normalization=config.normalization)
     block = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
     if train:
-        # The epochs' permutations, concatenated, cut into global batches of indices.
-        indices = grain.MapDataset.range(size).shuffle(seed=seed).repeat(num_epochs)
-        global_batches = indices.batch(global_batch_size, drop_remainder=True)
+        pk = sampling.pk_shape(config, global_batch_size)
+        if pk is not None:
+            identity_index = _identity_index(source, config)
+            sampling.check_identities(pk[0], sum(len(i) > 0 for i in identity_index))
+            num_batches = None if num_epochs is None else num_epochs * size // global_batch_size
+            global_batches = grain.MapDataset.source(
+                sampling.PKBatches(
+                    identity_index, *pk, seed=seed, num_batches=num_batches, repeat=repeat_batches
+                )
+            )
+        else:
+            # The epochs' permutations, concatenated, cut into global batches of indices.
+            indices = grain.MapDataset.range(size).shuffle(seed=seed).repeat(num_epochs)
+            global_batches = indices.batch(global_batch_size, drop_remainder=True)
+            if repeat_batches > 1:
+                held = global_batches
+                global_batches = grain.MapDataset.range(min(len(held) * repeat_batches, 2**62)).map(
+                    lambda t: held[t // repeat_batches]
+                )
         batches = global_batches.random_map(
             functools.partial(
                 _read_and_augment,
@@ -206,6 +233,20 @@ def reshape_for_pmap(batch: Mapping[str, np.ndarray], num_devices: int) -> Batch
         return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
 
     return jax.tree.map(reshape, dict(batch))
+
+
+def _identity_index(source, config: ml_collections.ConfigDict) -> sampling.IdentityIndex:
+    """Per identity, its record indices: the source's ``identity_index()`` method, or the
+    hook of its record (``Source.identity_index``)."""
+    if hasattr(source, "identity_index"):
+        return source.identity_index()
+    hook = sources.get(config.name).identity_index
+    if hook is None:
+        raise sampling.ConfigError(
+            f"data source {config.name!r} has no identity index: it cannot make P×K "
+            "batches (set config.dataset.identities_per_batch = samples_per_identity = 0)"
+        )
+    return hook(source)
 
 
 def _read(source, indices: np.ndarray) -> dict[str, np.ndarray]:

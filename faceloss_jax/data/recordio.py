@@ -334,6 +334,34 @@ class RecordIOSource:
         )
         return {"image": image, "label": label}
 
+    def identity_index(self) -> list[np.ndarray]:
+        """Per class, its record indices, from the header's identity records: record
+        ``label[0] + c`` holds the key range ``[start, end)`` of class c (one small read
+        per class; no image record is read).
+
+        Raises:
+          RecordIOError: the set has no identity header (plain ``im2rec`` output), or an
+            identity record's range is not within the image keys.
+        """
+        header, _ = unpack(self._rec.read_idx(0))
+        if header.flag <= 0:
+            raise RecordIOError(
+                f"{self._rec.rec_path} has no identity header in record 0: its images' "
+                "identities are unknown without reading every record (no P×K batches)"
+            )
+        first_identity = int(header.label[0])
+        index = []
+        for c in range(self.num_classes):
+            bounds, _ = unpack(self._rec.read_idx(first_identity + c))
+            start, end = (int(v) for v in np.ravel(bounds.label)[:2])
+            if not 1 <= start <= end <= len(self._keys) + 1:
+                raise RecordIOError(
+                    f"{self._rec.rec_path}: identity record {first_identity + c} has the "
+                    f"key range [{start}, {end}) outside the image keys [1, {first_identity})"
+                )
+            index.append(np.arange(start - 1, end - 1))  # key k is source index k − 1
+        return index
+
     def __repr__(self) -> str:
         return (
             f"RecordIOSource({self._rec.rec_path}, {len(self)} images, {self.num_classes} classes)"
@@ -373,4 +401,5 @@ SOURCE = source.Source(
     num_classes=lambda config: _create(config, "train").num_classes,
     splits=("train",),
     val_targets=("lfw", "cfp_fp", "agedb_30"),
+    identity_index=source.identity_index_method,
 )

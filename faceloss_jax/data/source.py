@@ -6,7 +6,7 @@ its module and one line there.
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -29,6 +29,9 @@ class Source:
         random flips by default) rather than MNIST digits.
       val_targets: the verification ``.bin`` sets evaluated during training by default
         (``config.eval.val_targets``), looked up as ``<name>.bin`` in the dataset folder.
+      identity_index: ``source -> [record indices of identity 0, of identity 1, …]`` for
+        a source ``create`` made (the P×K sampler, ``data.sampling``), computed without
+        decoding images; None if the source cannot tell (no P×K batches).
     """
 
     fields: Mapping[str, Any]
@@ -37,6 +40,7 @@ class Source:
     splits: tuple[str, ...] = ("train", "test", "openset")
     face: bool = True
     val_targets: tuple[str, ...] = ()
+    identity_index: Callable[[Any], Sequence[Any]] | None = None
 
 
 def required(config: ml_collections.ConfigDict, field: str) -> Any:
@@ -45,3 +49,14 @@ def required(config: ml_collections.ConfigDict, field: str) -> Any:
     if not value:
         raise ConfigError(f"data source {config.name!r} needs config.dataset.{field} to be set")
     return value
+
+
+def identity_index_method(data_source: Any) -> Sequence[Any]:
+    """The ``identity_index`` hook of a source class that has an ``identity_index()``
+    method; a ConfigError for any other object (a plain list of records)."""
+    if not hasattr(data_source, "identity_index"):
+        raise ConfigError(
+            f"a {type(data_source).__name__} source has no identity index: it cannot make "
+            "P×K batches (set config.dataset.identities_per_batch = samples_per_identity = 0)"
+        )
+    return data_source.identity_index()

@@ -106,6 +106,16 @@ class SyntheticFaces:
                               image_size=self._image_size, channels=self._channels)
         return {"image": image, "label": identity}
 
+    def identity_index(self) -> list[np.ndarray]:
+        """Per identity (in ``identities`` order, label ``identities[k]``), its record
+        indices ``[k·n, (k+1)·n)``, ``n = len(samples)``: a pure function of the ranges.
+
+        Labels are the identity ids, so entry ``k`` is the identity of label
+        ``identities[k]``; the P×K sampler only needs the grouping.
+        """
+        n = len(self.samples)
+        return [np.arange(k * n, (k + 1) * n) for k in range(len(self.identities))]
+
     def __repr__(self) -> str:
         return (f"SyntheticFaces(identities={self.identities}, samples={self.samples}, "
                 f"image_size={self._image_size})")
@@ -171,4 +181,5 @@ SOURCE = source.Source(
             "images_per_identity": 20, "test_images_per_identity": 5},
     create=_create,
     num_classes=lambda config: config.num_identities,
+    identity_index=source.identity_index_method,
 )
