@@ -69,7 +69,13 @@ def _face(config: ml_collections.ConfigDict) -> None:
     config.optimizer.schedule = "polynomial"
     config.optimizer.power = 2.0
     config.optimizer.warmup_steps = 200
-    config.half_precision = True
+    # arcface_torch clips the backbone's gradient norm at 5 every step (the head is not
+    # clipped; unclipped SGD 0.1 is chaotic at a backbone gradient norm of ~300) and its
+    # SGD decays every parameter, BatchNorm and PReLU included.
+    config.optimizer.grad_clip_norm = 5.0
+    config.optimizer.clip_scope = "backbone"
+    config.optimizer.decay_all = True
+    config.half_precision = True  # bfloat16 backbone; the head and loss stay float32
     config.batch_size = 128
     config.num_train_steps = 2000
     config.log_every_steps = 50
@@ -84,9 +90,11 @@ def loss_config(name: str, **hyperparameters) -> ml_collections.ConfigDict:
     given at their defaults in ``objectives.OBJECTIVES``) and, for the losses with a
     classifier, the layout of the classifier W.
 
-    Layout knobs (they leave the loss unchanged):
+    Layout knobs (the first two leave the loss unchanged):
       chunk_size: stream W in blocks of this many classes (None: the dense B×C logits).
       class_sharded: split W's columns over the devices (Partial FC; shard_map only).
+      sample_rate: Partial FC's r: each step scores a random int(r·C) classes (of each
+        device's block), every positive included; 1.0 (default) scores them all.
     """
     defaults = objectives.default_hyperparameters(name)
     unknown = set(hyperparameters) - set(defaults)
@@ -99,6 +107,7 @@ def loss_config(name: str, **hyperparameters) -> ml_collections.ConfigDict:
     if objectives.has_classifier(config):
         config.chunk_size = config_dict.placeholder(int)
         config.class_sharded = False
+        config.sample_rate = 1.0
     return config
 
 
@@ -172,8 +181,13 @@ def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collectio
     config.optimizer.b1 = 0.9  # adamw
     config.optimizer.b2 = 0.999  # adamw
     config.optimizer.eps = 1e-8  # adamw
-    config.optimizer.weight_decay = 5e-4  # kernels and W only, never biases/BN/PReLU
+    config.optimizer.weight_decay = 5e-4  # kernels and W only, never biases/BN/PReLU…
+    config.optimizer.decay_all = False  # …unless True: every parameter (arcface_torch)
     config.optimizer.grad_clip_norm = config_dict.placeholder(float)  # None: no clipping
+    config.optimizer.clip_scope = "global"  # "global" | "backbone" (the head unclipped)
+    # Micro-batches of batch_size per optimizer update (optax.MultiSteps); num_train_steps
+    # counts micro-batches, the schedule (and warmup_steps) optimizer updates.
+    config.optimizer.grad_accum_steps = 1
     config.optimizer.schedule = "cosine"  # "constant" | "cosine" | "step" | "polynomial"
     config.optimizer.warmup_steps = 0  # linear warmup from 0
     config.optimizer.end_learning_rate_factor = 0.0  # cosine, polynomial: final / peak
@@ -222,4 +236,6 @@ def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collectio
     if source != config.dataset.name:
         config.dataset = data.default_config(source)
     config.eval.val_targets = data.sources.get(source).val_targets
+    if name == "face":
+        config.dataset.normalization = "arcface_torch"  # (x − 127.5) / 127.5
     return config

@@ -8,7 +8,7 @@ data-parallel either under ``jax.shard_map`` over a 1-D device mesh (the default
 the recommended path since JAX 0.8) or under ``jax.pmap`` (``config.parallelism``).
 Both give the update of the global batch: gradients, metrics and batch statistics
 are averaged over the axis, and the result equals a single device fed the whole batch
-(up to the in-batch pair and triplet terms, which pair each device's examples only).
+(the pair and triplet losses mine over the global batch).
 With ``config.loss.class_sharded`` (shard_map only) the classifier W is split by
 columns over the devices, the Partial FC layout of the angular losses.
 
@@ -171,6 +171,19 @@ def _global_norm(grads: Any, *, class_sharded: bool) -> jax.Array:
     return jnp.sqrt(sum(jax.tree.leaves(squares)))
 
 
+def _clip(grads: Any, grad_norm: jax.Array, config: ml_collections.ConfigDict, *,
+          class_sharded: bool) -> Any:
+    """Scales the gradient to norm ≤ ``grad_clip_norm``: the whole gradient
+    (``clip_scope="global"``), or the backbone's alone, the head unclipped
+    (``"backbone"``, arcface_torch's ``clip_grad_norm_(backbone.parameters(), 5)``)."""
+    if config.get("clip_scope", "global") == "backbone":
+        norm = _global_norm({"backbone": grads["backbone"]}, class_sharded=class_sharded)
+        scale = jnp.minimum(1.0, config.grad_clip_norm / (norm + 1e-12))
+        return {**grads, "backbone": jax.tree.map(lambda g: g * scale, grads["backbone"])}
+    scale = jnp.minimum(1.0, config.grad_clip_norm / (grad_norm + 1e-12))
+    return jax.tree.map(lambda g: g * scale, grads)
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -235,15 +248,16 @@ def train_step(
     grads = _average_gradients(grads, class_sharded=class_sharded, num_devices=num_devices)
     grad_norm = _global_norm(grads, class_sharded=class_sharded)
     if config.optimizer.grad_clip_norm is not None:
-        clip = jnp.minimum(1.0, config.optimizer.grad_clip_norm / (grad_norm + 1e-12))
-        grads = jax.tree.map(lambda g: g * clip, grads)
+        grads = _clip(grads, grad_norm, config.optimizer, class_sharded=class_sharded)
     new_state = state.apply_gradients(
         grads=grads,
         batch_stats=jax.lax.pmean(batch_stats, DATA_AXIS),
         loss_state=loss_state,
     )
 
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate_fn(state.step)}
+    # With gradient accumulation the schedule counts optimizer updates.
+    update = state.step // config.optimizer.get("grad_accum_steps", 1)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate_fn(update)}
     if not class_sharded:
         metrics |= objectives.batch_metrics(
             config.loss, state.params["head"], embeddings, batch["label"]
@@ -448,6 +462,17 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None
     for name in intervals:
         if config[name] < 1:
             raise objectives.ConfigError(f"{name} must be positive; got {config[name]}")
+    accumulate = config.optimizer.get("grad_accum_steps", 1)
+    if isinstance(accumulate, int) and accumulate > 1 and config.num_train_steps % accumulate:
+        raise objectives.ConfigError(
+            f"num_train_steps={config.num_train_steps} is not a multiple of "
+            f"optimizer.grad_accum_steps={accumulate} (micro-batches per update)"
+        )
+    if config.optimizer.get("clip_scope", "global") not in optimizers.CLIP_SCOPES:
+        raise objectives.ConfigError(
+            f"config.optimizer.clip_scope = {config.optimizer.clip_scope!r} is out of range; "
+            f"valid: one of {', '.join(map(repr, optimizers.CLIP_SCOPES))}"
+        )
     clip = config.optimizer.grad_clip_norm
     if clip is not None and clip <= 0:
         raise objectives.ConfigError(f"optimizer.grad_clip_norm must be positive or None; got {clip}")
@@ -527,7 +552,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     learning_rate_fn = optimizers.create_learning_rate_schedule(
-        config.optimizer, num_train_steps=config.num_train_steps
+        config.optimizer,
+        num_train_steps=config.num_train_steps // config.optimizer.get("grad_accum_steps", 1),
     )
     train_iter = data.create_iterator(
         data.create_source(config.dataset, "train"),

@@ -57,7 +57,8 @@ def test_unknown_key_error_lists_the_valid_keys():
     message = cli.unknown_key_error(config, "loss.margn")
     assert message.startswith("unknown config key 'loss.margn': config.loss has no field 'margn'")
     assert (
-        "Valid keys of config.loss: chunk_size, class_sharded, easy_margin, margin, name, scale"
+        "Valid keys of config.loss: chunk_size, class_sharded, easy_margin, margin, name, "
+        "sample_rate, scale, straight_through"
         in message
     )
     assert "config has no field 'los'" in cli.unknown_key_error(config, "los.margin")

@@ -8,8 +8,11 @@ from faceloss_jax.data import sources
 NORMALIZATIONS = {
     # MNIST nets (LeNets++) see [0, 1].
     "unit": (0.0, 255.0),
-    # InsightFace's face backbones see (x − 127.5) / 128 ∈ [−0.996, 0.996].
+    # InsightFace's MXNet face backbones see (x − 127.5) / 128 ∈ [−0.996, 0.996].
     "symmetric": (127.5, 128.0),
+    # arcface_torch: ToTensor then Normalize(0.5, 0.5), (x − 127.5) / 127.5 ∈ [−1, 1]
+    # (the face recipe's, and what converted arcface_torch weights expect).
+    "arcface_torch": (127.5, 127.5),
 }
 
 
@@ -19,7 +22,8 @@ def default_config(name: str) -> ml_collections.ConfigDict:
     Fields shared by all sources:
       name: the source, one of ``sources.SOURCES``.
       image_size, channels: the records' image shape ``(size, size, channels)``.
-      normalization: ``"unit"`` (x / 255) or ``"symmetric"`` ((x − 127.5) / 128).
+      normalization: ``"unit"`` (x / 255), ``"symmetric"`` ((x − 127.5) / 128) or
+        ``"arcface_torch"`` ((x − 127.5) / 127.5).
       augment.flip: random horizontal flip (faces yes; digits no: a flipped
         digit is another glyph).
       augment.crop_padding: random crop of the image zero-padded by this many

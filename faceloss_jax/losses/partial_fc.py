@@ -23,8 +23,6 @@ all devices' samples, which is again contiguous per device: pass the sampled blo
 labels to any angular loss with the same ``class_axis_name``.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -51,10 +49,21 @@ def class_block_size(num_classes: int, num_shards: int) -> int:
 
 
 def num_sampled(num_classes: int, sample_rate: float, batch_size: int) -> int:
-    """The static sample size: ⌈r·C⌉, but at least min(B, C) so every positive fits."""
+    """The static sample size: ``int(r·C)`` as arcface_torch counts it, raised to
+    min(B, C) so that every positive of the batch fits in a static shape.
+
+    arcface_torch (``PartialFC_V2``) samples ``int(sample_rate * num_local)`` classes and,
+    when a batch has more distinct positives than that, all of its positives (a dynamic
+    size); a static shape must hold the worst case, B positives. Truncation, not
+    rounding up: 0.07 · 10000 is 700.0000000000001 in floating point and gives 700.
+
+    Example:
+      >>> num_sampled(10000, 0.07, 128), num_sampled(1000, 0.1, 512)
+      (700, 512)
+    """
     if not 0.0 < sample_rate <= 1.0:
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-    return min(num_classes, max(math.ceil(sample_rate * num_classes), batch_size))
+    return min(num_classes, max(int(sample_rate * num_classes), batch_size))
 
 
 def sample_classes(

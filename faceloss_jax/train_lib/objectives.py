@@ -42,8 +42,8 @@ CLASSIFIERS = ("none", "linear", "normalized", "subcenter")
 # The layouts a loss can run in (config.loss.chunk_size, config.loss.class_sharded,
 # and scoring the global batch on every device).
 LAYOUTS = frozenset({"chunked", "class_sharded", "data_parallel"})
-# config.loss fields that choose a layout, not the loss.
-LAYOUT_KNOBS = ("chunk_size", "class_sharded")
+# config.loss fields that choose a layout, not the loss (sample_rate: Partial FC).
+LAYOUT_KNOBS = ("chunk_size", "class_sharded", "sample_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -556,6 +556,11 @@ def check_loss_config(
 
 def _check_layout(config, objective, *, num_classes, num_devices) -> None:
     chunk_size, class_sharded = config.get("chunk_size"), config.get("class_sharded", False)
+    rate = config.get("sample_rate", 1.0)
+    if not hp.real(1.0, low=0.0, high=1.0, low_open=True).accepts(rate):
+        raise ConfigError(
+            f"config.loss.sample_rate = {rate!r} is out of range; valid: (0, 1]"
+        )
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -566,12 +571,13 @@ def _check_layout(config, objective, *, num_classes, num_devices) -> None:
     for knob, used, layout in (
         ("chunk_size", chunk_size is not None, "chunked"),
         ("class_sharded", class_sharded, "class_sharded"),
+        ("sample_rate", rate < 1.0, "class_sharded"),
     ):
         if used and layout not in objective.layouts:
             raise ConfigError(
                 f"loss {config.name!r} does not support config.loss.{knob} (it changes the "
-                "non-target logits too, so it is dense only): set loss.chunk_size=None and "
-                "loss.class_sharded=False"
+                "non-target logits too, so it is dense only): set loss.chunk_size=None, "
+                "loss.class_sharded=False and loss.sample_rate=1.0"
             )
     if class_sharded and num_classes is not None and num_devices is not None:
         try:
@@ -690,8 +696,16 @@ def compute_loss(
             kwargs["axis_name"] = axis_name
         loss = jnp.mean(objective.fn(x, labels, **kwargs))
     else:
-        if "bias" in head:
-            kwargs["bias"] = head["bias"]
+        bias = head.get("bias")
+        rate = config.get("sample_rate", 1.0)
+        if rate < 1.0:
+            if key is None:
+                raise ValueError("loss.sample_rate < 1 samples classes: pass a PRNG key")
+            weights, bias, labels = _partial_fc(
+                jax.random.fold_in(key, 2), weights, bias, labels, rate, class_axis_name
+            )
+        if bias is not None:
+            kwargs["bias"] = bias
         if "chunked" in objective.layouts:
             kwargs["chunk_size"] = config.chunk_size
         if class_axis_name is not None:
@@ -702,6 +716,22 @@ def compute_loss(
     if rule.after is not None:
         loss_state = rule.after(config, loss_state, jax.lax.stop_gradient(x), labels, axis_name)
     return loss, loss_state
+
+
+def _partial_fc(key, weights, bias, labels, rate, class_axis_name):
+    """Partial FC (An et al., ICCVW 2021): the columns of a random ``int(r·C)`` sample of
+    the classes (of this device's block when class-sharded), with every positive of the
+    global batch, and this device's labels re-indexed into the sample."""
+    batch = labels.shape[0]
+    if class_axis_name is not None:
+        labels = jax.lax.all_gather(labels, class_axis_name, tiled=True)
+    classes, sampled = losses.sample_classes(
+        key, labels, weights.shape[1], sample_rate=rate, class_axis_name=class_axis_name
+    )
+    if class_axis_name is not None:
+        start = losses.engine.axis_index(class_axis_name) * batch
+        sampled = jax.lax.dynamic_slice_in_dim(sampled, start, batch)
+    return weights[:, classes], None if bias is None else bias[classes], sampled
 
 
 def classifier_weights(config: ml_collections.ConfigDict, head: Params) -> jax.Array:

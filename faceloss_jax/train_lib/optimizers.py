@@ -19,12 +19,15 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "polynomial")
 
 
+CLIP_SCOPES = ("global", "backbone")
+
+
 def decay_mask(params: Any) -> Any:
     """True for the parameters that take weight decay: kernels and class centres.
 
     Biases, batch-norm scales and offsets and PReLU slopes are 1-D (or scalars) and are
-    not decayed, as in the reference face recognition trainers and big_vision's
-    default; convolution and dense kernels and the classifier W (d, C) are.
+    not decayed, as in big_vision's default; convolution and dense kernels and the
+    classifier W (d, C) are. (arcface_torch decays every parameter: ``decay_all``.)
 
     Args:
       params: a pytree of arrays.
@@ -107,7 +110,10 @@ def create_learning_rate_schedule(
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate: optax.Schedule
 ) -> optax.GradientTransformation:
-    """The optimizer that ``config.name`` names, with decay on ``decay_mask`` only.
+    """The optimizer that ``config.name`` names, with decay on ``decay_mask`` only
+    (every parameter with ``config.decay_all``, as arcface_torch's SGD), accumulating
+    ``config.grad_accum_steps`` micro-batches per update (``optax.MultiSteps``: the mean
+    of their gradients, the update of one batch that many times larger).
 
     ``sgd``: PyTorch's SGD, ``v ← μv + (g + λw)``, ``w ← w − η·v`` (``nesterov``
     optional); ``adamw``: decoupled weight decay (Loshchilov & Hutter, ICLR 2019).
@@ -115,8 +121,9 @@ def create_optimizer(
     norm of a gradient whose classifier columns are sharded over devices.
 
     Args:
-      config: the optimizer config: ``name`` in ``OPTIMIZERS``, ``weight_decay``;
-        ``momentum``, ``nesterov`` (sgd); ``b1``, ``b2``, ``eps`` (adamw).
+      config: the optimizer config: ``name`` in ``OPTIMIZERS``, ``weight_decay``,
+        ``decay_all``, ``grad_accum_steps``; ``momentum``, ``nesterov`` (sgd); ``b1``,
+        ``b2``, ``eps`` (adamw).
       learning_rate: a schedule (see ``create_learning_rate_schedule``).
 
     Returns:
@@ -125,18 +132,31 @@ def create_optimizer(
     Raises:
       ValueError: for an unknown name.
     """
+    mask = (lambda params: jax.tree.map(lambda _: True, params)) if config.get(
+        "decay_all", False
+    ) else decay_mask
     if config.name == "sgd":
-        return optax.chain(
-            optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        tx = optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=mask),
             optax.sgd(learning_rate, momentum=config.momentum, nesterov=config.nesterov),
         )
-    if config.name == "adamw":
-        return optax.adamw(
+    elif config.name == "adamw":
+        tx = optax.adamw(
             learning_rate,
             b1=config.b1,
             b2=config.b2,
             eps=config.eps,
             weight_decay=config.weight_decay,
-            mask=decay_mask,
+            mask=mask,
         )
-    raise ConfigError(f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    else:
+        raise ConfigError(
+            f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}"
+        )
+    accumulate = config.get("grad_accum_steps", 1)
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError(
+            f"config.optimizer.grad_accum_steps = {accumulate!r} is out of range; valid: an "
+            "integer ≥ 1"
+        )
+    return tx if accumulate == 1 else optax.MultiSteps(tx, every_k_schedule=accumulate)

@@ -1,0 +1,201 @@
+"""arcface_torch's training knobs: Partial FC from the config, gradient accumulation,
+backbone-only clipping, decay of every parameter, the straight-through ArcFace, and the
+face recipe that carries them."""
+
+import importlib
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_train import NUM_CLASSES, make_step, mesh_of, run_steps, tiny_batch, tiny_config
+
+from faceloss_jax import losses, train
+from faceloss_jax.train_lib import objectives, optimizers
+
+
+def test_sample_size_follows_arcface_torch():
+    """``int(r·C)`` (arcface_torch's PartialFC_V2), no floating-point off-by-one, raised to
+    the batch only where a static shape needs room for every positive."""
+    assert 0.07 * 10000 > 700  # 700.0000000000001
+    assert losses.num_sampled(10000, 0.07, 128) == 700
+    assert losses.num_sampled(100, 0.29, 4) == int(0.29 * 100) == 28
+    assert losses.num_sampled(1000, 0.1, 512) == 512  # B positives must fit
+    assert losses.num_sampled(8, 0.5, 64) == 8
+
+
+def _partial_fc_config(rate: float, class_sharded: bool):
+    config = tiny_config("arcface")
+    config.loss.update(scale=8.0, margin=0.2, sample_rate=rate, class_sharded=class_sharded)
+    return config
+
+
+def test_sample_rate_one_is_the_dense_head():
+    x = jax.random.normal(jax.random.key(0), (8, 4))
+    y = np.arange(8) % NUM_CLASSES
+    dense = _partial_fc_config(1.0, False)
+    head, state = objectives.init_head(
+        dense.loss, jax.random.key(1), embedding_dim=4, num_classes=NUM_CLASSES
+    )
+    value, _ = objectives.compute_loss(dense.loss, head, state, x, y, step=0)
+    expected = losses.arcface(x, head["weights"], y, scale=8.0, margin=0.2).mean()
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_partial_fc_scores_the_sampled_columns():
+    """Rate < 1 on one device: the loss of the sampled columns with re-indexed labels."""
+    x = jax.random.normal(jax.random.key(0), (4, 4))
+    y = np.array([0, 1, 2, 3])
+    config = _partial_fc_config(0.5, False)
+    head, state = objectives.init_head(config.loss, jax.random.key(1), embedding_dim=4,
+                                       num_classes=16)
+    key = jax.random.key(3)
+    value, _ = objectives.compute_loss(config.loss, head, state, x, y, step=0, key=key)
+    classes, sampled = losses.sample_classes(jax.random.fold_in(key, 2), y, 16, sample_rate=0.5)
+    assert classes.shape == (8,)
+    w = head["weights"][:, classes]
+    np.testing.assert_allclose(
+        value, losses.arcface(x, w, sampled, scale=8.0, margin=0.2).mean(), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="pass a PRNG key"):
+        objectives.compute_loss(config.loss, head, state, x, y, step=0)
+
+
+def test_partial_fc_trains_class_sharded_on_eight_devices():
+    config = _partial_fc_config(0.5, True)
+    config.dataset.num_identities = 32  # 4 classes a device, 2 of them sampled
+    mesh = mesh_of(8)
+    batch = tiny_batch(16)
+    batch["label"] = (np.arange(16) * 2) % 32
+    model_state, step = make_step(config, mesh, "shard_map")
+    state, history = run_steps(model_state, step, batch, mesh, "shard_map", 3)
+    losses_seen = [float(h["loss"]) for h in history]
+    assert np.all(np.isfinite(losses_seen)) and losses_seen[-1] < losses_seen[0]
+
+
+def test_sample_rate_is_checked_from_the_record():
+    config = tiny_config("arcface")
+    config.loss.sample_rate = 0.0
+    with pytest.raises(objectives.ConfigError, match=r"sample_rate = 0.0 is out of range; "
+                                                     r"valid: \(0, 1\]"):
+        train.check_config(config, num_devices=1)
+    circle = tiny_config("circle")
+    circle.loss.sample_rate = 0.5
+    with pytest.raises(objectives.ConfigError, match="does not support config.loss.sample_rate"):
+        train.check_config(circle, num_devices=1)
+
+
+def test_gradient_accumulation_is_one_big_batch():
+    """k micro-batches through optax.MultiSteps: one update with their mean gradient."""
+    config = tiny_config().optimizer
+    config.update(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    grads = [jax.tree.map(lambda p, i=i: jnp.cos(p + i), params) for i in range(2)]
+    big = optimizers.create_optimizer(config, optax.constant_schedule(0.1))
+    updates, _ = big.update(jax.tree.map(lambda a, b: (a + b) / 2, *grads), big.init(params),
+                            params)
+    expected = optax.apply_updates(params, updates)
+    config.grad_accum_steps = 2
+    tx = optimizers.create_optimizer(config, optax.constant_schedule(0.1))
+    state, current = tx.init(params), params
+    for g in grads:
+        updates, state = tx.update(g, state, current)
+        current = optax.apply_updates(current, updates)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), current, expected)
+    config.grad_accum_steps = 0
+    with pytest.raises(objectives.ConfigError, match="grad_accum_steps = 0"):
+        optimizers.create_optimizer(config, optax.constant_schedule(0.1))
+
+
+def test_backbone_clipping_leaves_the_head_alone():
+    config = tiny_config().optimizer
+    config.update(grad_clip_norm=5.0, clip_scope="backbone")
+    grads = {"backbone": {"k": jnp.full((4,), 10.0)}, "head": {"weights": jnp.full((3,), 7.0)}}
+    norm = jnp.sqrt(400.0 + 147.0)
+    clipped = train._clip(grads, norm, config, class_sharded=False)
+    np.testing.assert_allclose(jnp.linalg.norm(clipped["backbone"]["k"]), 5.0, rtol=1e-6)
+    np.testing.assert_array_equal(clipped["head"]["weights"], grads["head"]["weights"])
+    config.clip_scope = "global"
+    clipped = train._clip(grads, norm, config, class_sharded=False)
+    total = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(clipped)))
+    np.testing.assert_allclose(total, 5.0, rtol=1e-6)
+
+
+def test_decay_all_decays_every_parameter():
+    config = tiny_config().optimizer
+    config.update(name="sgd", learning_rate=1.0, momentum=0.0, weight_decay=0.1)
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    for decay_all, bias_after in ((False, 1.0), (True, 0.9)):
+        config.decay_all = decay_all
+        tx = optimizers.create_optimizer(config, optax.constant_schedule(1.0))
+        updates, _ = tx.update(zero, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(new["bias"], bias_after)
+        np.testing.assert_allclose(new["kernel"], 0.9)
+
+
+def _straight_through_reference(x, w, y, s, m):
+    """Current arcface_torch's ArcFace in float64: value with target s·cos(θ_y + m), no
+    fallback; gradient with the margin under no_grad (d logit / d cos = s everywhere)."""
+    xn = np.linalg.norm(x, axis=1, keepdims=True)
+    wn = np.linalg.norm(w, axis=0, keepdims=True)
+    cos = (x @ w) / (xn * wn)
+    rows = np.arange(len(y))
+    logits = s * cos.copy()
+    logits[rows, y] = s * np.cos(np.arccos(cos[rows, y]) + m)
+    top = logits.max(axis=1, keepdims=True)
+    p = np.exp(logits - top) / np.exp(logits - top).sum(axis=1, keepdims=True)
+    loss = -np.log(p[rows, y])
+    dcos = s * (p - np.eye(w.shape[1])[y])  # dL/dcos_ij, the straight-through chain
+    x_hat, w_hat = x / xn, w / wn
+    dx = (dcos @ w_hat.T - np.sum(dcos * cos, axis=1, keepdims=True) * x_hat) / xn
+    dw = (x_hat.T @ dcos - w_hat * np.sum(dcos * cos, axis=0, keepdims=True)) / wn
+    return loss, dx, dw
+
+
+def test_straight_through_arcface_is_current_arcface_torch(x64):
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(6, 5)), rng.normal(size=(5, 7))
+    y = np.array([0, 1, 2, 3, 4, 5])
+    w[:, 5] = -x[5]  # θ_y = π: past π − m, where the default falls back
+    s, m = 16.0, 0.5
+    loss, dx, dw = _straight_through_reference(x, w, y, s, m)
+
+    def total(x, w):
+        return losses.arcface(x, w, y, scale=s, margin=m, straight_through=True).sum()
+
+    np.testing.assert_allclose(
+        losses.arcface(x, w, y, scale=s, margin=m, straight_through=True), loss, rtol=1e-9
+    )
+    gx, gw = jax.grad(total, argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(gx, dx, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(gw, dw, rtol=1e-7, atol=1e-9)
+    # The default (InsightFace/PML) is unchanged: it falls back past π − m.
+    default = losses.arcface(x, w, y, scale=s, margin=m)
+    np.testing.assert_allclose(default[:5], loss[:5], rtol=1e-9)
+    assert not np.isclose(default[5], loss[5])
+    chunked = losses.combined_margin(x, w, y, scale=s, m2=m, straight_through=True, chunk_size=3)
+    np.testing.assert_allclose(chunked, loss, rtol=1e-9)
+
+
+def test_the_face_recipe_carries_arcface_torch_knobs():
+    for name in ("softmax", "sphereface", "cosface", "arcface", "combined", "adaface"):
+        config = importlib.import_module(f"configs.{name}").get_config("face")
+        optimizer = config.optimizer
+        assert (optimizer.name, optimizer.learning_rate, optimizer.momentum) == ("sgd", 0.1, 0.9)
+        assert (optimizer.grad_clip_norm, optimizer.clip_scope) == (5.0, "backbone")
+        assert optimizer.decay_all and optimizer.weight_decay == 5e-4
+        assert config.dataset.normalization == "arcface_torch" and config.half_precision
+        assert config.model.name == "iresnet50" and config.batch_size == 128
+        assert config.loss.get("sample_rate", 1.0) == 1.0
+    arcface = importlib.import_module("configs.arcface").get_config("face").loss
+    assert (arcface.scale, arcface.margin) == (64.0, 0.5)
+    combined = importlib.import_module("configs.combined").get_config("face").loss
+    assert (combined.m1, combined.m2, combined.m3) == (1.0, 0.3, 0.2)
+    assert math.isclose(
+        np.asarray(importlib.import_module("faceloss_jax.data.config").NORMALIZATIONS[
+            "arcface_torch"]).prod(), 127.5 * 127.5
+    )
