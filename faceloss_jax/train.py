@@ -563,6 +563,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train=True,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        # Offline triplet mining trains on each mined batch until the next refresh.
+        repeat_batches=objectives.held_batches(config.loss, config.batch_size),
     )
     eval_data = load_eval_data(config)
 

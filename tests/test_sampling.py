@@ -1,10 +1,14 @@
 """Tests of the P×K sampler (data.sampling) and offline triplet mining (losses.mining)."""
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
+from configs import default
 from faceloss_jax import data
 from faceloss_jax.data import recordio, sampling
+from faceloss_jax.losses import mining
+from faceloss_jax.train_lib import objectives
 from faceloss_jax.train_lib.hyperparameters import ConfigError
 
 
@@ -171,3 +175,104 @@ def test_mnist_identity_index_groups_the_labels():
     index = data.SOURCES["mnist"].identity_index(source)
     assert [len(i) for i in index] == [400] * 7
     assert {source[int(i)]["label"] for i in index[3][:5]} == {3}
+
+
+# -- Offline mining -------------------------------------------------------------------
+
+
+def _brute_force_selection(x, y, margin, rule):
+    """FaceNet's selection by loops: for each pair (a, p) the negative of the rule."""
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    n = len(y)
+    negative, selected = np.zeros((n, n), int), np.zeros((n, n), bool)
+    for a in range(n):
+        for p in range(n):
+            if a == p or y[a] != y[p]:
+                continue
+            negatives = [j for j in range(n) if y[j] != y[a]]
+            if rule == "semi_hard":
+                negatives = [j for j in negatives if d[a, p] < d[a, j] < d[a, p] + margin]
+            if not negatives:
+                continue
+            j = min(negatives, key=lambda j: (d[a, j], j))
+            negative[a, p] = j
+            selected[a, p] = rule == "semi_hard" or d[a, p] - d[a, j] + margin > 0
+    return negative, selected
+
+
+@pytest.mark.parametrize("rule", mining.RULES)
+def test_offline_selection_equals_the_brute_force_reference(rule):
+    # Hand-made: identity 0 with a semi-hard (id 1, first point) and a hard negative
+    # (id 1, second point); identity 2 far away (easy).
+    hand = np.array(
+        [[0.0, 0.0], [0.3, 0.0], [0.35, 0.1], [0.1, 0.05], [3.0, 3.0], [3.0, 3.2]], np.float32
+    )
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    rng = np.random.default_rng(0)
+    sets = [(hand, labels, 0.2)]
+    sets += [
+        (rng.normal(size=(12, 3)).astype(np.float32), rng.integers(0, 4, 12), 0.5) for _ in range(5)
+    ]
+    for x, y, margin in sets:
+        negative, selected = mining.select_triplets(x, y, margin=margin, rule=rule)
+        ref_negative, ref_selected = _brute_force_selection(x, y, margin, rule)
+        np.testing.assert_array_equal(np.asarray(selected), ref_selected)
+        np.testing.assert_array_equal(
+            *(np.where(ref_selected, n, 0) for n in (negative, ref_negative))
+        )
+    selected = mining.select_triplets(hand, labels, margin=0.2, rule=rule)[1]
+    expected = {"semi_hard": [(0, 1), (2, 3)], "hard": [(0, 1), (1, 0), (2, 3), (3, 2)]}[rule]
+    assert [tuple(a) for a in np.argwhere(np.asarray(selected))] == expected
+
+
+def _offline_config(every_steps=3, subset_size=8):
+    return default.loss_config(
+        "triplet", mining="offline", every_steps=every_steps, subset_size=subset_size
+    )
+
+
+def _offline_steps(config, loss_state, steps, labels):
+    """compute_loss at ``steps`` on embeddings drawn from the step; (losses, states)."""
+    losses_, states = [], []
+    for step in steps:
+        x = np.random.default_rng(step).normal(size=(len(labels), 4)).astype(np.float32)
+        loss, loss_state = objectives.compute_loss(config, {}, loss_state, x, labels, step=step)
+        losses_.append(float(loss))
+        states.append(loss_state)
+    return losses_, states
+
+
+def test_offline_refresh_every_steps_and_resume_re_creates_the_selection(tmp_path):
+    config = _offline_config()
+    labels = np.repeat(np.arange(4), 2)
+    _, state = objectives.init_head(config, None, embedding_dim=4, num_classes=4)
+    losses_, states = _offline_steps(config, state, range(8), labels)
+    for step, loss_state in enumerate(states):
+        refresh = 3 * (step // 3)  # the selection of the last refresh step
+        x = np.random.default_rng(refresh).normal(size=(8, 4)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        _, expected = _brute_force_selection(x, labels, config.margin, "semi_hard")
+        np.testing.assert_array_equal(np.asarray(loss_state["selected"]), expected)
+    assert int(states[-1]["steps"]) == 8
+    # Resume after step 4 from a checkpoint of the state: the same selection and losses.
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "ckpt", states[4])
+    checkpointer.wait_until_finished()
+    restored = checkpointer.restore(tmp_path / "ckpt", states[4])
+    resumed_losses, resumed = _offline_steps(config, restored, range(5, 8), labels)
+    assert resumed_losses == losses_[5:]
+    for a, b in zip(resumed, states[5:]):
+        np.testing.assert_array_equal(a["selected"], b["selected"])
+        np.testing.assert_array_equal(a["negative"], b["negative"])
+
+
+def test_offline_config_errors_and_held_batches():
+    assert objectives.held_batches(default.loss_config("triplet"), 64) == 1
+    assert objectives.held_batches(_offline_config(5, 64), 64) == 5
+    with pytest.raises(ConfigError, match="subset_size = 8 must equal batch_size = 64"):
+        objectives.held_batches(_offline_config(), 64)
+    with pytest.raises(ConfigError, match="set config.loss.subset_size"):
+        objectives.check_loss_config(_offline_config(subset_size=0))
+    _, state = objectives.init_head(_offline_config(), None, embedding_dim=4, num_classes=4)
+    with pytest.raises(ConfigError, match="must equal the global batch size 6"):
+        objectives.compute_loss(_offline_config(), {}, state, np.ones((6, 4)), np.arange(6), step=0)

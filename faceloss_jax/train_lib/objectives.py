@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from faceloss_jax import losses
+from faceloss_jax.losses import mining as mining_lib
 from faceloss_jax.train_lib import hyperparameters as hp
 from faceloss_jax.train_lib.hyperparameters import ConfigError
 
@@ -270,6 +271,97 @@ _XBM_MEMORY = StateRule(
     )._asdict(),
 )
 
+def triplet(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    margin: float,
+    mining: str,
+    offline_rule: str,
+    axis_name: str | None = None,
+    negative: jax.Array | None = None,
+    selected: jax.Array | None = None,
+) -> jax.Array:
+    """FaceNet's triplet loss: online in-batch mining (``losses.triplet_margin_loss``),
+    or with ``mining="offline"`` the triplets ``(a, p, negative[a, p])`` that
+    ``losses.mining.select_triplets`` selected at the last refresh (``selected``)."""
+    if mining == "offline":
+        del offline_rule  # used at the refresh (_OFFLINE_MINER)
+        return mining_lib.mined_triplet_loss(
+            embeddings,
+            labels,
+            negative=negative,
+            selected=selected,
+            margin=margin,
+            axis_name=axis_name,
+        )
+    return losses.triplet_margin_loss(
+        embeddings, labels, margin=margin, mining=mining, axis_name=axis_name
+    )
+
+
+def _check_offline(config: ml_collections.ConfigDict) -> None:
+    if config.mining == "offline" and config.subset_size < 2:
+        raise ConfigError(
+            "config.loss.mining='offline' mines the global batch: set config.loss.subset_size "
+            "to config.batch_size"
+        )
+
+
+def _offline_init(config, d, num_classes):
+    del d, num_classes
+    if config.mining != "offline":
+        return {}
+    n = config.subset_size
+    return {
+        "negative": jnp.zeros((n, n), jnp.int32),
+        "selected": jnp.zeros((n, n), bool),
+        "steps": jnp.zeros((), jnp.int32),
+    }
+
+
+def _offline_before(config, state, x, w, labels, axis_name, class_axis_name):
+    """Offline mining's refresh: every ``every_steps`` steps (``steps`` counts them) the
+    current embeddings of the global batch select the triplets of the next steps."""
+    del w, class_axis_name
+    if config.mining != "offline":
+        return state, {}
+    batch = losses.euclidean.pair_batch(x, labels, axis_name)
+    if batch.others.shape[0] != config.subset_size:
+        raise ConfigError(
+            f"config.loss.subset_size = {config.subset_size} must equal the global batch "
+            f"size {batch.others.shape[0]} (offline mining mines the global batch)"
+        )
+    negative, selected = jax.lax.cond(
+        state["steps"] % config.every_steps == 0,
+        lambda: mining_lib.select_triplets(
+            batch.others, batch.other_labels, margin=config.margin, rule=config.offline_rule
+        ),
+        lambda: (state["negative"], state["selected"]),
+    )
+    new_state = {"negative": negative, "selected": selected, "steps": state["steps"] + 1}
+    return new_state, {"negative": negative, "selected": selected}
+
+
+# Offline triplet mining: the triplets of the last refresh, in the (checkpointed) state.
+_OFFLINE_MINER = StateRule(init=_offline_init, before=_offline_before)
+
+
+def held_batches(config: ml_collections.ConfigDict, batch_size: int) -> int:
+    """Consecutive steps each global batch is served (``data.create_iterator``'s
+    ``repeat_batches``): ``every_steps`` for offline triplet mining, which trains on the
+    mined batch until the next refresh; 1 otherwise. ConfigError when offline mining's
+    ``subset_size`` is not ``batch_size``."""
+    if config.name not in ("triplet", "triplet_margin_loss") or config.mining != "offline":
+        return 1
+    if config.subset_size != batch_size:
+        raise ConfigError(
+            f"config.loss.subset_size = {config.subset_size} must equal batch_size = "
+            f"{batch_size}: offline mining mines the global batch"
+        )
+    return config.every_steps
+
+
 # ------------------------------------------------------------------------------------
 # The table.
 # ------------------------------------------------------------------------------------
@@ -295,14 +387,13 @@ OBJECTIVES: dict[str, Objective] = {
         aliases=("deepid2",),
     ),
     "triplet": Objective(
-        losses.triplet_margin_loss,
-        "triplet loss, online mining (FaceNet, Schroff et al., CVPR 2015)",
-        {"margin": _PAIR_MARGIN, "mining": _MINING},
-        classifier="none",
-        layouts=frozenset({"data_parallel"}),
-        unit_embeddings=True,
-        aliases=("triplet_margin_loss",),
-    ),
+        triplet,
+        "triplet loss, online or offline mining (FaceNet, Schroff et al., CVPR 2015)",
+        {
+            "margin": _PAIR_MARGIN,
+            "mining": hp.choice(
+                "batch_all", (*losses.MININGS, "offline"), "in-batch online, or offline mining"
+            ),
     "center": Objective(
         losses.softmax_cross_entropy,
         "softmax + λ·center loss (Wen et al., ECCV 2016)",
