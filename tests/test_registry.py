@@ -291,3 +291,27 @@ def test_every_face_config_builds_its_model_and_state_from_the_command_line():
 def test_dataclass_records_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         objectives.OBJECTIVES["arcface"].classifier = "linear"
+
+
+def _flatten(images):
+    return images.reshape(images.shape[0], -1)
+
+
+def test_evaluation_of_a_subsample_that_misses_classes():
+    """``--config.eval.max_examples`` can leave classes without a test sample: their
+    centres are left out instead of crashing in ``class_means`` (issue 13, item 8)."""
+    from jax.tree_util import Partial
+
+    from faceloss_jax import evaluation
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 3, 3, 5, 5, 5, 9])  # classes 1, 2, 4, 6, 7, 8 missing
+    centres = rng.normal(size=(10, 1, 1, 6))
+    images = (centres[labels] + 0.1 * rng.normal(size=(8, 1, 1, 6))).astype(np.float32)
+    metrics = evaluation.evaluate_run(
+        Partial(_flatten), test_images=images, test_labels=labels, open_images=images,
+        open_labels=labels, plot=False, num_pairs=8, n_folds=2, batch_size=8,
+    )
+    # Nearest of the 4 present centres (leave-one-out; class 9's lone sample cannot be).
+    assert metrics["closed_set_accuracy"] == pytest.approx(7 / 8)
+    assert np.isfinite(metrics["l_inter"]) and np.isfinite(metrics["feature_norm_mean"])
