@@ -14,9 +14,14 @@ The field's benchmarks, for a run or a converted backbone (``faceloss_jax.conver
 ``--ijb``: IJB-B/C 1:1 TAR@FAR = 1e-6 … 1e-1 (and 1:N rank-1, TPIR@FPIR when the
 release has the gallery/probe files) by arcface_torch's protocol
 (``evaluation.ijb``), written to ``<workdir>/eval/ijb/`` with the ROC figure.
-``--bins``: 10-fold accuracy ± std of ``.bin`` pair sets (LFW, CFP-FP, AgeDB-30) with
-flip TTA, written to ``<workdir>/eval/verification_bins.json`` (whose LFW threshold
-``faceloss_jax.embed`` uses).
+``--bins``: each ``.bin`` pair set (LFW, CFP-FP, AgeDB-30) as arcface_torch's
+verification callback evaluates it (``evaluation.evaluate_pair_set``: flip TTA, 10-fold
+accuracy ± std by InsightFace's thresholds unless ``--threshold=exact``, XNorm, VAL@FAR
+with the FAR achieved), written to ``<workdir>/eval/verification_bins.json`` (whose LFW
+threshold ``faceloss_jax.embed`` uses). On a training run it uses the run's image size,
+normalization, ``eval.batch_size``, ``eval.n_folds`` and ``eval.threshold``, so it gives
+the numbers the run logged (``<name>_accuracy`` … in ``metrics.jsonl``) for the same
+checkpoint.
 """
 
 import functools
@@ -25,7 +30,6 @@ from collections.abc import Sequence
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app, flags
 from etils import epath
 from jax.tree_util import Partial
@@ -43,8 +47,21 @@ _CONFIG = config_flags.DEFINE_config_file(
 _IJB = flags.DEFINE_string("ijb", None, "An IJB-B/C release folder (meta/, loose_crop/).")
 _IJB_SET = flags.DEFINE_enum("ijb_set", "IJBC", list(evaluation.ijb.IJB_SETS), "IJBB or IJBC.")
 _BINS = flags.DEFINE_list("bins", None, "Verification .bin pair sets (lfw.bin, cfp_fp.bin, ...).")
-_N_FOLDS = flags.DEFINE_integer("n_folds", 10, "Folds of the --bins protocol (10 for LFW).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Faces per step for --ijb / --bins.")
+_N_FOLDS = flags.DEFINE_integer(
+    "n_folds", None, "Folds of the --bins protocol; default: the run's eval.n_folds, else 10."
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size",
+    None,
+    "Faces per step for --ijb / --bins; default: the run's eval.batch_size, else 128.",
+)
+_THRESHOLD = flags.DEFINE_enum(
+    "threshold",
+    None,
+    list(evaluation.THRESHOLD_MODES),
+    "Thresholds of the --bins 10-fold protocol: insightface (the papers' numbers) or exact; "
+    "default: the run's eval.threshold, else insightface.",
+)
 
 
 def load_run_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
@@ -78,7 +95,7 @@ def evaluate_checkpoint(
         model,
         jax.random.PRNGKey(config.seed),
         num_classes=data.num_classes(config.dataset),
-        image_shape=eval_data["test"][0].shape[1:],
+        image_shape=train.input_shape(config),
         learning_rate_fn=optimizers.create_learning_rate_schedule(
             config.optimizer, num_train_steps=config.num_train_steps
         ),
@@ -124,24 +141,58 @@ def evaluate_ijb(
 
 
 def evaluate_bins(
-    workdir: epath.PathLike, paths: Sequence[str], *, batch_size: int = 128, n_folds: int = 10
-) -> dict[str, dict[str, float]]:
-    """10-fold verification of ``.bin`` pair sets (flip TTA, cosine, exact thresholds);
-    results in ``<workdir>/eval/verification_bins.json``, keyed by file stem."""
+    workdir: epath.PathLike,
+    paths: Sequence[str],
+    *,
+    batch_size: int | None = None,
+    n_folds: int | None = None,
+    threshold: str | None = None,
+) -> dict[str, dict[str, float | str]]:
+    """Each ``.bin`` pair set as arcface_torch's verification callback evaluates it.
+
+    The backbone (of a run's newest checkpoint, or a converted one) runs in float32 on
+    images decoded at the run's ``dataset.image_size`` (a converted backbone: its
+    model's input size), preprocessed as in training; ``evaluation.evaluate_pair_set``
+    gives accuracy ± std (10-fold, flip TTA), XNorm and VAL@FAR. Results go to
+    ``<workdir>/eval/verification_bins.json``, keyed by file stem.
+
+    Args:
+      workdir: a training run or a converted backbone.
+      paths: the ``.bin`` files.
+      batch_size, n_folds, threshold: default: the run's ``config.eval`` values (as
+        during training), else 128, 10 and ``"insightface"``.
+
+    Raises:
+      FileNotFoundError: a ``.bin`` is missing (all missing files are named).
+    """
+    missing = [str(path) for path in paths if not epath.Path(path).exists()]
+    if missing:
+        raise FileNotFoundError(f"verification .bin not found: {', '.join(missing)}")
     backbone = weights.load_backbone(workdir)
-    size = models.input_shape(backbone.model_config["name"])[0]
+    run = epath.Path(workdir) / "config.json"
+    run_config = load_run_config(workdir) if run.exists() else None
+    if run_config is not None:
+        size, channels = run_config.dataset.image_size, run_config.dataset.channels
+        run_eval = run_config.eval
+    else:
+        size, channels = models.input_shape(backbone.model_config["name"])[::2]
+        run_eval = ml_collections.ConfigDict()
+    batch_size = batch_size or run_eval.get("batch_size", 128)
+    n_folds = n_folds or run_eval.get("n_folds", 10)
+    threshold = threshold or run_eval.get("threshold", "insightface")
     results = {}
     for path in paths:
-        pairs = data.read_verification_bin(path, image_size=size)
-        embeddings = evaluation.extract_embeddings(
-            _embed_fn(backbone), backbone.preprocess(pairs.images), batch_size=batch_size
+        pairs = data.read_verification_bin(path, image_size=size, channels=channels)
+        report = evaluation.evaluate_pair_set(
+            _embed_fn(backbone),
+            pairs.images,
+            pairs.issame,
+            preprocess=backbone.preprocess,
+            n_folds=n_folds,
+            threshold=threshold,
+            batch_size=batch_size,
         )
-        report = evaluation.verification_report(
-            embeddings[0::2], embeddings[1::2], pairs.issame, n_folds=n_folds
-        )
-        results[epath.Path(path).stem] = {
-            k: v for k, v in report.items() if not isinstance(v, np.ndarray)
-        }
+        results[epath.Path(path).stem] = {**report, "protocol": threshold, "n_folds": n_folds}
     eval_dir = epath.Path(workdir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     (eval_dir / "verification_bins.json").write_text(json.dumps(results, indent=2))
@@ -155,16 +206,22 @@ def main(argv: Sequence[str]) -> None:
     if _IJB.value or _BINS.value:
         if _BINS.value:
             for name, report in evaluate_bins(
-                _WORKDIR.value, _BINS.value, batch_size=_BATCH_SIZE.value, n_folds=_N_FOLDS.value
+                _WORKDIR.value,
+                _BINS.value,
+                batch_size=_BATCH_SIZE.value,
+                n_folds=_N_FOLDS.value,
+                threshold=_THRESHOLD.value,
             ).items():
                 print(
                     f"{name}: accuracy {100 * report['accuracy']:.2f} ± "
-                    f"{100 * report['accuracy_std']:.2f} % (cosine threshold "
-                    f"{report['threshold']:.4f})"
+                    f"{100 * report['accuracy_std']:.2f} % ({report['n_folds']}-fold, flip, "
+                    f"{report['protocol']} thresholds; cosine threshold "
+                    f"{report['threshold']:.4f}), XNorm {report['xnorm']:.4f}, VAL "
+                    f"{100 * report['val']:.2f} % @ FAR {100 * report['far']:.3f} %"
                 )
         if _IJB.value:
             metrics = evaluate_ijb(
-                _WORKDIR.value, _IJB.value, _IJB_SET.value, batch_size=_BATCH_SIZE.value
+                _WORKDIR.value, _IJB.value, _IJB_SET.value, batch_size=_BATCH_SIZE.value or 128
             )
             print(evaluation.ijb.format_table(metrics, _IJB_SET.value))
         return

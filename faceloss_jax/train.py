@@ -381,61 +381,196 @@ def _inference_apply(model: nn.Module) -> Callable:
     return functools.partial(model.apply, train=False)
 
 
-def load_eval_data(config: ml_collections.ConfigDict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The evaluation sets: ``"test"`` (training classes) and ``"open"`` (held-out ones)."""
-    return {
-        "test": load_split(config, config.eval.test_split),
-        "open": load_split(config, config.eval.open_split),
-    }
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """The (H, W, C) of the backbone's inputs: ``config.dataset``'s image size and channels."""
+    size = config.dataset.image_size
+    return (size, size, config.dataset.channels)
+
+
+def has_closed_set(config: ml_collections.ConfigDict) -> bool:
+    """Whether the source has the ``eval.test_split`` and ``eval.open_split`` splits
+    (an InsightFace folder has only "train": it is evaluated on its ``.bin`` targets)."""
+    splits = data.sources.get(config.dataset.name).splits
+    return config.eval.test_split in splits and config.eval.open_split in splits
+
+
+def val_target_paths(config: ml_collections.ConfigDict) -> dict[str, epath.Path]:
+    """``{name: <dir>/<name>.bin}`` of ``config.eval.val_targets`` (entries may also be
+    comma-separated lists), ``<dir>`` being ``config.eval.val_dir`` or else the dataset
+    folder ``config.dataset.path``.
+
+    Raises:
+      ConfigError: targets are set but no folder is known.
+      FileNotFoundError: a ``.bin`` is missing (every missing file is named).
+    """
+    names = [
+        name.strip()
+        for entry in config.eval.get("val_targets", ())
+        for name in str(entry).split(",")
+        if name.strip()
+    ]
+    if not names:
+        return {}
+    directory = config.eval.get("val_dir") or config.dataset.get("path")
+    if not directory:
+        raise objectives.ConfigError(
+            f"config.eval.val_targets={tuple(names)} needs config.eval.val_dir (or "
+            "config.dataset.path) to name the folder holding their .bin files"
+        )
+    paths = {name: epath.Path(directory) / f"{name}.bin" for name in names}
+    missing = [str(path) for path in paths.values() if not path.exists()]
+    if missing:
+        present = sorted(p.name for p in epath.Path(directory).glob("*.bin"))
+        raise FileNotFoundError(
+            f"verification target(s) not found: {', '.join(missing)} (config.eval.val_targets="
+            f"{tuple(names)}; .bin files in {directory}: {', '.join(present) or 'none'}). "
+            "Set config.eval.val_dir, or drop them from config.eval.val_targets."
+        )
+    return paths
+
+
+def load_eval_data(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The evaluation sets.
+
+    ``"test"`` (training classes) and ``"open"`` (held-out ones) when the source has
+    those splits (``has_closed_set``); ``"targets"``: ``{name: data.PairSet}`` of the
+    ``.bin`` verification targets (``val_target_paths``), decoded at
+    ``config.dataset.image_size``. Missing target files fail here, at the start of a
+    run, not at its first evaluation.
+    """
+    paths = val_target_paths(config)
+    eval_data = {}
+    if has_closed_set(config):
+        eval_data["test"] = load_split(config, config.eval.test_split)
+        eval_data["open"] = load_split(config, config.eval.open_split)
+    if paths:
+        eval_data["targets"] = {
+            name: data.read_verification_bin(
+                path, image_size=config.dataset.image_size, channels=config.dataset.channels
+            )
+            for name, path in paths.items()
+        }
+    return eval_data
+
+
+def evaluation_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The backbone in float32 for the verification targets, as arcface_torch evaluates
+    (outside autocast) and as ``faceloss_jax.evaluate --bins`` rebuilds it from the
+    run's ``config.json``."""
+    return models.create_model(config.model.to_dict())
+
+
+def evaluate_targets(
+    config: ml_collections.ConfigDict,
+    variables: Mapping[str, Any],
+    targets: Mapping[str, data.PairSet],
+) -> dict[str, float]:
+    """``<name>_accuracy``, ``_accuracy_std``, ``_xnorm``, ``_val``, ``_far`` of each
+    verification target (``evaluation.evaluate_pair_set``: flip TTA, 10-fold protocol in
+    ``config.eval.threshold`` mode, float32 backbone)."""
+    embed_fn = Partial(_inference_apply(evaluation_model(config)), variables)
+    preprocess = functools.partial(data.normalize, normalization=config.dataset.normalization)
+    metrics = {}
+    for name, pairs in targets.items():
+        report = evaluation.evaluate_pair_set(
+            embed_fn,
+            pairs.images,
+            pairs.issame,
+            preprocess=preprocess,
+            n_folds=config.eval.n_folds,
+            threshold=config.eval.get("threshold", "insightface"),
+            batch_size=config.eval.batch_size,
+        )
+        metrics |= {f"{name}_{key}": report[key] for key in TARGET_KEYS}
+    return metrics
+
+
+# The numbers logged per verification target (and ``<name>_best``, by the loop).
+TARGET_KEYS = ("accuracy", "accuracy_std", "xnorm", "val", "far")
 
 
 def evaluate(
     config: ml_collections.ConfigDict,
     model: nn.Module,
     state: TrainState,
-    eval_data: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    eval_data: Mapping[str, Any],
     *,
     workdir: epath.PathLike | None,
     step: int,
 ) -> dict[str, float]:
-    """Closed-set accuracy, open-set verification and geometry of the current model.
+    """Closed-set accuracy, open-set verification, geometry and the verification targets.
 
-    Runs ``evaluation.evaluate_run`` on ``eval_data["test"]`` (the training classes)
-    and ``eval_data["open"]`` (held-out identities) on every process (each on its
-    local devices, from a host copy of the variables); process 0 writes the figures
-    and ``<workdir>/eval/step_<step>.json``. Closed-set accuracy uses the classifier
-    (cosine for the normalized losses), or nearest class centres for the triplet loss.
+    With ``eval_data["test"]`` and ``["open"]``: ``evaluation.evaluate_run`` on the
+    training classes and held-out identities. With ``eval_data["targets"]``: each
+    ``.bin`` set as arcface_torch's verification callback (``evaluate_targets``). It
+    runs on every process (each on its local devices, from a host copy of the
+    variables); process 0 writes the figures and ``<workdir>/eval/step_<step>.json``.
+    Closed-set accuracy uses the classifier (cosine for the normalized losses), or
+    nearest class centres for the triplet loss.
     """
     host = multihost_utils.process_allgather(
         {"params": state.params, "batch_stats": state.batch_stats}, tiled=True
     )
     variables = {"params": host["params"]["backbone"], "batch_stats": host["batch_stats"]}
-    weights = None
-    if objectives.has_classifier(config.loss):
-        weights = np.asarray(objectives.classifier_weights(config.loss, host["params"]["head"]))
     write = workdir is not None and jax.process_index() == 0
-    (test_images, test_labels), (open_images, open_labels) = eval_data["test"], eval_data["open"]
-    metrics = evaluation.evaluate_run(
-        Partial(_inference_apply(model), variables),
-        test_images=test_images,
-        test_labels=test_labels,
-        open_images=open_images,
-        open_labels=open_labels,
-        weights=weights,
-        workdir=str(workdir) if write else None,
-        step=step,
-        seed=config.seed,
-        plot=config.eval.plot,
-        num_pairs=config.eval.num_pairs,
-        n_folds=config.eval.n_folds,
-        flip=config.eval.flip,
-        batch_size=config.eval.batch_size,
-    )
+    metrics = {}
+    if "test" in eval_data:
+        head, weights = host["params"]["head"], None
+        if objectives.has_classifier(config.loss):
+            weights = np.asarray(objectives.classifier_weights(config.loss, head))
+        (test_images, test_labels), (open_images, open_labels) = (
+            eval_data["test"],
+            eval_data["open"],
+        )
+        metrics |= evaluation.evaluate_run(
+            Partial(_inference_apply(model), variables),
+            test_images=test_images,
+            test_labels=test_labels,
+            open_images=open_images,
+            open_labels=open_labels,
+            weights=weights,
+            workdir=str(workdir) if write else None,
+            step=step,
+            seed=config.seed,
+            plot=config.eval.plot,
+            num_pairs=config.eval.num_pairs,
+            n_folds=config.eval.n_folds,
+            flip=config.eval.flip,
+            batch_size=config.eval.batch_size,
+        )
+    if eval_data.get("targets"):
+        metrics |= evaluate_targets(config, variables, eval_data["targets"])
     if write:
         eval_dir = epath.Path(workdir) / "eval"
         eval_dir.mkdir(parents=True, exist_ok=True)
         (eval_dir / f"step_{step}.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _previous_best(workdir: epath.Path, names: Sequence[str], *, up_to: int) -> dict[str, float]:
+    """The best accuracy of each target logged in ``metrics.jsonl`` up to step ``up_to``
+    (a resumed run continues arcface_torch's "Accuracy-Highest"; it starts at 0)."""
+    best = dict.fromkeys(names, 0.0)
+    path = workdir / "metrics.jsonl"
+    if not names or not path.exists():
+        return best
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if record.get("split") != "eval" or record.get("step", 0) > up_to:
+            continue
+        for name in names:
+            best[name] = max(best[name], record.get(f"{name}_accuracy", 0.0))
+    return best
+
+
+def _update_best(metrics: dict[str, float], best: dict[str, float]) -> None:
+    """Adds ``<name>_best`` to ``metrics``, the highest ``<name>_accuracy`` so far."""
+    for name in best:
+        best[name] = max(best[name], metrics[f"{name}_accuracy"])
+        metrics[f"{name}_best"] = best[name]
 
 
 # ------------------------------------------------------------------------------------
@@ -576,7 +711,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         model,
         jax.random.PRNGKey(config.seed),
         num_classes=num_classes,
-        image_shape=eval_data["test"][0].shape[1:],
+        image_shape=input_shape(config),
         learning_rate_fn=learning_rate_fn,
     )
     # config.init_from: start from a converted or trained backbone (fresh head/optimizer);
@@ -595,6 +730,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_checkpoint = manager.latest_step()
     if start_step:
         logging.info("Resumed from the checkpoint of step %d.", start_step)
+    best = _previous_best(workdir, list(eval_data.get("targets", {})), up_to=start_step)
 
     p_train_step = parallelize_train_step(
         functools.partial(
@@ -636,12 +772,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 last_checkpoint = step
             if run_eval:
                 eval_metrics = evaluate(config, model, state, eval_data, workdir=workdir, step=step)
+                _update_best(eval_metrics, best)
                 writer.write_scalars(step, "eval", eval_metrics)
+                progress.write(reporting.format_targets(eval_metrics, best, step=step))
                 logging.info("Evaluation at step %d: %s", step, eval_metrics)
         if start_step >= config.num_train_steps:
             eval_metrics = evaluate(
                 config, model, state, eval_data, workdir=workdir, step=start_step
             )
+            _update_best(eval_metrics, best)
     finally:
         progress.close()
         writer.close()

@@ -82,18 +82,56 @@ class ProgressBar:
         self._bar.update(step - last_step)
         return steps_per_second
 
+    def write(self, text: str) -> None:
+        """Prints ``text`` above the bar (nothing when the bar is disabled or text empty)."""
+        if text and not self._bar.disable:
+            self._bar.write(text)
+
     def close(self) -> None:
         self._bar.close()
 
 
+def format_targets(
+    metrics: Mapping[str, float], best: Mapping[str, float], *, step: int | None = None
+) -> str:
+    """The verification targets of ``metrics`` (``best`` names them), as arcface_torch
+    logs them: ``[lfw][2000]XNorm: 21.3  Accuracy-Flip: 0.99533+-0.00350  Highest: …``."""
+    where = "" if step is None else f"[{step}]"
+    return "\n".join(
+        f"[{name}]{where}XNorm: {metrics[f'{name}_xnorm']:.6f}  Accuracy-Flip: "
+        f"{metrics[f'{name}_accuracy']:.5f}+-{metrics[f'{name}_accuracy_std']:.5f}  "
+        f"Accuracy-Highest: {metrics.get(f'{name}_best', best[name]):.5f}"
+        for name in best
+    )
+
+
+def target_names(metrics: Mapping[str, float]) -> list[str]:
+    """The verification targets in ``metrics``: the names of its ``<name>_xnorm`` keys."""
+    return [key[: -len("_xnorm")] for key in metrics if key.endswith("_xnorm")]
+
+
 def format_report(metrics: Mapping[str, float]) -> str:
-    """The headline numbers of a run, one per line."""
-    lines = [
-        f"closed-set accuracy:   {metrics['closed_set_accuracy']:.4f}",
-        f"verification accuracy: {metrics['verification_accuracy']:.4f} "
-        f"± {metrics['verification_std']:.4f} (10-fold, open set)",
-        f"AUC: {metrics['auc']:.4f}   EER: {metrics['eer']:.4f}   "
-        f"TAR@FAR=1e-3: {metrics['val_at_far_1e-3']:.4f}",
-        f"L_Intra: {metrics['l_intra']:.4f}   L_Inter: {metrics['l_inter']:.4f}",
-    ]
+    """The headline numbers of a run, one per line: the closed-set and open-set
+    numbers when the run has them, and each verification target (10-fold accuracy ±
+    std by InsightFace's protocol unless ``config.eval.threshold`` said otherwise)."""
+    lines = []
+    if "closed_set_accuracy" in metrics:
+        lines += [
+            f"closed-set accuracy:   {metrics['closed_set_accuracy']:.4f}",
+            f"verification accuracy: {metrics['verification_accuracy']:.4f} "
+            f"± {metrics['verification_std']:.4f} (10-fold, open set)",
+            f"AUC: {metrics['auc']:.4f}   EER: {metrics['eer']:.4f}   "
+            f"TAR@FAR=1e-3: {metrics['val_at_far_1e-3']:.4f}",
+            f"L_Intra: {metrics['l_intra']:.4f}   L_Inter: {metrics['l_inter']:.4f}",
+        ]
+    for name in target_names(metrics):
+        line = (
+            f"{name}: accuracy {metrics[f'{name}_accuracy']:.4f} ± "
+            f"{metrics[f'{name}_accuracy_std']:.4f} (10-fold, flip), XNorm "
+            f"{metrics[f'{name}_xnorm']:.3f}, VAL {metrics[f'{name}_val']:.4f} @ FAR "
+            f"{metrics[f'{name}_far']:.4f}"
+        )
+        if f"{name}_best" in metrics:
+            line += f", best {metrics[f'{name}_best']:.4f}"
+        lines.append(line)
     return "\n".join(lines)
