@@ -178,9 +178,9 @@ def test_insightface_val_at_far_on_a_hand_made_distribution():
     assert val[1] == 5 / 10 and far[1] == 2 / 10  # achieved FAR 0.2 ≠ target: reported
     # A target above every training FAR: threshold 0, nothing accepted.
     assert evaluation.threshold_at_far_insightface(np.r_[0.1, 3.9999], [True, False], 0.5) == 0
-    # The reference agrees (folds ordered as in KFold).
+    # The reference agrees (1-D embeddings √d and 0: squared distance d).
     ref_val, ref_far = calculate_val(
-        np.arange(0, 4, 0.001), distances[:, None], np.zeros((40, 1)), issame, 0.15, 2
+        np.arange(0, 4, 0.001), np.sqrt(distances)[:, None], np.zeros((40, 1)), issame, 0.15, 2
     )
     np.testing.assert_array_equal(val, ref_val)
     np.testing.assert_array_equal(far, ref_far)
