@@ -244,7 +244,7 @@ def magface(
     return identification + lambda_g * (1.0 / a + a / upper_norm**2)
 
 
-def _elastic_margins(key, embeddings, weights, labels, margin, sigma, plus, class_axis_name,
+def _elastic_margins(key, embeddings, weights, labels, *, margin, sigma, plus, class_axis_name,
                      name):
     """Per-example margins ~ N(margin, sigma); with ``plus``, ranked by target cosine."""
     if sigma < 0:
@@ -262,17 +262,15 @@ def _elastic_margins(key, embeddings, weights, labels, margin, sigma, plus, clas
     return jnp.sort(margins)[rank]
 
 
-def _elastic(name, embeddings, weights, labels, key, scale, margin, sigma, plus, margin_fn,
-             chunk_size, axis_name, class_axis_name):
+def _elastic(name, embeddings, weights, labels, *, key, scale, margin, sigma, plus, margin_fn,
+             **layout):
+    class_axis_name = layout.get("class_axis_name")
     _validation.check_head_inputs(name, embeddings, weights, labels,
                                   class_axis_name=class_axis_name)
-    margins = _elastic_margins(key, embeddings, weights, labels, margin, sigma, plus,
-                               class_axis_name, name)
-
+    margins = _elastic_margins(key, embeddings, weights, labels, margin=margin, sigma=sigma,
+                               plus=plus, class_axis_name=class_axis_name, name=name)
     return _common.normalized_head(name, embeddings, weights, labels, scale=scale,
-                                   margin_fn=margin_fn, per_example=(margins,),
-                                   chunk_size=chunk_size, axis_name=axis_name,
-                                   class_axis_name=class_axis_name)
+                                   margin_fn=margin_fn, per_example=(margins,), **layout)
 
 
 def elasticface_arc(
@@ -328,9 +326,11 @@ def elasticface_arc(
       >>> [round(float(v), 4) for v in loss]
       [0.3133, 0.3133]
     """
-    return _elastic("elasticface_arc", embeddings, weights, labels, key, scale, margin, sigma,
-                    plus, lambda cos, m: angular.combined_angular_margin(cos, 1.0, m, 0.0),
-                    chunk_size, axis_name, class_axis_name)
+    return _elastic(
+        "elasticface_arc", embeddings, weights, labels, key=key, scale=scale, margin=margin,
+        sigma=sigma, plus=plus,
+        margin_fn=lambda cos, m: angular.combined_angular_margin(cos, 1.0, m, 0.0),
+        chunk_size=chunk_size, axis_name=axis_name, class_axis_name=class_axis_name)
 
 
 def elasticface_cos(
@@ -377,5 +377,7 @@ def elasticface_cos(
       >>> [round(float(v), 4) for v in loss]
       [0.3133, 0.3133]
     """
-    return _elastic("elasticface_cos", embeddings, weights, labels, key, scale, margin, sigma,
-                    plus, lambda cos, m: cos - m, chunk_size, axis_name, class_axis_name)
+    return _elastic(
+        "elasticface_cos", embeddings, weights, labels, key=key, scale=scale, margin=margin,
+        sigma=sigma, plus=plus, margin_fn=lambda cos, m: cos - m,
+        chunk_size=chunk_size, axis_name=axis_name, class_axis_name=class_axis_name)

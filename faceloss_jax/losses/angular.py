@@ -116,20 +116,10 @@ def _check_integer_margin(name: str, margin: int) -> None:
         raise ValueError(f"{name}: margin must be an integer ≥ 1, got {margin!r}")
 
 
-def _run(
-    name,
-    embeddings,
-    weights,
-    labels,
-    spec,
-    target_fn,
-    *,
-    bias=None,
-    chunk_size,
-    axis_name,
-    class_axis_name,
-):
-    _validation.check_head_inputs(name, embeddings, weights, labels, bias, class_axis_name)
+def _run(name, embeddings, weights, labels, *, spec, target_fn, bias=None, **layout):
+    _validation.check_head_inputs(
+        name, embeddings, weights, labels, bias, layout.get("class_axis_name")
+    )
     return engine.raw_margin_softmax(
         embeddings,
         weights,
@@ -137,9 +127,7 @@ def _run(
         spec=spec,
         target_fn=target_fn,
         bias=bias,
-        chunk_size=chunk_size,
-        axis_name=axis_name,
-        class_axis_name=class_axis_name,
+        **layout,
     )
 
 
@@ -191,8 +179,8 @@ def softmax_cross_entropy(
         embeddings,
         weights,
         labels,
-        spec,
-        target,
+        spec=spec,
+        target_fn=target,
         bias=bias,
         chunk_size=chunk_size,
         axis_name=axis_name,
@@ -200,20 +188,13 @@ def softmax_cross_entropy(
     )
 
 
-def _normalized(
-    name, embeddings, weights, labels, scale, margin_fn, chunk_size, axis_name, class_axis_name
-):
+def _normalized(name, embeddings, weights, labels, *, scale, margin_fn, **layout):
     """A loss with both x and W normalized: logits s·cos θ, target s·margin_fn(cos θ_y)."""
-    _validation.check_head_inputs(name, embeddings, weights, labels, None, class_axis_name)
+    _validation.check_head_inputs(
+        name, embeddings, weights, labels, None, layout.get("class_axis_name")
+    )
     return engine.margin_softmax(
-        embeddings,
-        weights,
-        labels,
-        scale=scale,
-        margin_fn=margin_fn,
-        chunk_size=chunk_size,
-        axis_name=axis_name,
-        class_axis_name=class_axis_name,
+        embeddings, weights, labels, scale=scale, margin_fn=margin_fn, **layout
     )
 
 
@@ -256,11 +237,11 @@ def normface(
         embeddings,
         weights,
         labels,
-        scale,
-        lambda c: c,
-        chunk_size,
-        axis_name,
-        class_axis_name,
+        scale=scale,
+        margin_fn=lambda c: c,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
     )
 
 
@@ -306,11 +287,11 @@ def cosface(
         embeddings,
         weights,
         labels,
-        scale,
-        lambda c: c - margin,
-        chunk_size,
-        axis_name,
-        class_axis_name,
+        scale=scale,
+        margin_fn=lambda c: c - margin,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
     )
 
 
@@ -384,11 +365,11 @@ def arcface(
         embeddings,
         weights,
         labels,
-        scale,
-        lambda c: additive_angular_margin(c, margin, easy_margin=easy_margin),
-        chunk_size,
-        axis_name,
-        class_axis_name,
+        scale=scale,
+        margin_fn=lambda c: additive_angular_margin(c, margin, easy_margin=easy_margin),
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
     )
 
 
@@ -452,26 +433,16 @@ def combined_margin(
         embeddings,
         weights,
         labels,
-        scale,
-        margin_fn,
-        chunk_size,
-        axis_name,
-        class_axis_name,
+        scale=scale,
+        margin_fn=margin_fn,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
     )
 
 
-def _multiplicative(
-    name,
-    embeddings,
-    weights,
-    labels,
-    margin,
-    lambda_,
-    normalize_weights,
-    chunk_size,
-    axis_name,
-    class_axis_name,
-):
+def _multiplicative(name, embeddings, weights, labels, *, margin, lambda_, normalize_weights,
+                    **layout):
     """L-Softmax / A-Softmax: target ‖w̃_y‖‖x‖(λ cos θ_y + ψ(θ_y)) / (1 + λ)."""
     _check_integer_margin(name, margin)
     spec = engine.Logits(normalize_embeddings=False, normalize_weights=normalize_weights)
@@ -484,17 +455,7 @@ def _multiplicative(
             norms = norms * engine.safe_norm(w_y, -1, False)
         return norms * (lambda_ * cos + multiple_angle_psi(cos, margin)) / (1.0 + lambda_)
 
-    return _run(
-        name,
-        embeddings,
-        weights,
-        labels,
-        spec,
-        target,
-        chunk_size=chunk_size,
-        axis_name=axis_name,
-        class_axis_name=class_axis_name,
-    )
+    return _run(name, embeddings, weights, labels, spec=spec, target_fn=target, **layout)
 
 
 def large_margin_softmax(
@@ -542,12 +503,12 @@ def large_margin_softmax(
         embeddings,
         weights,
         labels,
-        margin,
-        lambda_,
-        False,
-        chunk_size,
-        axis_name,
-        class_axis_name,
+        margin=margin,
+        lambda_=lambda_,
+        normalize_weights=False,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
     )
 
 
@@ -594,10 +555,10 @@ def sphereface(
         embeddings,
         weights,
         labels,
-        margin,
-        lambda_,
-        True,
-        chunk_size,
-        axis_name,
-        class_axis_name,
+        margin=margin,
+        lambda_=lambda_,
+        normalize_weights=True,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
     )
