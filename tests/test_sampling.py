@@ -276,3 +276,25 @@ def test_offline_config_errors_and_held_batches():
     _, state = objectives.init_head(_offline_config(), None, embedding_dim=4, num_classes=4)
     with pytest.raises(ConfigError, match="must equal the global batch size 6"):
         objectives.compute_loss(_offline_config(), {}, state, np.ones((6, 4)), np.arange(6), step=0)
+
+
+def test_triplet_run_on_many_identities_has_active_triplets_only_with_pk_batches():
+    from experiments import pxk_mining
+
+    recipe = {
+        "batch_size": 16,  # P×K: 4 identities × 4 images
+        "dataset.num_identities": 300,
+        "dataset.images_per_identity": 4,
+        "dataset.held_out_identities": 8,
+        "dataset.test_images_per_identity": 2,
+        "dataset.image_size": 12,
+        "optimizer.warmup_steps": 0,
+    }
+    uniform, pk = (
+        pxk_mining.run(setting, 0, steps=6, recipe=recipe)["log"]
+        for setting in pxk_mining.SETTINGS[:2]  # triplet batch_all: uniform, P×K
+    )
+    assert all(s["active_triplets"] > 0 and s["anchors_with_positive"] == 1 for s in pk)
+    # 16 of 300 identities: most uniform batches hold no two images of one identity.
+    assert sum(s["valid_triplets"] == 0 for s in uniform) >= 3
+    assert np.mean([s["anchors_with_positive"] for s in uniform]) < 0.2
