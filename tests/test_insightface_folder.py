@@ -66,6 +66,7 @@ def run_args(folder: pathlib.Path) -> list[str]:
         "--config.checkpoint_every_steps=2",
         "--config.eval_every_steps=2",
         "--config.eval.batch_size=40",
+        "--config.half_precision=False",  # bfloat16 is emulated on CPU: slower to compile
     ]
 
 
