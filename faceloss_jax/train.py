@@ -774,7 +774,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 eval_metrics = evaluate(config, model, state, eval_data, workdir=workdir, step=step)
                 _update_best(eval_metrics, best)
                 writer.write_scalars(step, "eval", eval_metrics)
-                progress.write(reporting.format_targets(eval_metrics, best, step=step))
+                protocol = config.eval.get("threshold", "insightface")
+                progress.write(
+                    reporting.format_targets(eval_metrics, best, step=step, protocol=protocol)
+                )
                 logging.info("Evaluation at step %d: %s", step, eval_metrics)
         if start_step >= config.num_train_steps:
             eval_metrics = evaluate(
