@@ -11,7 +11,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import tensorboardX
 import tqdm
 from etils import epath
 
@@ -31,6 +30,9 @@ class MetricWriter:
         self._tensorboard = None
         if self._enabled:
             self._workdir.mkdir(parents=True, exist_ok=True)
+            # Imported here: tensorboardX imports torch when it is installed (seconds).
+            import tensorboardX  # noqa: PLC0415
+
             self._tensorboard = tensorboardX.SummaryWriter(str(self._workdir / "tensorboard"))
 
     def write_scalars(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
