@@ -3,7 +3,7 @@
 On face data a uniformly shuffled batch of B images from C ≫ B identities holds almost
 no two images of one identity, so the triplet and contrastive losses find few or no
 positive pairs. This study trains a small backbone on synthetic identities
-(``faceloss_jax.data.synthetic``, 400 training identities × 8 images, 16×16) with
+(``faceloss_jax.data.synthetic``, 400 training identities × 8 images, 12×12) with
 
 * the triplet loss: uniform batches (online batch-all) vs P×K batches (12 identities ×
   4 images) with online batch-all, batch-hard and semi-hard mining, and with offline
@@ -61,7 +61,7 @@ MARGIN = 0.2  # α of the triplet loss (FaceNet); the logged triplets use it for
 CPU_RECIPE = {
     "model.name": "lenet_pp",
     "model.embedding_dim": 64,
-    "dataset.image_size": 16,
+    "dataset.image_size": 12,
     "dataset.num_identities": 400,
     "dataset.images_per_identity": 8,
     "dataset.held_out_identities": 100,
