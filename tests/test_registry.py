@@ -214,8 +214,9 @@ def test_dataset_name_on_the_command_line_switches_the_source(source, spec):
     config = cli.config_from_command_line([f"--config={spec}", f"--config.dataset.name={source}"])
     assert config.is_locked and config.dataset.name == source
     expected = data.default_config(source).to_dict()
-    if spec.endswith(":face"):  # the face pair/triplet configs' P×K batches (K = 4)
-        expected["samples_per_identity"] = 4
+    if spec.endswith(":face"):
+        expected["samples_per_identity"] = 4  # the face pair/triplet configs' P×K batches
+        expected["normalization"] = "arcface_torch"  # the face recipe's input scaling
     assert config.dataset.to_dict() == expected
     # The recipe stays: the MNIST recipe keeps LeNets++, the face recipe iResNet.
     assert config.model.name == ("iresnet50" if ":face" in spec else "lenet_pp")

@@ -271,6 +271,7 @@ _XBM_MEMORY = StateRule(
     )._asdict(),
 )
 
+
 def triplet(
     embeddings: jax.Array,
     labels: jax.Array,
@@ -394,6 +395,21 @@ OBJECTIVES: dict[str, Objective] = {
             "mining": hp.choice(
                 "batch_all", (*losses.MININGS, "offline"), "in-batch online, or offline mining"
             ),
+            "offline_rule": hp.choice(
+                "semi_hard", mining_lib.RULES, "offline: FaceNet's semi-hard or the hardest"
+            ),
+            "every_steps": hp.integer(10, "offline: steps between refreshes", argument=False),
+            "subset_size": hp.integer(
+                0, "offline: images mined, = batch_size (0: online)", low=0, argument=False
+            ),
+        },
+        classifier="none",
+        layouts=frozenset({"data_parallel"}),
+        state=_OFFLINE_MINER,
+        unit_embeddings=True,
+        aliases=("triplet_margin_loss",),
+        check=_check_offline,
+    ),
     "center": Objective(
         losses.softmax_cross_entropy,
         "softmax + λ·center loss (Wen et al., ECCV 2016)",
