@@ -128,9 +128,8 @@ def parse_variant(variant: str) -> tuple[str, dict[str, str]]:
         key, sep, value = part.partition("=")
         key, value = (key, value) if sep else ("source", key)
         arguments[key.strip()] = value.strip()
-    valid = (
-        "mnist or face, optionally followed by ,source=<name> with a source of: "
-        + ", ".join(data.sources.SOURCES)
+    valid = "mnist or face, optionally followed by ,source=<name> with a source of: " + ", ".join(
+        data.sources.SOURCES
     )
     if recipe not in RECIPES or set(arguments) - {"source"}:
         raise objectives.ConfigError(f"unknown config variant {variant!r}; valid: {valid}")

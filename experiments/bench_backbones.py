@@ -53,9 +53,7 @@ def _time(name: str, batch_size: int) -> dict[str, object]:
     if _IMAGE_SIZE.value:
         height = width = _IMAGE_SIZE.value
     images = jax.random.normal(jax.random.key(1), (batch_size, height, width, channels))
-    variables = jax.jit(model.init, static_argnames="train")(
-        jax.random.key(0), images, train=False
-    )
+    variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), images, train=False)
     step = _train_step(model)
     start = time.perf_counter()
     compiled = step.lower(variables, images).compile()
@@ -88,9 +86,11 @@ def main(argv):
             raise app.UsageError(f"--models entries are name:batch_size; got {entry!r}")
         rows.append(_time(name, int(batch)))
     device = jax.devices()[0]
-    print(f"\n{device.platform} ({device.device_kind}), {os.cpu_count()} host CPUs, "
-          f"1-min load average {os.getloadavg()[0]:.1f}, jax {jax.__version__}; "
-          f"forward+backward, {_STEPS.value} timed steps\n")
+    print(
+        f"\n{device.platform} ({device.device_kind}), {os.cpu_count()} host CPUs, "
+        f"1-min load average {os.getloadavg()[0]:.1f}, jax {jax.__version__}; "
+        f"forward+backward, {_STEPS.value} timed steps\n"
+    )
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")

@@ -41,17 +41,27 @@ def _config_and_source(name: str, workdir: str):
         config.num_identities = 1000
     if name == "recordio":
         n = _NUM_RECORDS.value
-        faces = [synthetic.render_sample(0, i // 20, i % 20, image_size=_IMAGE_SIZE.value)
-                 for i in range(n)]
-        data.write_insightface_recordio(workdir, [images_lib.encode_image(f) for f in faces],
-                                        [i // 20 for i in range(n)])
+        faces = [
+            synthetic.render_sample(0, i // 20, i % 20, image_size=_IMAGE_SIZE.value)
+            for i in range(n)
+        ]
+        data.write_insightface_recordio(
+            workdir, [images_lib.encode_image(f) for f in faces], [i // 20 for i in range(n)]
+        )
         config.path = workdir
     return config, data.create_source(config, "train")
 
 
 def _images_per_second(source, config) -> float:
-    iterator = data.create_iterator(source, config, global_batch_size=_BATCH.value, seed=0,
-                                    train=True, process_index=0, process_count=1)
+    iterator = data.create_iterator(
+        source,
+        config,
+        global_batch_size=_BATCH.value,
+        seed=0,
+        train=True,
+        process_index=0,
+        process_count=1,
+    )
     try:
         for _ in range(_WARMUP.value):
             next(iterator)
@@ -74,9 +84,10 @@ def main(argv):
             for threads, workers in itertools.product(_READ_THREADS.value, _WORKERS.value):
                 config.read_threads, config.worker_count = int(threads), int(workers)
                 rate = _images_per_second(source, config)
-                print(f"| {name} | {shape} | {_BATCH.value} | {threads} | {workers} "
-                      f"| {rate:,.0f} |",
-                      flush=True)
+                print(
+                    f"| {name} | {shape} | {_BATCH.value} | {threads} | {workers} | {rate:,.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

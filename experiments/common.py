@@ -108,7 +108,9 @@ def train_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
     return {**metrics, "train_seconds": time.perf_counter() - start}
 
 
-def final_test_features(config: ml_collections.ConfigDict, workdir: str) -> tuple[np.ndarray, np.ndarray]:
+def final_test_features(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The raw (unnormalized) test-split features and labels of the run in ``workdir``,
     from its final checkpoint."""
     images, labels = train.load_split(config, config.eval.test_split)
@@ -149,8 +151,10 @@ def _run_one(
     """One run (in this process or a worker): its metrics and, optionally, its test
     features and labels."""
     metrics = train_run(config, workdir)
-    print(f"[{name} seed {config.seed}] "
-          + ", ".join(f"{k}={metrics[k]:.4f}" for k in METRICS), flush=True)
+    print(
+        f"[{name} seed {config.seed}] " + ", ".join(f"{k}={metrics[k]:.4f}" for k in METRICS),
+        flush=True,
+    )
     return metrics, final_test_features(config, workdir) if with_features else None
 
 
@@ -184,8 +188,9 @@ def run_settings(
     tasks = []
     for setting in settings:
         for seed in seeds:
-            config = override(shorten(setting.config, steps=steps),
-                              {**(overrides or {}), "seed": seed})
+            config = override(
+                shorten(setting.config, steps=steps), {**(overrides or {}), "seed": seed}
+            )
             workdir = os.path.join(runs, re.sub(r"[^\w.=-]+", "_", setting.name), f"seed_{seed}")
             tasks.append((config, workdir, setting.name, with_features and seed == seeds[0]))
     if jobs > 1:
@@ -197,9 +202,12 @@ def run_settings(
 
     rows, panels = [], []
     for index, setting in enumerate(settings):
-        per_seed = results[index * len(seeds):(index + 1) * len(seeds)]
-        row = {"setting": setting.name, "steps": tasks[index * len(seeds)][0].num_train_steps,
-               "seeds": len(seeds)}
+        per_seed = results[index * len(seeds) : (index + 1) * len(seeds)]
+        row = {
+            "setting": setting.name,
+            "steps": tasks[index * len(seeds)][0].num_train_steps,
+            "seeds": len(seeds),
+        }
         for key in METRICS:
             values = np.array([metrics[key] for metrics, _ in per_seed])
             row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
@@ -220,8 +228,11 @@ def write_table(
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    extra = [c for c in columns if c not in ("setting", "steps", "seeds")
-             and not c.endswith("_std") and c not in METRICS]
+    extra = [
+        c
+        for c in columns
+        if c not in ("setting", "steps", "seeds") and not c.endswith("_std") and c not in METRICS
+    ]
     header = ["setting", *extra, "steps", "seeds", *METRICS]
     lines = [
         f"# {title}",
@@ -336,16 +347,27 @@ def plot_curves(
 def parser(description: str, *, out: str) -> argparse.ArgumentParser:
     """The flags of every runner: ``--steps``, ``--seeds``, ``--out``, ``--runs``."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--steps", type=int, default=None,
-                   help="training steps per run (default: each config's own)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps per run (default: each config's own)",
+    )
     p.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated seeds")
     p.add_argument("--out", default=out, help="output prefix: <out>.csv, .md, .png")
-    p.add_argument("--runs",
-                   default=os.path.join("/tmp/faceloss_experiments", os.path.basename(out)),
-                   help="where the runs' work directories go (not committed)")
+    p.add_argument(
+        "--runs",
+        default=os.path.join("/tmp/faceloss_experiments", os.path.basename(out)),
+        help="where the runs' work directories go (not committed)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
-    p.add_argument("--set", type=_assignment, action="append", default=[],
-                   help="KEY=VALUE: a config field set in every run, e.g. eval.num_pairs=600")
+    p.add_argument(
+        "--set",
+        type=_assignment,
+        action="append",
+        default=[],
+        help="KEY=VALUE: a config field set in every run, e.g. eval.num_pairs=600",
+    )
     return p
 
 
@@ -373,16 +395,27 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(t for t in text.split(",") if t)
 
 
-
 def run_table_and_features(
     settings: Sequence[Setting], args: argparse.Namespace, *, title: str, columns: int = 3
 ) -> list[dict[str, Any]]:
     """Runs ``settings`` with the runner's flags and writes the table ``<out>.csv/.md``
     and the grid of the first seed's test features ``<out>.png``."""
-    rows, panels = run_settings(settings, seeds=args.seeds, steps=args.steps, runs=args.runs,
-                                overrides=dict(args.set), jobs=args.jobs, with_features=True)
-    write_table(rows, args.out, title=title, command=args.command,
-                notes=f"Figure: `{args.out}.png` (test features of seed {args.seeds[0]}).")
+    rows, panels = run_settings(
+        settings,
+        seeds=args.seeds,
+        steps=args.steps,
+        runs=args.runs,
+        overrides=dict(args.set),
+        jobs=args.jobs,
+        with_features=True,
+    )
+    write_table(
+        rows,
+        args.out,
+        title=title,
+        command=args.command,
+        notes=f"Figure: `{args.out}.png` (test features of seed {args.seeds[0]}).",
+    )
     plot_feature_grid(panels, f"{args.out}.png", columns=columns)
     return rows
 
@@ -392,10 +425,18 @@ def plot_bars(rows: Sequence[Mapping[str, Any]], path: str) -> str:
     fig = Figure(figsize=(1.2 * len(rows) + 2.0, 3.5))
     ax = fig.add_subplot()
     x = np.arange(len(rows))
-    for offset, key, label in ((-0.2, "closed_set_accuracy", "closed-set accuracy"),
-                               (0.2, "verification_accuracy", "open-set verification")):
-        ax.bar(x + offset, [r[key] for r in rows], 0.4, yerr=[r[f"{key}_std"] for r in rows],
-               capsize=3, label=label)
+    for offset, key, label in (
+        (-0.2, "closed_set_accuracy", "closed-set accuracy"),
+        (0.2, "verification_accuracy", "open-set verification"),
+    ):
+        ax.bar(
+            x + offset,
+            [r[key] for r in rows],
+            0.4,
+            yerr=[r[f"{key}_std"] for r in rows],
+            capsize=3,
+            label=label,
+        )
     ax.set_xticks(x, [r["setting"] for r in rows], fontsize=8)
     ax.set_ylim(0.0, 1.0)
     ax.legend(fontsize="small", loc="lower right")

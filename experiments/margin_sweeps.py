@@ -25,8 +25,9 @@ def settings(loss: str, param: str, values: tuple[float, ...]) -> list[common.Se
         raise KeyError(f"the {loss} config has no loss.{param}; it has {sorted(base.loss)}")
     cast = type(base.loss[param])
     return [
-        common.Setting(f"{loss} {param}={cast(v)}",
-                       common.override(base, {f"loss.{param}": cast(v)}))
+        common.Setting(
+            f"{loss} {param}={cast(v)}", common.override(base, {f"loss.{param}": cast(v)})
+        )
         for v in values
     ]
 
@@ -35,27 +36,42 @@ def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__.splitlines()[0], out="experiments/results/sweep_arcface_margin")
     parser.add_argument("--loss", default="arcface")
     parser.add_argument("--param", default="margin", help="the loss hyper-parameter swept")
-    parser.add_argument("--values", type=common.floats,
-                        default=(0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7))
+    parser.add_argument(
+        "--values", type=common.floats, default=(0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    )
     args = common.parse_args(parser, argv, module=__spec__.name)
 
     sweep = settings(args.loss, args.param, args.values)
-    rows, _ = common.run_settings(sweep, seeds=args.seeds, steps=args.steps, runs=args.runs,
-                                  overrides=dict(args.set), jobs=args.jobs)
+    rows, _ = common.run_settings(
+        sweep,
+        seeds=args.seeds,
+        steps=args.steps,
+        runs=args.runs,
+        overrides=dict(args.set),
+        jobs=args.jobs,
+    )
     for row, setting in zip(rows, sweep):
         row[args.param] = setting.config.loss[args.param]
-    common.write_table(rows, args.out, command=args.command,
-                       title=f"{args.loss}: sweep of {args.param}, LeNets++ 3-D on MNIST",
-                       notes=f"Figure: `{args.out}.png`.")
+    common.write_table(
+        rows,
+        args.out,
+        command=args.command,
+        title=f"{args.loss}: sweep of {args.param}, LeNets++ 3-D on MNIST",
+        notes=f"Figure: `{args.out}.png`.",
+    )
     x = [row[args.param] for row in rows]
     common.plot_curves(
         {
             f"open-set verification ({args.loss})": (
-                x, [r["verification_accuracy"] for r in rows],
-                [r["verification_accuracy_std"] for r in rows]),
+                x,
+                [r["verification_accuracy"] for r in rows],
+                [r["verification_accuracy_std"] for r in rows],
+            ),
             f"closed-set accuracy ({args.loss})": (
-                x, [r["closed_set_accuracy"] for r in rows],
-                [r["closed_set_accuracy_std"] for r in rows]),
+                x,
+                [r["closed_set_accuracy"] for r in rows],
+                [r["closed_set_accuracy_std"] for r in rows],
+            ),
         },
         f"{args.out}.png",
         xlabel=f"{args.param}",

@@ -33,8 +33,13 @@ def settings(losses: tuple[str, ...], *, dims: int | None) -> list[common.Settin
 def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__.splitlines()[0], out="experiments/results/mnist")
     parser.add_argument("--losses", type=common.names, default=LOSSES)
-    parser.add_argument("--dims", type=int, choices=(2, 3), default=None,
-                        help="feature dimension of every loss (default: each config's own)")
+    parser.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        default=None,
+        help="feature dimension of every loss (default: each config's own)",
+    )
     args = common.parse_args(parser, argv, module=__spec__.name)
 
     features = "each config's features" if args.dims is None else f"{args.dims}-D features"

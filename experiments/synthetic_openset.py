@@ -6,8 +6,9 @@ backbone on the synthetic identities (``faceloss_jax.data.synthetic``) with each
 face config (the papers' s and m), scaled down to run on a CPU: LeNets++ with 128-d
 embeddings on 24×24 images, AdamW with a short cosine schedule (iResNet-18 on 32×32
 did not reach 50 steps in 9 minutes on a 2-core CPU; use ``--set=model.name=iresnet18
---set=dataset.image_size=112`` where there is a GPU). It reports closed-set accuracy and 10-fold verification accuracy on pairs of
-held-out identities, mean ± std over seeds; writes ``<out>.csv/.md/.png``.
+--set=dataset.image_size=112`` where there is a GPU). It reports closed-set accuracy and
+10-fold verification accuracy on pairs of held-out identities, mean ± std over seeds;
+writes ``<out>.csv/.md/.png``.
 
     python -m experiments.synthetic_openset --steps=120 --seeds=0,1 --jobs=2 \\
         --out=experiments/results/synthetic_openset
@@ -53,11 +54,17 @@ def main(argv: list[str] | None = None) -> None:
     args = common.parse_args(parser, argv, module=__spec__.name)
 
     rows, _ = common.run_settings(
-        settings(args.losses, steps=args.steps), seeds=args.seeds, steps=args.steps,
-        runs=args.runs, overrides=dict(args.set), jobs=args.jobs,
+        settings(args.losses, steps=args.steps),
+        seeds=args.seeds,
+        steps=args.steps,
+        runs=args.runs,
+        overrides=dict(args.set),
+        jobs=args.jobs,
     )
     common.write_table(
-        rows, args.out, command=args.command,
+        rows,
+        args.out,
+        command=args.command,
         title="Open-set verification on synthetic identities (LeNets++ 128-d, 24×24, CPU recipe)",
         notes=f"Figure: `{args.out}.png`.",
     )

@@ -171,8 +171,9 @@ def _global_norm(grads: Any, *, class_sharded: bool) -> jax.Array:
     return jnp.sqrt(sum(jax.tree.leaves(squares)))
 
 
-def _clip(grads: Any, grad_norm: jax.Array, config: ml_collections.ConfigDict, *,
-          class_sharded: bool) -> Any:
+def _clip(
+    grads: Any, grad_norm: jax.Array, config: ml_collections.ConfigDict, *, class_sharded: bool
+) -> Any:
     """Scales the gradient to norm ≤ ``grad_clip_norm``: the whole gradient
     (``clip_scope="global"``), or the backbone's alone, the head unclipped
     (``"backbone"``, arcface_torch's ``clip_grad_norm_(backbone.parameters(), 5)``)."""
@@ -610,7 +611,9 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None
         )
     clip = config.optimizer.grad_clip_norm
     if clip is not None and clip <= 0:
-        raise objectives.ConfigError(f"optimizer.grad_clip_norm must be positive or None; got {clip}")
+        raise objectives.ConfigError(
+            f"optimizer.grad_clip_norm must be positive or None; got {clip}"
+        )
     if is_class_sharded(config) and (
         config.parallelism != "shard_map" or not objectives.has_classifier(config.loss)
     ):

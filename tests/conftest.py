@@ -20,6 +20,7 @@ def x64():
     with jax.enable_x64(True):
         yield
 
+
 MIN_TESTS = 20
 
 

@@ -45,7 +45,8 @@ def subcenter_arcface(x, w, y, *, scale=64.0, margin=0.5, easy_margin=False):
     cos = cosines(x, w).max(axis=-1)
     theta_y = np.arccos(cos[np.arange(len(y)), y])
     return cross_entropy(
-        _with_target(scale * cos, y, scale * arc_target(theta_y, margin, easy_margin)), y)
+        _with_target(scale * cos, y, scale * arc_target(theta_y, margin, easy_margin)), y
+    )
 
 
 def subcenter_cleanup(x, w, y, *, max_angle):
@@ -55,8 +56,9 @@ def subcenter_cleanup(x, w, y, *, max_angle):
     for i, label in enumerate(y):
         counts[label, np.argmax(cos[i, label])] += 1
     dominant = counts.argmax(axis=1)
-    keep = np.array([np.arccos(cos[i, label, dominant[label]]) <= max_angle
-                     for i, label in enumerate(y)])
+    keep = np.array(
+        [np.arccos(cos[i, label, dominant[label]]) <= max_angle for i, label in enumerate(y)]
+    )
     return keep, dominant, np.asarray(w)[:, np.arange(num_classes), dominant]
 
 
@@ -79,8 +81,10 @@ def curricularface_t(t, x, w, y, *, alpha=0.01):
 
 def adaface_stats(mean, std, x, *, alpha=0.01):
     norms = np.clip(np.linalg.norm(np.asarray(x, np.float64), axis=1), 1e-3, 100)
-    return (alpha * norms.mean() + (1 - alpha) * mean,
-            alpha * norms.std(ddof=1) + (1 - alpha) * std)
+    return (
+        alpha * norms.mean() + (1 - alpha) * mean,
+        alpha * norms.std(ddof=1) + (1 - alpha) * std,
+    )
 
 
 def adaface(x, w, y, mean, std, *, scale=64.0, margin=0.4, h=0.333):
@@ -94,8 +98,19 @@ def adaface(x, w, y, mean, std, *, scale=64.0, margin=0.4, h=0.333):
     return cross_entropy(_with_target(scale * cos, y, scale * target), y)
 
 
-def magface(x, w, y, *, scale=64.0, lower_norm=10.0, upper_norm=110.0, lower_margin=0.45,
-            upper_margin=0.8, lambda_g=35.0, easy_margin=True):
+def magface(
+    x,
+    w,
+    y,
+    *,
+    scale=64.0,
+    lower_norm=10.0,
+    upper_norm=110.0,
+    lower_margin=0.45,
+    upper_margin=0.8,
+    lambda_g=35.0,
+    easy_margin=True,
+):
     cos = cosines(x, w)
     a = np.clip(np.linalg.norm(np.asarray(x, np.float64), axis=1), lower_norm, upper_norm)
     m = (upper_margin - lower_margin) / (upper_norm - lower_norm) * (a - lower_norm) + lower_margin
@@ -146,8 +161,12 @@ def _circle(sp, sn, gamma, m):
 
 def circle_loss(x, w, y, *, scale=256.0, margin=0.25):
     cos = cosines(x, w)
-    return np.array([_circle([cos[i, label]], np.delete(cos[i], label), scale, margin)
-                     for i, label in enumerate(y)])
+    return np.array(
+        [
+            _circle([cos[i, label]], np.delete(cos[i], label), scale, margin)
+            for i, label in enumerate(y)
+        ]
+    )
 
 
 def circle_pair_loss(x, y, *, scale=256.0, margin=0.25):
@@ -187,10 +206,16 @@ def xbm_contrastive(x, y, memory, *, margin=1.0):
 def xbm_triplet(x, y, memory, *, margin=0.2):
     hinges = []
     for xi, yi in zip(np.asarray(x, np.float64), y):
-        pos = [np.sum((xi - mk) ** 2) for mk, yk, f in
-               zip(memory["embeddings"], memory["labels"], memory["filled"]) if f and yk == yi]
-        neg = [np.sum((xi - mk) ** 2) for mk, yk, f in
-               zip(memory["embeddings"], memory["labels"], memory["filled"]) if f and yk != yi]
+        pos = [
+            np.sum((xi - mk) ** 2)
+            for mk, yk, f in zip(memory["embeddings"], memory["labels"], memory["filled"])
+            if f and yk == yi
+        ]
+        neg = [
+            np.sum((xi - mk) ** 2)
+            for mk, yk, f in zip(memory["embeddings"], memory["labels"], memory["filled"])
+            if f and yk != yi
+        ]
         if pos and neg:
             hinges.append(max(0.0, max(pos) - min(neg) + margin))
     return np.mean(hinges) if hinges else 0.0

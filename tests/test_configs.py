@@ -58,8 +58,7 @@ def test_unknown_key_error_lists_the_valid_keys():
     assert message.startswith("unknown config key 'loss.margn': config.loss has no field 'margn'")
     assert (
         "Valid keys of config.loss: chunk_size, class_sharded, easy_margin, margin, name, "
-        "sample_rate, scale, straight_through"
-        in message
+        "sample_rate, scale, straight_through" in message
     )
     assert "config has no field 'los'" in cli.unknown_key_error(config, "los.margin")
     assert "(none: a leaf)" in cli.unknown_key_error(config, "seed.x")

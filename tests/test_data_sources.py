@@ -23,8 +23,10 @@ def _config(name, **fields):
 
 
 def _digests(source):
-    return {hashlib.md5(source[i]["image"].tobytes()).hexdigest(): source[i]["label"]
-            for i in range(len(source))}
+    return {
+        hashlib.md5(source[i]["image"].tobytes()).hexdigest(): source[i]["label"]
+        for i in range(len(source))
+    }
 
 
 def _random_images(n, size=16, channels=3, seed=0):
@@ -98,8 +100,17 @@ def test_mnist_other_held_out_digits_remap_labels(mnist_dir):
 def test_mnist_eval_iterator(mnist_dir):
     config = _config("mnist", data_dir=mnist_dir)
     source = data.create_source(config, "test")
-    batches = list(data.create_iterator(source, config, global_batch_size=128, seed=0,
-                                        train=False, process_index=0, process_count=1))
+    batches = list(
+        data.create_iterator(
+            source,
+            config,
+            global_batch_size=128,
+            seed=0,
+            train=False,
+            process_index=0,
+            process_count=1,
+        )
+    )
     assert len(batches) == 6 and sum(int(b["mask"].sum()) for b in batches) == 700
     images = np.concatenate([b["image"] for b in batches])
     assert images.shape == (768, 28, 28, 1) and images.min() == 0.0 and images.max() == 1.0
@@ -126,7 +137,8 @@ def face_folder(tmp_path):
         for j in range(2):
             fmt, ext = ("PNG", "png") if j == 0 else ("JPEG", "JPG")
             (tmp_path / name / f"{j}.{ext}").write_bytes(
-                images_lib.encode_image(pictures[2 * k + j], image_format=fmt))
+                images_lib.encode_image(pictures[2 * k + j], image_format=fmt)
+            )
     jpeg = images_lib.encode_image(pictures[6])
     (tmp_path / "bob" / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (tmp_path / "bob" / "notes.txt").write_text("not an image")
@@ -181,13 +193,21 @@ def test_recordio_framing_matches_dmlc_bytes():
     assert recordio.frame(b"abc") == magic + struct.pack("<I", 3) + b"abc\0"
     # The magic number at an aligned offset splits the record: cflag 1 then 3.
     record = b"1234" + magic + b"56"
-    assert recordio.frame(record) == (magic + struct.pack("<I", 1 << 29 | 4) + b"1234"
-                                      + magic + struct.pack("<I", 3 << 29 | 2) + b"56\0\0")
+    assert recordio.frame(record) == (
+        magic
+        + struct.pack("<I", 1 << 29 | 4)
+        + b"1234"
+        + magic
+        + struct.pack("<I", 3 << 29 | 2)
+        + b"56\0\0"
+    )
 
 
 def test_recordio_ir_header_matches_mxnet_pack():
-    assert (recordio.pack(recordio.IRHeader(0, 3.0, 7, 0), b"x")
-            == struct.pack("<IfQQ", 0, 3.0, 7, 0) + b"x")
+    assert (
+        recordio.pack(recordio.IRHeader(0, 3.0, 7, 0), b"x")
+        == struct.pack("<IfQQ", 0, 3.0, 7, 0) + b"x"
+    )
     packed = recordio.pack(recordio.IRHeader(0, [1.0, 5.0], 0, 0), b"img")
     assert packed == struct.pack("<IfQQ", 2, 0.0, 0, 0) + struct.pack("<2f", 1, 5) + b"img"
     header, payload = recordio.unpack(packed)
@@ -296,8 +316,14 @@ def test_verification_bin_rejects_code_and_bad_counts(tmp_path):
 
 
 def test_synthetic_splits_labels_and_determinism():
-    config = _config("synthetic", image_size=32, num_identities=6, held_out_identities=3,
-                     images_per_identity=4, test_images_per_identity=2)
+    config = _config(
+        "synthetic",
+        image_size=32,
+        num_identities=6,
+        held_out_identities=3,
+        images_per_identity=4,
+        test_images_per_identity=2,
+    )
     train, test, openset = (data.create_source(config, s) for s in data.sources.SPLITS)
     assert (len(train), len(test), len(openset)) == (24, 12, 6)
     train_labels = {train[i]["label"] for i in range(24)}
@@ -326,8 +352,9 @@ def test_synthetic_samples_resemble_their_identity():
 def test_feature_batch_million_classes():
     @jax.jit
     def draw(key, step):
-        x, y = data.feature_batch(key, step, batch_size=256, num_classes=1_000_000, dim=64,
-                                  noise=0.5)
+        x, y = data.feature_batch(
+            key, step, batch_size=256, num_classes=1_000_000, dim=64, noise=0.5
+        )
         return x, y, data.class_directions(key, y, dim=64)
 
     key = jax.random.key(0)

@@ -38,8 +38,9 @@ def test_extract_matches_direct_computation(batch_size, flip, normalize):
         expected += images[:, :, ::-1].reshape(37, -1) @ projection
     if normalize:
         expected = _unit(expected)
-    got = evaluation.extract_embeddings(_linear_embed_fn(projection), images,
-                                        batch_size=batch_size, flip=flip, normalize=normalize)
+    got = evaluation.extract_embeddings(
+        _linear_embed_fn(projection), images, batch_size=batch_size, flip=flip, normalize=normalize
+    )
     assert got.shape == (37, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -51,7 +52,8 @@ def test_flip_tta_on_flip_symmetric_and_asymmetric_functions():
     with_flip = evaluation.extract_embeddings(symmetric, images, flip=True, normalize=False)
     np.testing.assert_allclose(with_flip, 2 * no_flip, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(
-        evaluation.extract_embeddings(symmetric, images), _unit(no_flip), rtol=1e-5)
+        evaluation.extract_embeddings(symmetric, images), _unit(no_flip), rtol=1e-5
+    )
     # The left column plus, through the mirror, the right column.
     left_column = lambda x: x[:, :, 0, :].reshape(len(x), -1)
     got = evaluation.extract_embeddings(left_column, images, flip=True, normalize=False)
@@ -59,11 +61,15 @@ def test_flip_tta_on_flip_symmetric_and_asymmetric_functions():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("make_mesh", [
-    lambda: jax.make_mesh((8,), ("data",)),  # Explicit axes: shardings show in the types.
-    lambda: jax.make_mesh((4, 2), ("data", "model")),
-    lambda: jax.sharding.Mesh(np.array(jax.devices()), ("data",)),  # Auto axes.
-], ids=["explicit-1d", "explicit-2d", "auto-1d"])
+@pytest.mark.parametrize(
+    "make_mesh",
+    [
+        lambda: jax.make_mesh((8,), ("data",)),  # Explicit axes: shardings show in the types.
+        lambda: jax.make_mesh((4, 2), ("data", "model")),
+        lambda: jax.sharding.Mesh(np.array(jax.devices()), ("data",)),  # Auto axes.
+    ],
+    ids=["explicit-1d", "explicit-2d", "auto-1d"],
+)
 def test_sharded_extraction_equals_single_device(make_mesh):
     model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(5)])
     images = np.random.default_rng(2).normal(size=(37, 4, 4, 3)).astype(np.float32)
@@ -78,12 +84,12 @@ def test_sharded_extraction_equals_single_device(make_mesh):
     mesh = make_mesh()
     single = evaluation.extract_embeddings(embed_fn, images, batch_size=12)
     batch_specs.clear()
-    sharded = evaluation.extract_embeddings(embed_fn, images, batch_size=12, mesh=mesh,
-                                            data_axis="data")
+    sharded = evaluation.extract_embeddings(
+        embed_fn, images, batch_size=12, mesh=mesh, data_axis="data"
+    )
     if mesh.axis_types[0] == jax.sharding.AxisType.Explicit:
         assert batch_specs and all(spec[0] == "data" for spec in batch_specs)
-    closure = evaluation.extract_embeddings(lambda x: embed_fn(x), images, batch_size=12,
-                                            mesh=mesh)
+    closure = evaluation.extract_embeddings(lambda x: embed_fn(x), images, batch_size=12, mesh=mesh)
     assert sharded.shape == (37, 5)
     np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(closure, single, rtol=1e-5, atol=1e-6)
@@ -105,8 +111,12 @@ def test_extract_rejects_bad_input():
     with pytest.raises(ValueError, match="embed_fn must map"):
         evaluation.extract_embeddings(lambda x: x.sum(axis=(1, 2, 3)), np.ones((3, 2, 2, 1)))
     with pytest.raises(ValueError, match="data_axis"):
-        evaluation.extract_embeddings(lambda x: x.reshape(len(x), -1), np.ones((8, 2, 2, 1)),
-                                      mesh=jax.make_mesh((8,), ("data",)), data_axis="batch")
+        evaluation.extract_embeddings(
+            lambda x: x.reshape(len(x), -1),
+            np.ones((8, 2, 2, 1)),
+            mesh=jax.make_mesh((8,), ("data",)),
+            data_axis="batch",
+        )
 
 
 # --------------------------------------------------------------------------- verification
@@ -243,10 +253,13 @@ def test_template_pooling_and_template_verification():
     template_a = rng.choice(np.unique(template_ids), 2000)
     template_b = rng.choice(np.unique(template_ids), 2000)
     issame = template_a // 10 == template_b // 10
-    result = evaluation.template_verification(embeddings, template_ids, template_a, template_b,
-                                              issame, fars=(1e-2, 1e-3))
-    pooled = {t: _unit(np.mean(_unit(embeddings[template_ids == t]), axis=0))
-              for t in np.unique(template_ids)}
+    result = evaluation.template_verification(
+        embeddings, template_ids, template_a, template_b, issame, fars=(1e-2, 1e-3)
+    )
+    pooled = {
+        t: _unit(np.mean(_unit(embeddings[template_ids == t]), axis=0))
+        for t in np.unique(template_ids)
+    }
     scores = np.array([pooled[a] @ pooled[b] for a, b in zip(template_a, template_b)])
     expected = evaluation.tar_at_far(scores, issame, fars=(1e-2, 1e-3))
     assert result["tar_at_far_1e-2"] == expected["tar_at_far_1e-2"]
@@ -319,17 +332,27 @@ def test_probe_ranks_match_brute_force_chunked_or_not():
     which = rng.integers(20, size=50)
     probes = gallery[which] + 0.8 * rng.normal(size=(50, 8))
     distractors = rng.normal(size=(103, 8))
-    expected = _brute_force_ranks(gallery, gallery_labels, probes, gallery_labels[which],
-                                  distractors)
+    expected = _brute_force_ranks(
+        gallery, gallery_labels, probes, gallery_labels[which], distractors
+    )
     assert 0 < np.mean(expected == 1) < 1 and np.any(expected > 5)  # A non-trivial case.
     for chunk_size in (None, 1, 7, 64):
-        ranks = evaluation.probe_ranks(gallery, gallery_labels, probes, gallery_labels[which],
-                                       distractors=distractors, chunk_size=chunk_size)
+        ranks = evaluation.probe_ranks(
+            gallery,
+            gallery_labels,
+            probes,
+            gallery_labels[which],
+            distractors=distractors,
+            chunk_size=chunk_size,
+        )
         np.testing.assert_array_equal(ranks, expected)
     without = evaluation.probe_ranks(gallery, gallery_labels, probes, gallery_labels[which])
     np.testing.assert_array_equal(
-        without, _brute_force_ranks(gallery, gallery_labels, probes, gallery_labels[which],
-                                    np.zeros((0, 8))))
+        without,
+        _brute_force_ranks(
+            gallery, gallery_labels, probes, gallery_labels[which], np.zeros((0, 8))
+        ),
+    )
 
 
 def test_identification_hand_computed():
@@ -339,11 +362,14 @@ def test_identification_hand_computed():
     # match [1, 0]; probe 1 ([.2, 1], identity 1) is closest to its match; probe 2
     # ([1, .9], identity 1) is closer to gallery identity 0 and to [1, .05].
     distractors = np.array([[1.0, 0.05], [-1.0, 0.0]])
-    ranks = evaluation.probe_ranks(gallery, gallery_labels, probes, np.array([0, 1, 1]),
-                                   distractors=distractors)
+    ranks = evaluation.probe_ranks(
+        gallery, gallery_labels, probes, np.array([0, 1, 1]), distractors=distractors
+    )
     np.testing.assert_array_equal(ranks, [2, 1, 3])
     assert evaluation.identification_rates(np.array([1, 2, 6, 1]), ks=(1, 5)) == {
-        "rank_1": 0.5, "rank_5": 0.75}
+        "rank_1": 0.5,
+        "rank_5": 0.75,
+    }
 
 
 def test_probe_ranks_reject_bad_gallery():
@@ -375,8 +401,17 @@ def test_intra_and_inter_angle_hand_computed():
 def test_inter_angle_in_blocks_equals_all_pairs(monkeypatch):
     weights = np.random.default_rng(8).normal(size=(4, 23))
     unit = _unit(weights.T)
-    expected = -np.mean([np.arccos(np.clip(unit[i] @ unit[j], -1, 1))
-                         for i in range(23) for j in range(23) if i != j]) / np.pi
+    expected = (
+        -np.mean(
+            [
+                np.arccos(np.clip(unit[i] @ unit[j], -1, 1))
+                for i in range(23)
+                for j in range(23)
+                if i != j
+            ]
+        )
+        / np.pi
+    )
     monkeypatch.setattr(geometry, "_BLOCK_ELEMENTS", 50)  # Blocks of 2 rows.
     assert evaluation.inter_angle(weights) == pytest.approx(expected, rel=1e-12)
 
@@ -391,8 +426,10 @@ def test_class_centers_norms_and_pair_angles():
         np.testing.assert_allclose(norms[c], np.linalg.norm(embeddings[labels == c], axis=1).mean())
     with pytest.raises(ValueError, match="without samples"):
         evaluation.class_centers(embeddings, labels, num_classes=5)
-    angles = evaluation.pair_angles(np.array([[1.0, 1.0], [1.0, 0.0], [3.0, 0.0]]),
-                                    np.array([[2.0, 2.0], [1.0, 1.0], [-1.0, 0.0]]))
+    angles = evaluation.pair_angles(
+        np.array([[1.0, 1.0], [1.0, 0.0], [3.0, 0.0]]),
+        np.array([[2.0, 2.0], [1.0, 1.0], [-1.0, 0.0]]),
+    )
     np.testing.assert_allclose(angles, [0.0, np.pi / 4, np.pi], atol=1e-7)
 
 
@@ -405,14 +442,22 @@ def test_plots_are_png_files_of_the_expected_size(name, tmp_path):
     labels = np.repeat(np.arange(12), 10)  # More classes than tab10 has colours.
     draw = {
         "roc": lambda path, **kw: evaluation.plot_roc(
-            {"a": evaluation.roc_curve(rng.normal(size=200), np.arange(200) % 2 == 0)[:2],
-             "b": (np.array([0.0, 1e-3, 1.0]), np.array([0.0, 0.9, 1.0]))}, path, **kw),
+            {
+                "a": evaluation.roc_curve(rng.normal(size=200), np.arange(200) % 2 == 0)[:2],
+                "b": (np.array([0.0, 1e-3, 1.0]), np.array([0.0, 0.9, 1.0])),
+            },
+            path,
+            **kw,
+        ),
         "angles": lambda path, **kw: evaluation.plot_angle_histograms(
-            rng.uniform(0, 1, 300), rng.uniform(1, 2, 300), path, **kw),
+            rng.uniform(0, 1, 300), rng.uniform(1, 2, 300), path, **kw
+        ),
         "features_2d": lambda path, **kw: evaluation.plot_features_2d(
-            rng.normal(size=(120, 2)), labels, path, **kw),
+            rng.normal(size=(120, 2)), labels, path, **kw
+        ),
         "features_3d": lambda path, **kw: evaluation.plot_features_3d(
-            rng.normal(size=(120, 3)), labels, path, **kw),
+            rng.normal(size=(120, 3)), labels, path, **kw
+        ),
     }[name]
     path = draw(os.path.join(tmp_path, "sub", f"{name}.png"), figsize=(4.0, 3.0), dpi=50)
     assert os.path.getsize(path) > 0
@@ -444,9 +489,14 @@ def test_evaluate_run_on_perfect_2d_features(tmp_path):
     class_angles = np.radians(np.arange(9) * 40.0)  # Seen: 0..160°, open set: 200..320°.
     metrics = evaluation.evaluate_run(
         _angle_embed,
-        test_images=_angle_images(test_labels, class_angles, rng), test_labels=test_labels,
-        open_images=_angle_images(open_labels, class_angles, rng), open_labels=open_labels,
-        workdir=str(tmp_path), step=3, num_pairs=400)
+        test_images=_angle_images(test_labels, class_angles, rng),
+        test_labels=test_labels,
+        open_images=_angle_images(open_labels, class_angles, rng),
+        open_labels=open_labels,
+        workdir=str(tmp_path),
+        step=3,
+        num_pairs=400,
+    )
     assert metrics["closed_set_accuracy"] == 1.0
     assert metrics["verification_accuracy"] == 1.0 and metrics["eer"] == 0.0
     assert metrics["auc"] == 1.0 and metrics["val_at_far_1e-3"] == 1.0
@@ -475,9 +525,16 @@ def test_evaluate_run_with_weights_3d_and_a_mesh(tmp_path):
     weights = centers[:4].T + 0.2 * rng.normal(size=(3, 4))
     embed_fn = lambda x: x.reshape(len(x), 3)
     run = functools.partial(
-        evaluation.evaluate_run, embed_fn, test_images=test_images, test_labels=test_labels,
-        open_images=open_images, open_labels=open_labels, weights=weights, num_pairs=200,
-        batch_size=16)
+        evaluation.evaluate_run,
+        embed_fn,
+        test_images=test_images,
+        test_labels=test_labels,
+        open_images=open_images,
+        open_labels=open_labels,
+        weights=weights,
+        num_pairs=200,
+        batch_size=16,
+    )
     metrics = run(workdir=str(tmp_path))
     sharded = run(mesh=jax.make_mesh((8,), ("data",)), plot=False)
     assert metrics.keys() == sharded.keys()
@@ -487,10 +544,15 @@ def test_evaluate_run_with_weights_3d_and_a_mesh(tmp_path):
     expected_accuracy = np.mean(np.argmax(features @ weights, axis=1) == test_labels)
     assert metrics["closed_set_accuracy"] == pytest.approx(expected_accuracy)
     assert metrics["l_intra_w"] == pytest.approx(
-        evaluation.intra_angle(features, weights, test_labels))
+        evaluation.intra_angle(features, weights, test_labels)
+    )
     assert metrics["l_inter_w"] == pytest.approx(evaluation.inter_angle(weights))
     assert sorted(os.listdir(tmp_path / "eval")) == [
-        "angles.png", "features_3d.png", "roc.npz", "roc.png"]
+        "angles.png",
+        "features_3d.png",
+        "roc.npz",
+        "roc.png",
+    ]
 
 
 def test_closed_set_accuracy_by_leave_one_out_centers():

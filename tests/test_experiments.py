@@ -9,8 +9,13 @@ import pytest
 from experiments import common, lambda_ablation, margin_sweeps, mnist_features, synthetic_openset
 
 # Small evaluation sets and batches: a run costs its compilation and little else.
-TINY = ["--steps=2", "--set=batch_size=16", "--set=eval.max_examples=64",
-        "--set=eval.num_pairs=100", "--set=eval.n_folds=2"]
+TINY = [
+    "--steps=2",
+    "--set=batch_size=16",
+    "--set=eval.max_examples=64",
+    "--set=eval.num_pairs=100",
+    "--set=eval.n_folds=2",
+]
 
 
 def _read_csv(path: str) -> list[dict[str, str]]:
@@ -36,34 +41,46 @@ def _check_outputs(out: str, *, settings: list[str]) -> list[dict[str, str]]:
 
 def test_mnist_features(tmp_path):
     out = str(tmp_path / "mnist")
-    mnist_features.main([*TINY, "--losses=arcface,triplet", f"--out={out}",
-                         f"--runs={tmp_path / 'runs'}"])
+    mnist_features.main(
+        [*TINY, "--losses=arcface,triplet", f"--out={out}", f"--runs={tmp_path / 'runs'}"]
+    )
     _check_outputs(out, settings=["arcface", "triplet"])
 
 
 def test_lambda_ablation(tmp_path):
     out = str(tmp_path / "lambda")
-    lambda_ablation.main([*TINY, "--losses=sphereface", f"--out={out}",
-                          f"--runs={tmp_path / 'runs'}"])
+    lambda_ablation.main(
+        [*TINY, "--losses=sphereface", f"--out={out}", f"--runs={tmp_path / 'runs'}"]
+    )
     _check_outputs(out, settings=["sphereface annealed λ", "sphereface λ = 0"])
 
 
 def test_margin_sweep_keeps_integer_margins(tmp_path):
     out = str(tmp_path / "sweep")
-    margin_sweeps.main([*TINY, "--loss=sphereface", "--values=1,2", f"--out={out}",
-                        f"--runs={tmp_path / 'runs'}"])
+    margin_sweeps.main(
+        [*TINY, "--loss=sphereface", "--values=1,2", f"--out={out}", f"--runs={tmp_path / 'runs'}"]
+    )
     rows = _check_outputs(out, settings=["sphereface margin=1", "sphereface margin=2"])
     assert [r["margin"] for r in rows] == ["1", "2"]
 
 
 def test_synthetic_openset(tmp_path):
     out = str(tmp_path / "synthetic")
-    synthetic_openset.main([
-        *TINY, "--losses=cosface", "--seeds=0", "--set=dataset.image_size=16",
-        "--set=dataset.num_identities=8", "--set=dataset.held_out_identities=4",
-        "--set=dataset.images_per_identity=4", "--set=dataset.test_images_per_identity=2",
-        "--set=model.embedding_dim=8", f"--out={out}", f"--runs={tmp_path / 'runs'}",
-    ])
+    synthetic_openset.main(
+        [
+            *TINY,
+            "--losses=cosface",
+            "--seeds=0",
+            "--set=dataset.image_size=16",
+            "--set=dataset.num_identities=8",
+            "--set=dataset.held_out_identities=4",
+            "--set=dataset.images_per_identity=4",
+            "--set=dataset.test_images_per_identity=2",
+            "--set=model.embedding_dim=8",
+            f"--out={out}",
+            f"--runs={tmp_path / 'runs'}",
+        ]
+    )
     _check_outputs(out, settings=["cosface"])
 
 
@@ -99,12 +116,14 @@ def test_feature_grid_plots_2d_and_3d_panels_and_rejects_others(tmp_path):
     path = common.plot_feature_grid(panels, str(tmp_path / "grid.png"))
     assert os.path.getsize(path) > 0
     with pytest.raises(ValueError, match="2-D or 3-D features; got dimensions \\[2, 3, 4\\]"):
-        common.plot_feature_grid([*panels, ("c", np.ones((10, 4)), labels)],
-                                 str(tmp_path / "bad.png"))
+        common.plot_feature_grid(
+            [*panels, ("c", np.ones((10, 4)), labels)], str(tmp_path / "bad.png")
+        )
 
 
 def test_set_flag_parses_values():
     args = common.parser("x", out="o").parse_args(
-        ["--set=eval.num_pairs=600", "--set=model.name=iresnet18", "--seeds=0,1"])
+        ["--set=eval.num_pairs=600", "--set=model.name=iresnet18", "--seeds=0,1"]
+    )
     assert dict(args.set) == {"eval.num_pairs": 600, "model.name": "iresnet18"}
     assert args.seeds == (0, 1)

@@ -49,8 +49,9 @@ def test_partial_fc_scores_the_sampled_columns():
     x = jax.random.normal(jax.random.key(0), (4, 4))
     y = np.array([0, 1, 2, 3])
     config = _partial_fc_config(0.5, False)
-    head, state = objectives.init_head(config.loss, jax.random.key(1), embedding_dim=4,
-                                       num_classes=16)
+    head, state = objectives.init_head(
+        config.loss, jax.random.key(1), embedding_dim=4, num_classes=16
+    )
     key = jax.random.key(3)
     value, _ = objectives.compute_loss(config.loss, head, state, x, y, step=0, key=key)
     classes, sampled = losses.sample_classes(jax.random.fold_in(key, 2), y, 16, sample_rate=0.5)
@@ -78,8 +79,11 @@ def test_partial_fc_trains_class_sharded_on_eight_devices():
 def test_sample_rate_is_checked_from_the_record():
     config = tiny_config("arcface")
     config.loss.sample_rate = 0.0
-    with pytest.raises(objectives.ConfigError, match=r"sample_rate = 0.0 is out of range; "
-                                                     r"valid: \(0, 1\]"):
+    with pytest.raises(
+        objectives.ConfigError,
+        match=r"sample_rate = 0.0 is out of range; "
+        r"valid: \(0, 1\]",
+    ):
         train.check_config(config, num_devices=1)
     circle = tiny_config("circle")
     circle.loss.sample_rate = 0.5
@@ -94,8 +98,9 @@ def test_gradient_accumulation_is_one_big_batch():
     params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
     grads = [jax.tree.map(lambda p, i=i: jnp.cos(p + i), params) for i in range(2)]
     big = optimizers.create_optimizer(config, optax.constant_schedule(0.1))
-    updates, _ = big.update(jax.tree.map(lambda a, b: (a + b) / 2, *grads), big.init(params),
-                            params)
+    updates, _ = big.update(
+        jax.tree.map(lambda a, b: (a + b) / 2, *grads), big.init(params), params
+    )
     expected = optax.apply_updates(params, updates)
     config.grad_accum_steps = 2
     tx = optimizers.create_optimizer(config, optax.constant_schedule(0.1))
@@ -196,6 +201,8 @@ def test_the_face_recipe_carries_arcface_torch_knobs():
     combined = importlib.import_module("configs.combined").get_config("face").loss
     assert (combined.m1, combined.m2, combined.m3) == (1.0, 0.3, 0.2)
     assert math.isclose(
-        np.asarray(importlib.import_module("faceloss_jax.data.config").NORMALIZATIONS[
-            "arcface_torch"]).prod(), 127.5 * 127.5
+        np.asarray(
+            importlib.import_module("faceloss_jax.data.config").NORMALIZATIONS["arcface_torch"]
+        ).prod(),
+        127.5 * 127.5,
     )

@@ -74,7 +74,9 @@ def built(request):
 
         grads, (embeddings, updates) = jax.grad(objective, has_aux=True)(variables["params"])
         return dict(
-            embeddings=embeddings, updates=updates, grads=grads,
+            embeddings=embeddings,
+            updates=updates,
+            grads=grads,
             eval=jax.vmap(lambda x: model.apply(variables, x, train=False))(images),
             eval_bf16=model_bf16.apply(variables, images[0], train=False),
         )
@@ -108,9 +110,14 @@ def test_unknown_key_lists_valid_keys():
 
 @pytest.mark.parametrize(
     "options, problem",
-    [({"embedding_dim": 0}, "embedding_dim"), ({"embedding_dim": 2.5}, "embedding_dim"),
-     ({"dropout": 1.0}, "dropout"), ({"dropout": -0.1}, "dropout"),
-     ({"dtype": "int8"}, "dtype.*'int8'"), ({"dtype": "half-ish"}, "dtype.*'half-ish'")],
+    [
+        ({"embedding_dim": 0}, "embedding_dim"),
+        ({"embedding_dim": 2.5}, "embedding_dim"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"dtype": "int8"}, "dtype.*'int8'"),
+        ({"dtype": "half-ish"}, "dtype.*'half-ish'"),
+    ],
 )
 def test_bad_values_are_errors(options, problem):
     with pytest.raises(ValueError, match=problem):
@@ -170,10 +177,12 @@ def test_lenet_feature_layer(options, expected):
 
 @pytest.mark.parametrize(
     "name, size, head_shape",
-    [("iresnet18", 56, ("Dense_0", "kernel", (4 * 4 * 512, 512))),
-     ("iresnet18", 32, ("Dense_0", "kernel", (2 * 2 * 512, 512))),
-     ("mobilefacenet", 32, ("gdconv", "kernel", (2, 2, 1, 512))),
-     ("mobilefacenet", 112, ("gdconv", "kernel", (7, 7, 1, 512)))],
+    [
+        ("iresnet18", 56, ("Dense_0", "kernel", (4 * 4 * 512, 512))),
+        ("iresnet18", 32, ("Dense_0", "kernel", (2 * 2 * 512, 512))),
+        ("mobilefacenet", 32, ("gdconv", "kernel", (2, 2, 1, 512))),
+        ("mobilefacenet", 112, ("gdconv", "kernel", (7, 7, 1, 512))),
+    ],
 )
 def test_head_follows_input_size(name, size, head_shape):
     params = _abstract_init(_model(name), (size, size, 3))["params"]
@@ -274,7 +283,8 @@ def test_dropout_uses_the_dropout_rng(built):
     def dropped(variables, images, seeds):
         return jax.vmap(
             lambda seed: model.apply(
-                variables, images, train=True, rngs={"dropout": jax.random.key(seed)})
+                variables, images, train=True, rngs={"dropout": jax.random.key(seed)}
+            )
         )(seeds)
 
     a, b = dropped(variables, images, jnp.arange(2))
@@ -303,5 +313,6 @@ def test_synchronized_batch_norm_under_shard_map(built):
     np.testing.assert_allclose(embeddings, built["embeddings"], rtol=1e-3, atol=1e-4)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
-        updates, built["updates"],
+        updates,
+        built["updates"],
     )

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import NUM_CLASSES, tiny_config, tiny_model  # noqa: F401 (fixture)
+from test_train import NUM_CLASSES, TinyNet, tiny_config
 
 from configs import default
 from faceloss_jax import data, losses, train
@@ -35,6 +35,11 @@ def toy_margin(embeddings, weights, labels, *, scale, margin, **layout):
 
 
 @pytest.fixture
+def tiny_net(monkeypatch):
+    monkeypatch.setattr(train, "create_model", lambda config: TinyNet(config.model.embedding_dim))
+
+
+@pytest.fixture
 def toy_loss():
     objectives.register(
         "toy_margin",
@@ -50,7 +55,7 @@ def toy_loss():
 
 @pytest.mark.parametrize("class_sharded", [False, True])
 def test_a_registered_loss_trains_by_name_in_every_layout(
-    toy_loss, tiny_model, tmp_path, class_sharded
+    toy_loss, tiny_net, tmp_path, class_sharded
 ):
     config = tiny_config("cosface")
     config.dataset.num_identities = 24  # 3 classes a device: a chunk of 2 and a remainder
@@ -107,8 +112,10 @@ def _out_of_range(spec: hp.HyperParameter):
     if isinstance(default, int):
         return int(spec.valid.split("≥ ")[1]) - 1
     low, high = (float(v.replace("∞", "inf")) for v in spec.valid[1:-1].split(", "))
-    return low if spec.valid[0] == "(" and math.isfinite(low) else (
-        low - 1.0 if math.isfinite(low) else high + 1.0
+    return (
+        low
+        if spec.valid[0] == "(" and math.isfinite(low)
+        else (low - 1.0 if math.isfinite(low) else high + 1.0)
     )
 
 
@@ -178,7 +185,9 @@ def _main(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_cli_prints_a_config_error_as_one_line(tmp_path):
-    result = _main("--config=configs/arcface.py", f"--workdir={tmp_path}", "--config.loss.margin=-1")
+    result = _main(
+        "--config=configs/arcface.py", f"--workdir={tmp_path}", "--config.loss.margin=-1"
+    )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [
@@ -313,8 +322,15 @@ def test_evaluation_of_a_subsample_that_misses_classes():
     centres = rng.normal(size=(10, 1, 1, 6))
     images = (centres[labels] + 0.1 * rng.normal(size=(8, 1, 1, 6))).astype(np.float32)
     metrics = evaluation.evaluate_run(
-        Partial(_flatten), test_images=images, test_labels=labels, open_images=images,
-        open_labels=labels, plot=False, num_pairs=8, n_folds=2, batch_size=8,
+        Partial(_flatten),
+        test_images=images,
+        test_labels=labels,
+        open_images=images,
+        open_labels=labels,
+        plot=False,
+        num_pairs=8,
+        n_folds=2,
+        batch_size=8,
     )
     # Nearest of the 4 present centres (leave-one-out; class 9's lone sample cannot be).
     assert metrics["closed_set_accuracy"] == pytest.approx(7 / 8)

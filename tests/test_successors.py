@@ -41,6 +41,7 @@ def _elastic_ref(kind, margin, plus):
         if plus:
             m = ref.elastic_plus_margins(m, ref.cosines(x, w)[np.arange(len(y)), y])
         return ref.elasticface(x, w, y, m, kind=kind, scale=scale)
+
     return reference
 
 
@@ -69,41 +70,82 @@ class Case:
 
 
 CASES = [
-    Case("subcenter", losses.subcenter_arcface, ref.subcenter_arcface,
-         {"scale": 64.0, "margin": 0.5}, layouts="dense", sub=3),
-    Case("subcenter-easy", losses.subcenter_arcface, ref.subcenter_arcface,
-         {"scale": 32.0, "margin": 0.4, "easy_margin": True}, layouts="dense", sub=2,
-         variant=True),
-    Case("curricular",
-         lambda x, w, y, **kw: losses.curricularface(x, w, y, 0.3, **kw),
-         lambda x, w, y, **kw: ref.curricularface(x, w, y, 0.3, **kw),
-         {"scale": 64.0, "margin": 0.5}, layouts="dense"),
-    Case("adaface",
-         lambda x, w, y, **kw: losses.adaface(x, w, y, STATS, **kw),
-         lambda x, w, y, **kw: ref.adaface(x, w, y, 15.0, 8.0, **kw),
-         {"scale": 64.0, "margin": 0.4, "h": 0.333}, norm=(1.0, 40.0), check_x=False),
-    Case("magface", losses.magface, ref.magface,
-         {"scale": 32.0, "lower_margin": 0.5, "upper_margin": 1.0, "easy_margin": False},
-         norm=(5.0, 120.0)),
+    Case(
+        "subcenter",
+        losses.subcenter_arcface,
+        ref.subcenter_arcface,
+        {"scale": 64.0, "margin": 0.5},
+        layouts="dense",
+        sub=3,
+    ),
+    Case(
+        "subcenter-easy",
+        losses.subcenter_arcface,
+        ref.subcenter_arcface,
+        {"scale": 32.0, "margin": 0.4, "easy_margin": True},
+        layouts="dense",
+        sub=2,
+        variant=True,
+    ),
+    Case(
+        "curricular",
+        lambda x, w, y, **kw: losses.curricularface(x, w, y, 0.3, **kw),
+        lambda x, w, y, **kw: ref.curricularface(x, w, y, 0.3, **kw),
+        {"scale": 64.0, "margin": 0.5},
+        layouts="dense",
+    ),
+    Case(
+        "adaface",
+        lambda x, w, y, **kw: losses.adaface(x, w, y, STATS, **kw),
+        lambda x, w, y, **kw: ref.adaface(x, w, y, 15.0, 8.0, **kw),
+        {"scale": 64.0, "margin": 0.4, "h": 0.333},
+        norm=(1.0, 40.0),
+        check_x=False,
+    ),
+    Case(
+        "magface",
+        losses.magface,
+        ref.magface,
+        {"scale": 32.0, "lower_margin": 0.5, "upper_margin": 1.0, "easy_margin": False},
+        norm=(5.0, 120.0),
+    ),
     Case("magface-defaults", losses.magface, ref.magface, {}, norm=(5.0, 120.0), variant=True),
-    Case("elastic-arc",
-         lambda x, w, y, **kw: losses.elasticface_arc(x, w, y, KEY, margin=0.5, **kw),
-         _elastic_ref("arc", 0.5, False), {"scale": 64.0, "sigma": 0.05}),
-    Case("elastic-cos-plus",
-         lambda x, w, y, **kw: losses.elasticface_cos(x, w, y, KEY, margin=0.35, plus=True,
-                                                      **kw),
-         _elastic_ref("cos", 0.35, True), {"scale": 64.0, "sigma": 0.05}, layouts="chunk"),
-    Case("elastic-arc-plus",
-         lambda x, w, y, **kw: losses.elasticface_arc(x, w, y, KEY, margin=0.5, plus=True,
-                                                      **kw),
-         _elastic_ref("arc", 0.5, True), {"scale": 64.0, "sigma": 0.1}, layouts="chunk",
-         variant=True),
-    Case("adacos-fixed", losses.adacos,
-         lambda x, w, y: ref.normface(x, w, y, scale=math.sqrt(2) * math.log(w.shape[1] - 1)),
-         {}),
+    Case(
+        "elastic-arc",
+        lambda x, w, y, **kw: losses.elasticface_arc(x, w, y, KEY, margin=0.5, **kw),
+        _elastic_ref("arc", 0.5, False),
+        {"scale": 64.0, "sigma": 0.05},
+    ),
+    Case(
+        "elastic-cos-plus",
+        lambda x, w, y, **kw: losses.elasticface_cos(x, w, y, KEY, margin=0.35, plus=True, **kw),
+        _elastic_ref("cos", 0.35, True),
+        {"scale": 64.0, "sigma": 0.05},
+        layouts="chunk",
+    ),
+    Case(
+        "elastic-arc-plus",
+        lambda x, w, y, **kw: losses.elasticface_arc(x, w, y, KEY, margin=0.5, plus=True, **kw),
+        _elastic_ref("arc", 0.5, True),
+        {"scale": 64.0, "sigma": 0.1},
+        layouts="chunk",
+        variant=True,
+    ),
+    Case(
+        "adacos-fixed",
+        losses.adacos,
+        lambda x, w, y: ref.normface(x, w, y, scale=math.sqrt(2) * math.log(w.shape[1] - 1)),
+        {},
+    ),
     Case("adacos-dynamic", losses.adacos, ref.normface, {"scale": 7.5}, variant=True),
-    Case("circle", losses.circle_loss, ref.circle_loss, {"scale": 256.0, "margin": 0.25},
-         layouts="dense", check_x=False),
+    Case(
+        "circle",
+        losses.circle_loss,
+        ref.circle_loss,
+        {"scale": 256.0, "margin": 0.25},
+        layouts="dense",
+        check_x=False,
+    ),
 ]
 IDS = [case.id for case in CASES]
 BASE_CASES = [case for case in CASES if not case.variant]
@@ -164,27 +206,41 @@ def test_reductions_to_the_core_losses(x64):
     w, y = rng.normal(size=(4, 9)), rng.integers(0, 9, size=12)
     arc = losses.arcface(x, w, y, scale=30.0, margin=0.4)
     np.testing.assert_allclose(
-        losses.subcenter_arcface(x, w[:, :, None], y, scale=30.0, margin=0.4), arc)
+        losses.subcenter_arcface(x, w[:, :, None], y, scale=30.0, margin=0.4), arc
+    )
     np.testing.assert_allclose(  # a margin constant in the norm: ArcFace
-        losses.magface(x, w, y, scale=30.0, lower_margin=0.4, upper_margin=0.4, lambda_g=0.0,
-                       easy_margin=False), arc, rtol=1e-9)
+        losses.magface(
+            x, w, y, scale=30.0, lower_margin=0.4, upper_margin=0.4, lambda_g=0.0, easy_margin=False
+        ),
+        arc,
+        rtol=1e-9,
+    )
     stats = losses.AdaFaceStats(mean=jnp.asarray(20.0), std=jnp.asarray(5.0))  # ẑ = 0
-    np.testing.assert_allclose(losses.adaface(x, w, y, stats, scale=30.0, margin=0.35),
-                               losses.cosface(x, w, y, scale=30.0, margin=0.35), rtol=1e-9)
+    np.testing.assert_allclose(
+        losses.adaface(x, w, y, stats, scale=30.0, margin=0.35),
+        losses.cosface(x, w, y, scale=30.0, margin=0.35),
+        rtol=1e-9,
+    )
     np.testing.assert_allclose(
         losses.elasticface_cos(x, w, y, KEY, scale=30.0, margin=0.35, sigma=0.0),
-        losses.cosface(x, w, y, scale=30.0, margin=0.35), rtol=1e-9)
+        losses.cosface(x, w, y, scale=30.0, margin=0.35),
+        rtol=1e-9,
+    )
     np.testing.assert_allclose(
         losses.elasticface_arc(x, w, y, KEY, scale=30.0, margin=0.4, sigma=0.0),
-        losses.combined_margin(x, w, y, scale=30.0, m2=0.4), rtol=1e-9)
-    np.testing.assert_allclose(losses.adacos(x, w, y, scale=12.0),
-                               losses.normface(x, w, y, scale=12.0))
+        losses.combined_margin(x, w, y, scale=30.0, m2=0.4),
+        rtol=1e-9,
+    )
+    np.testing.assert_allclose(
+        losses.adacos(x, w, y, scale=12.0), losses.normface(x, w, y, scale=12.0)
+    )
     # Without hard negatives (each x on its own centre, cos θ_j < cos m) t plays no role.
     on_centre = w[:, y].T * np.linspace(1.0, 3.0, 12)[:, None]
     np.testing.assert_allclose(
         losses.curricularface(on_centre, w, y, 0.7, scale=30.0, margin=0.1),
         losses.arcface(on_centre, w, y, scale=30.0, margin=0.1),
-        atol=1e-8)  # at θ_y ≈ 0 sin θ_y = √(1 − cos²) amplifies a rounding of cos to 1e-8
+        atol=1e-8,
+    )  # at θ_y ≈ 0 sin θ_y = √(1 − cos²) amplifies a rounding of cos to 1e-8
 
 
 # ----------------------------------------------------------------------------------
@@ -197,11 +253,23 @@ def test_check_grads(x64, case):
     x, w, y = _data(case, 5, 4, 6, seed=3)
     hp = dict(case.hp, **({"scale": 4.0} if "scale" in case.hp else {}))
     if case.check_x:
-        check_grads(jax.jit(lambda x, w: case.fn(x, w, y, **hp).sum()), (x, w), order=1,
-                    modes=["rev"], atol=1e-5, rtol=1e-5)
+        check_grads(
+            jax.jit(lambda x, w: case.fn(x, w, y, **hp).sum()),
+            (x, w),
+            order=1,
+            modes=["rev"],
+            atol=1e-5,
+            rtol=1e-5,
+        )
     elif case.id == "adaface":  # the norm enters without a gradient: check W only
-        check_grads(jax.jit(lambda w: case.fn(x, w, y, **hp).sum()), (w,), order=1,
-                    modes=["rev"], atol=1e-5, rtol=1e-5)
+        check_grads(
+            jax.jit(lambda w: case.fn(x, w, y, **hp).sum()),
+            (w,),
+            order=1,
+            modes=["rev"],
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 @pytest.mark.parametrize("case", BASE_CASES, ids=[c.id for c in BASE_CASES])
@@ -212,8 +280,9 @@ def test_gradients_finite_in_bfloat16_at_the_edges(case):
     w = np.concatenate([w, np.zeros_like(w[:, :1])], axis=1)
     y = np.append(y, w.shape[1] - 1).astype(np.int32)
     xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
-    value, grads = jax.jit(jax.value_and_grad(
-        lambda x, w: _call(case, x, w, y).sum(), argnums=(0, 1)))(xb, wb)
+    value, grads = jax.jit(
+        jax.value_and_grad(lambda x, w: _call(case, x, w, y).sum(), argnums=(0, 1))
+    )(xb, wb)
     assert value.dtype == jnp.float32 and np.isfinite(float(value))
     for g in grads:
         assert g.dtype == jnp.bfloat16
@@ -245,7 +314,10 @@ def test_chunked_and_class_sharded_equal_dense(x64, case):
     if case.layouts == "all":
         layout = jax.shard_map(
             lambda x, w, y: _call(case, x, w, y, chunk_size=2, class_axis_name="c"),
-            mesh=_mesh(), in_specs=(P(), P(None, "c"), P()), out_specs=P())
+            mesh=_mesh(),
+            in_specs=(P(), P(None, "c"), P()),
+            out_specs=P(),
+        )
     else:
         layout = lambda x, w, y: _call(case, x, w, y, chunk_size=5)  # noqa: E731
     value, grads = _value_and_grads(layout, x, w, y)
@@ -263,15 +335,18 @@ def test_data_and_class_parallel_equal_dense(x64, case_id):
     x, w, y = _data(case, 2 * devices, 5, 2 * devices, seed=6)
     sharded = jax.shard_map(
         lambda x, w, y: _call(case, x, w, y, axis_name="c", class_axis_name="c"),
-        mesh=_mesh(), in_specs=(P("c"), P(None, "c"), P("c")), out_specs=P("c"))
+        mesh=_mesh(),
+        in_specs=(P("c"), P(None, "c"), P("c")),
+        out_specs=P("c"),
+    )
     value, grads = _value_and_grads(sharded, x, w, y)
     if case.id.startswith("elastic"):
         # Each device draws its own examples' margins from its key: the same draws on
         # every device unless the caller folds the device index into the key.
         margins = np.tile(_margins(2, 0.5, case.hp["sigma"]), devices)
         np.testing.assert_allclose(
-            value, ref.elasticface(x, w, y, margins, kind="arc", scale=case.hp["scale"]),
-            rtol=1e-9)
+            value, ref.elasticface(x, w, y, margins, kind="arc", scale=case.hp["scale"]), rtol=1e-9
+        )
         return
     dense_value, dense_grads = _value_and_grads(lambda x, w, y: _call(case, x, w, y), x, w, y)
     np.testing.assert_allclose(value, dense_value, rtol=1e-10)
@@ -305,14 +380,18 @@ def test_adacos_traced_scale_in_chunked_jit():
 def test_state_updates_match_reference(x64):
     case = next(c for c in CASES if c.id == "adaface")
     x, w, y = _data(case, 10, 4, 7, seed=8)
-    np.testing.assert_allclose(losses.curricularface_update_t(0.2, x, w, y),
-                               ref.curricularface_t(0.2, x, w, y), rtol=1e-12)
+    np.testing.assert_allclose(
+        losses.curricularface_update_t(0.2, x, w, y), ref.curricularface_t(0.2, x, w, y), rtol=1e-12
+    )
     new = losses.adaface_update_stats(STATS, x, alpha=0.3)
     np.testing.assert_allclose(new, ref.adaface_stats(15.0, 8.0, x, alpha=0.3), rtol=1e-12)
     init = losses.adaface_init_stats()
     assert (float(init.mean), float(init.std)) == (20.0, 100.0)
-    np.testing.assert_allclose(losses.adacos_dynamic_scale(6.0, x, w, y),
-                               ref.adacos_dynamic_scale(6.0, x, w, y), rtol=1e-12)
+    np.testing.assert_allclose(
+        losses.adacos_dynamic_scale(6.0, x, w, y),
+        ref.adacos_dynamic_scale(6.0, x, w, y),
+        rtol=1e-12,
+    )
     np.testing.assert_allclose(losses.adacos_fixed_scale(85742), math.sqrt(2) * math.log(85741))
     # The state carries no gradient.
     assert jax.grad(lambda x: losses.curricularface_update_t(0.2, x, w, y))(x).any() == 0
@@ -325,9 +404,11 @@ def test_state_updates_under_pmap_use_the_global_batch(x64):
 
     @functools.partial(jax.pmap, axis_name="d", in_axes=(0, 0, None), out_axes=None)
     def updates(x, y, w):
-        return (losses.curricularface_update_t(0.2, x, w, y, axis_name="d"),
-                losses.adaface_update_stats(STATS, x, axis_name="d"),
-                losses.adacos_dynamic_scale(6.0, x, w, y, axis_name="d"))
+        return (
+            losses.curricularface_update_t(0.2, x, w, y, axis_name="d"),
+            losses.adaface_update_stats(STATS, x, axis_name="d"),
+            losses.adacos_dynamic_scale(6.0, x, w, y, axis_name="d"),
+        )
 
     t, stats, scale = updates(x.reshape(devices, 3, 4), y.reshape(devices, 3), w)
     np.testing.assert_allclose(t, ref.curricularface_t(0.2, x, w, y), rtol=1e-12)
@@ -341,9 +422,13 @@ def test_adacos_scale_with_class_sharded_weights(x64):
     x, w, y = _data(case, 2 * devices, 4, 3 * devices, seed=4)
     expected = ref.adacos_dynamic_scale(5.0, x, w, y)
     fn = jax.shard_map(  # Partial FC: the batch and the classes split over one axis
-        lambda x, w, y: losses.adacos_dynamic_scale(5.0, x, w, y, axis_name="c",
-                                                    class_axis_name="c"),
-        mesh=_mesh(), in_specs=(P("c"), P(None, "c"), P("c")), out_specs=P())
+        lambda x, w, y: losses.adacos_dynamic_scale(
+            5.0, x, w, y, axis_name="c", class_axis_name="c"
+        ),
+        mesh=_mesh(),
+        in_specs=(P("c"), P(None, "c"), P("c")),
+        out_specs=P(),
+    )
     np.testing.assert_allclose(fn(x, w, y), expected, rtol=1e-12)
 
 
@@ -377,15 +462,18 @@ def test_circle_pair_loss_matches_reference(x64):
     rng = np.random.default_rng(11)
     x, y = rng.normal(size=(13, 5)), np.array([0, 0, 1, 1, 1, 2, 3, 3, 0, 4, 4, 2, 5])
     for hp in ({}, {"scale": 32.0, "margin": 0.4}):
-        np.testing.assert_allclose(losses.circle_pair_loss(x, y, **hp),
-                                   ref.circle_pair_loss(x, y, **hp), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            losses.circle_pair_loss(x, y, **hp),
+            ref.circle_pair_loss(x, y, **hp),
+            rtol=1e-9,
+            atol=1e-12,
+        )
 
 
 def test_circle_pair_loss_finite_gradients_in_bfloat16():
     x = jnp.asarray([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], jnp.bfloat16)
     y = jnp.array([0, 0, 1, 1, 2])  # duplicates, an opposite, a zero vector, a loner
-    value, grad = jax.jit(jax.value_and_grad(
-        lambda x: losses.circle_pair_loss(x, y).sum()))(x)
+    value, grad = jax.jit(jax.value_and_grad(lambda x: losses.circle_pair_loss(x, y).sum()))(x)
     assert value.dtype == jnp.float32 and np.isfinite(float(value))
     assert grad.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(grad, np.float32)))
     assert float(losses.circle_pair_loss(x, y)[4]) == 0.0
@@ -416,16 +504,24 @@ def test_xbm_losses_match_reference(x64):
         memory = losses.xbm_enqueue(memory, rng.normal(size=(3, 3)), rng.integers(0, 3, size=3))
     x, y = rng.normal(size=(4, 3)), np.array([0, 1, 2, 5])  # label 5: no positive
     expected = _numpy_memory(memory)
-    np.testing.assert_allclose(losses.xbm_contrastive_loss(x, y, memory, margin=2.0),
-                               ref.xbm_contrastive(x, y, expected, margin=2.0), rtol=1e-12)
-    np.testing.assert_allclose(losses.xbm_triplet_loss(x, y, memory, margin=1.0),
-                               ref.xbm_triplet(x, y, expected, margin=1.0), rtol=1e-12)
+    np.testing.assert_allclose(
+        losses.xbm_contrastive_loss(x, y, memory, margin=2.0),
+        ref.xbm_contrastive(x, y, expected, margin=2.0),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        losses.xbm_triplet_loss(x, y, memory, margin=1.0),
+        ref.xbm_triplet(x, y, expected, margin=1.0),
+        rtol=1e-12,
+    )
 
 
 def test_xbm_empty_memory_and_finite_gradients():
     x, y = jnp.asarray([[0.5, 0.5], [1.0, 0.0]], jnp.bfloat16), jnp.array([0, 1])
-    both = lambda x, m: (losses.xbm_contrastive_loss(x, y, m)  # noqa: E731
-                         + losses.xbm_triplet_loss(x, y, m))
+    both = lambda x, m: (
+        losses.xbm_contrastive_loss(x, y, m)  # noqa: E731
+        + losses.xbm_triplet_loss(x, y, m)
+    )
     step = jax.jit(jax.value_and_grad(both))
     empty = losses.xbm_init(4, 2)
     value, grad = step(x, empty)
@@ -441,10 +537,14 @@ def test_xbm_enqueue_under_pmap_stores_the_global_batch():
     devices = jax.device_count()
     x = np.arange(2.0 * devices * 3, dtype=np.float32).reshape(2 * devices, 3)
     y = np.arange(2 * devices, dtype=np.int32)
-    enqueue = jax.pmap(lambda m, x, y: losses.xbm_enqueue(m, x, y, axis_name="d"),
-                       axis_name="d", in_axes=(None, 0, 0))
-    memory = enqueue(losses.xbm_init(3 * devices, 3), x.reshape(devices, 2, 3),
-                     y.reshape(devices, 2))
+    enqueue = jax.pmap(
+        lambda m, x, y: losses.xbm_enqueue(m, x, y, axis_name="d"),
+        axis_name="d",
+        in_axes=(None, 0, 0),
+    )
+    memory = enqueue(
+        losses.xbm_init(3 * devices, 3), x.reshape(devices, 2, 3), y.reshape(devices, 2)
+    )
     expected = ref.xbm_enqueue(_numpy_memory(losses.xbm_init(3 * devices, 3)), x, y)
     for key, value in expected.items():
         np.testing.assert_array_equal(getattr(memory, key), np.stack([value] * devices))
@@ -457,27 +557,42 @@ def test_xbm_enqueue_under_pmap_stores_the_global_batch():
 
 def test_bad_input_is_named():
     x, w, y = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32), np.array([0, 1, 2, 3])
-    for dense in (losses.subcenter_arcface, losses.circle_loss,
-                  lambda *a, **k: losses.curricularface(*a, 0.0, **k)):
+    for dense in (
+        losses.subcenter_arcface,
+        losses.circle_loss,
+        lambda *a, **k: losses.curricularface(*a, 0.0, **k),
+    ):
         for layout in ({"chunk_size": 2}, {"axis_name": "c"}, {"class_axis_name": "c"}):
             with pytest.raises(NotImplementedError, match="dense only"):
                 dense(x, w[..., None] if dense is losses.subcenter_arcface else w, y, **layout)
     cases = [
         (lambda: losses.subcenter_arcface(x, w, y), ValueError, r"weights \(d, C, K\)"),
-        (lambda: losses.subcenter_arcface(x, w[..., None], y + 2), ValueError,
-         r"labels must lie in \[0, 5\)"),
+        (
+            lambda: losses.subcenter_arcface(x, w[..., None], y + 2),
+            ValueError,
+            r"labels must lie in \[0, 5\)",
+        ),
         (lambda: losses.adaface(x, w.T, y, STATS), ValueError, "embedding_dim, num_classes"),
         (lambda: losses.adaface_update_stats(STATS, x[:1]), ValueError, "at least 2"),
-        (lambda: losses.curricularface_update_t(0.0, x, w, y, alpha=2.0), ValueError,
-         r"alpha must lie in \[0, 1\]"),
-        (lambda: losses.magface(x, w, y, lower_norm=50.0, upper_norm=10.0), ValueError,
-         "lower_norm < upper_norm"),
+        (
+            lambda: losses.curricularface_update_t(0.0, x, w, y, alpha=2.0),
+            ValueError,
+            r"alpha must lie in \[0, 1\]",
+        ),
+        (
+            lambda: losses.magface(x, w, y, lower_norm=50.0, upper_norm=10.0),
+            ValueError,
+            "lower_norm < upper_norm",
+        ),
         (lambda: losses.elasticface_cos(x, w, y, KEY, sigma=-1.0), ValueError, "sigma"),
         (lambda: losses.adacos_fixed_scale(2), ValueError, "at least 3 classes"),
         (lambda: losses.circle_pair_loss(x, y.astype(np.float32)), TypeError, "integer dtype"),
         (lambda: losses.xbm_enqueue(losses.xbm_init(3, 3), x, y), ValueError, "does not fit"),
-        (lambda: losses.xbm_triplet_loss(x, y, losses.xbm_init(8, 2)), ValueError,
-         "dimension 3 but the memory holds 2"),
+        (
+            lambda: losses.xbm_triplet_loss(x, y, losses.xbm_init(8, 2)),
+            ValueError,
+            "dimension 3 but the memory holds 2",
+        ),
     ]
     for call, error, match in cases:
         with pytest.raises(error, match=match):
@@ -485,7 +600,10 @@ def test_bad_input_is_named():
     with pytest.raises(NotImplementedError, match="plus=True"):
         jax.shard_map(
             lambda w: losses.elasticface_arc(x, w, y, KEY, plus=True, class_axis_name="c"),
-            mesh=_mesh(), in_specs=P(None, "c"), out_specs=P())(np.ones((3, 8), np.float32))
+            mesh=_mesh(),
+            in_specs=P(None, "c"),
+            out_specs=P(),
+        )(np.ones((3, 8), np.float32))
 
 
 @pytest.mark.parametrize(

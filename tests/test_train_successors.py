@@ -36,8 +36,7 @@ def test_every_successor_trains(loss):
     assert np.isfinite(last) and last < 0.8 * first, [m["loss"] for m in history]
     # Every stateful loss moved its state.
     old, new = jax.tree.leaves(initial_state), jax.tree.leaves(state.loss_state)
-    assert all(not np.array_equal(a, np.asarray(b)) for a, b in zip(old, new)
-               if a.ndim), loss
+    assert all(not np.array_equal(a, np.asarray(b)) for a, b in zip(old, new) if a.ndim), loss
 
 
 def _inputs(num_classes=8, dim=4, batch=16, seed=0):
@@ -68,8 +67,9 @@ def test_state_is_updated_first_then_used(loss):
     elif loss == "adaface":
         stats = losses.adaface_update_stats(losses.AdaFaceStats(**state), x, alpha=config.alpha)
         expected_state = stats._asdict()
-        expected = losses.adaface(x, w, y, stats, scale=config.scale, margin=config.margin,
-                                  h=config.h)
+        expected = losses.adaface(
+            x, w, y, stats, scale=config.scale, margin=config.margin, h=config.h
+        )
     else:
         np.testing.assert_allclose(state["scale"], losses.adacos_fixed_scale(8), rtol=1e-6)
         scale = losses.adacos_dynamic_scale(state["scale"], x, w, y)
@@ -84,16 +84,17 @@ def test_elasticface_draws_margins_from_the_key():
     x, y, head = _inputs()
     key = jax.random.PRNGKey(3)
     value, _ = objectives.compute_loss(config, head, {}, x, y, step=0, key=key)
-    expected = losses.elasticface_arc(x, head["weights"], y, key, scale=config.scale,
-                                      margin=config.margin, sigma=config.sigma)
+    expected = losses.elasticface_arc(
+        x, head["weights"], y, key, scale=config.scale, margin=config.margin, sigma=config.sigma
+    )
     np.testing.assert_allclose(value, expected.mean(), rtol=1e-6)
-    other, _ = objectives.compute_loss(config, head, {}, x, y, step=0,
-                                       key=jax.random.PRNGKey(4))
+    other, _ = objectives.compute_loss(config, head, {}, x, y, step=0, key=jax.random.PRNGKey(4))
     assert other != value
     config.variant = "cos"
     value, _ = objectives.compute_loss(config, head, {}, x, y, step=0, key=key)
-    expected = losses.elasticface_cos(x, head["weights"], y, key, scale=config.scale,
-                                      margin=config.margin, sigma=config.sigma)
+    expected = losses.elasticface_cos(
+        x, head["weights"], y, key, scale=config.scale, margin=config.margin, sigma=config.sigma
+    )
     np.testing.assert_allclose(value, expected.mean(), rtol=1e-6)
     with pytest.raises(ValueError, match="pass a PRNG key"):
         objectives.compute_loss(config, head, {}, x, y, step=0)
@@ -137,8 +138,16 @@ def test_xbm_memory_holds_the_global_batch_on_eight_devices():
     [
         ("circle", {"chunk_size": 4}, "'circle' does not support config.loss.chunk_size"),
         ("curricularface", {"class_sharded": True}, "dense only"),
-        ("elasticface", {"variant": "sin"}, "config.loss.variant = 'sin' is out of range; valid: one of 'arc', 'cos'"),
-        ("elasticface", {"plus": True, "class_sharded": True}, "plus=True \\(ElasticFace+\\) ranks"),
+        (
+            "elasticface",
+            {"variant": "sin"},
+            "config.loss.variant = 'sin' is out of range; valid: one of 'arc', 'cos'",
+        ),
+        (
+            "elasticface",
+            {"plus": True, "class_sharded": True},
+            "plus=True \\(ElasticFace+\\) ranks",
+        ),
         ("xbm", {"base": "npair"}, "config.loss.base = 'npair' is out of range"),
     ],
 )
@@ -157,12 +166,12 @@ def test_subcenter_head_is_d_c_k_and_scored_by_its_best_subcenter():
     metrics = objectives.batch_metrics(config, head, x, y)
     unit_w = np.asarray(head["weights"]) / np.linalg.norm(head["weights"], axis=0)
     per_subcenter = np.einsum("bd,dck->bck", np.asarray(x), unit_w)
-    np.testing.assert_allclose(metrics["accuracy"],
-                               np.mean(per_subcenter.max(-1).argmax(-1) == np.asarray(y)))
+    np.testing.assert_allclose(
+        metrics["accuracy"], np.mean(per_subcenter.max(-1).argmax(-1) == np.asarray(y))
+    )
     unit_x = np.asarray(x) / np.linalg.norm(x, axis=-1, keepdims=True)
     own = per_subcenter[np.arange(16), np.asarray(y)].max(-1) / np.linalg.norm(x, axis=-1)
-    np.testing.assert_allclose(metrics["intra_angle"], np.mean(np.arccos(own)) / np.pi,
-                               rtol=1e-5)
+    np.testing.assert_allclose(metrics["intra_angle"], np.mean(np.arccos(own)) / np.pi, rtol=1e-5)
     accuracy = evaluation.closed_set_accuracy(unit_x, np.asarray(y), weights=unit_w)
     np.testing.assert_allclose(accuracy, metrics["accuracy"])
 

@@ -51,19 +51,21 @@ def default_config(name: str) -> ml_collections.ConfigDict:
     """
     record = sources.get(name)
     face = record.face
-    config = ml_collections.ConfigDict({
-        "name": name,
-        "image_size": 112 if face else 28,
-        "channels": 3 if face else 1,
-        "normalization": "symmetric" if face else "unit",
-        "augment": {"flip": face, "crop_padding": 0},
-        "read_threads": 4,
-        "prefetch_buffer_size": 256,
-        "worker_count": 0,
-        "worker_buffer_size": 2,
-        "identities_per_batch": 0,
-        "samples_per_identity": 0,
-    })
+    config = ml_collections.ConfigDict(
+        {
+            "name": name,
+            "image_size": 112 if face else 28,
+            "channels": 3 if face else 1,
+            "normalization": "symmetric" if face else "unit",
+            "augment": {"flip": face, "crop_padding": 0},
+            "read_threads": 4,
+            "prefetch_buffer_size": 256,
+            "worker_count": 0,
+            "worker_buffer_size": 2,
+            "identities_per_batch": 0,
+            "samples_per_identity": 0,
+        }
+    )
     for field, value in record.fields.items():
         config[field] = config_dict.placeholder(str) if value is None else value
     config.lock()

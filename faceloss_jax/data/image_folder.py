@@ -36,16 +36,19 @@ class ScanReport:
     empty_identities: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        lines = [f"{self.num_images} images of {self.num_identities} identities; "
-                 f"skipped {len(self.skipped_images)} unreadable images and "
-                 f"{len(self.empty_identities)} empty identity folders"]
+        lines = [
+            f"{self.num_images} images of {self.num_identities} identities; "
+            f"skipped {len(self.skipped_images)} unreadable images and "
+            f"{len(self.empty_identities)} empty identity folders"
+        ]
         lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped_images]
         lines += [f"  empty identity folder {path}" for path in self.empty_identities]
         return "\n".join(lines)
 
 
-def list_identities(root: str | os.PathLike, *, on_error: OnError = "skip"
-                    ) -> tuple[list[str], list[list[str]], tuple[str, ...]]:
+def list_identities(
+    root: str | os.PathLike, *, on_error: OnError = "skip"
+) -> tuple[list[str], list[list[str]], tuple[str, ...]]:
     """Lists the identity folders of ``root`` and their image files (no decoding).
 
     Args:
@@ -68,19 +71,24 @@ def list_identities(root: str | os.PathLike, *, on_error: OnError = "skip"
         raise FileNotFoundError(f"image folder root {root} is not a directory")
     names, files, empty = [], [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        paths = sorted(str(p) for p in folder.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        paths = sorted(
+            str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
         if paths:
             names.append(folder.name)
             files.append(paths)
         elif on_error == "raise":
-            raise ValueError(f"identity folder {folder} has no {'/'.join(IMAGE_EXTENSIONS)}"
-                             " image (on_error='skip' leaves it out)")
+            raise ValueError(
+                f"identity folder {folder} has no {'/'.join(IMAGE_EXTENSIONS)}"
+                " image (on_error='skip' leaves it out)"
+            )
         else:
             empty.append(str(folder))
     if not names:
-        raise ValueError(f"{root} has no identity folder with images "
-                         f"(expected {root}/<identity>/<image>.jpg|png)")
+        raise ValueError(
+            f"{root} has no identity folder with images "
+            f"(expected {root}/<identity>/<image>.jpg|png)"
+        )
     return names, files, tuple(empty)
 
 
@@ -110,9 +118,16 @@ class ImageFolderSource:
       report: the ``ScanReport`` of the scan.
     """
 
-    def __init__(self, root: str | os.PathLike, *, image_size: int | None = 112,
-                 channels: int = 3, on_error: OnError = "skip", validate: bool = True,
-                 num_threads: int = 8):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        image_size: int | None = 112,
+        channels: int = 3,
+        on_error: OnError = "skip",
+        validate: bool = True,
+        num_threads: int = 8,
+    ):
         names, files, empty = list_identities(root, on_error=on_error)
         paths = [p for identity in files for p in identity]
         labels = [label for label, identity in enumerate(files) for _ in identity]
@@ -133,8 +148,12 @@ class ImageFolderSource:
         self.identities = names
         self._paths = paths
         self._labels = np.asarray(labels, np.int64)
-        self.report = ScanReport(num_identities=len(names), num_images=len(paths),
-                                 skipped_images=tuple(skipped), empty_identities=empty)
+        self.report = ScanReport(
+            num_identities=len(names),
+            num_images=len(paths),
+            skipped_images=tuple(skipped),
+            empty_identities=empty,
+        )
         if skipped or empty:
             logging.warning("image folder %s: %s", root, self.report)
 
@@ -150,8 +169,9 @@ class ImageFolderSource:
     def _read(self, path: str) -> np.ndarray:
         with open(path, "rb") as f:
             data = f.read()
-        return images.decode_image(data, name=path, channels=self._channels,
-                                   image_size=self._image_size)
+        return images.decode_image(
+            data, name=path, channels=self._channels, image_size=self._image_size
+        )
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -165,8 +185,9 @@ class ImageFolderSource:
         return sampling.identity_index_from_labels(self._labels, len(self.identities))
 
     def __repr__(self) -> str:
-        return (f"ImageFolderSource({self.report.num_images} images, "
-                f"{len(self.identities)} identities)")
+        return (
+            f"ImageFolderSource({self.report.num_images} images, {len(self.identities)} identities)"
+        )
 
 
 def _check_on_error(on_error: str) -> None:
@@ -176,9 +197,13 @@ def _check_on_error(on_error: str) -> None:
 
 def _create(config, split: str) -> ImageFolderSource:
     field = {"train": "path", "test": "test_path", "openset": "openset_path"}[split]
-    return ImageFolderSource(source.required(config, field), image_size=config.image_size,
-                             channels=config.channels, on_error=config.on_error,
-                             validate=config.validate)
+    return ImageFolderSource(
+        source.required(config, field),
+        image_size=config.image_size,
+        channels=config.channels,
+        on_error=config.on_error,
+        validate=config.validate,
+    )
 
 
 def _num_classes(config) -> int:
@@ -189,8 +214,13 @@ def _num_classes(config) -> int:
 # path: the train root/<identity>/<image>; test_path, openset_path: the same layout
 # (optional); on_error: "skip" or "raise"; validate: decode every image once up front.
 SOURCE = source.Source(
-    fields={"path": None, "test_path": None, "openset_path": None, "on_error": "skip",
-            "validate": True},
+    fields={
+        "path": None,
+        "test_path": None,
+        "openset_path": None,
+        "on_error": "skip",
+        "validate": True,
+    },
     create=_create,
     num_classes=_num_classes,
     identity_index=source.identity_index_method,

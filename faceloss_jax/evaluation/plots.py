@@ -35,8 +35,9 @@ def _scatter_by_class(ax, points: np.ndarray, labels: np.ndarray, **kwargs) -> N
     else:
         colors = colormaps["turbo"](np.linspace(0, 1, len(classes)))
     for label, color in zip(classes, colors):
-        ax.scatter(*points[labels == label].T, color=color, s=2, linewidths=0, label=str(label),
-                   **kwargs)
+        ax.scatter(
+            *points[labels == label].T, color=color, s=2, linewidths=0, label=str(label), **kwargs
+        )
     if few:
         ax.legend(markerscale=4, fontsize="small", loc="upper right")
 
@@ -95,8 +96,10 @@ def plot_angle_histograms(
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
     edges = np.linspace(0.0, 180.0, bins + 1)
-    for angles, name, color in ((positive_angles, "positive pairs", "tab:blue"),
-                                (negative_angles, "negative pairs", "tab:red")):
+    for angles, name, color in (
+        (positive_angles, "positive pairs", "tab:blue"),
+        (negative_angles, "negative pairs", "tab:red"),
+    ):
         ax.hist(np.degrees(angles), bins=edges, density=True, alpha=0.6, color=color, label=name)
     ax.set_xlim(0.0, 180.0)
     ax.set_xlabel("Angle between the pair (degrees)")
@@ -118,8 +121,7 @@ def plot_features_2d(
     features = np.asarray(features)
     if features.ndim != 2 or features.shape[1] != 2 or len(labels) != len(features):
         raise ValueError(
-            f"need features (N, 2) and N labels, "
-            f"got {features.shape} and {len(labels)}"
+            f"need features (N, 2) and N labels, got {features.shape} and {len(labels)}"
         )
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
@@ -141,15 +143,15 @@ def plot_features_3d(
     features = np.asarray(features)
     if features.ndim != 2 or features.shape[1] != 3 or len(labels) != len(features):
         raise ValueError(
-            f"need features (N, 3) and N labels, "
-            f"got {features.shape} and {len(labels)}"
+            f"need features (N, 3) and N labels, got {features.shape} and {len(labels)}"
         )
     points = l2_normalize(features)
     fig = Figure(figsize=figsize)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0), projection="3d")
     u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 25), np.linspace(0, np.pi, 13))
-    ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v),
-                      color="0.8", linewidth=0.3)
+    ax.plot_wireframe(
+        np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.8", linewidth=0.3
+    )
     _scatter_by_class(ax, points, np.asarray(labels), depthshade=False)
     for set_limits in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
         set_limits(-1.0, 1.0)

@@ -32,8 +32,10 @@ def closed_set_accuracy(
     if weights is not None:
         weights = np.asarray(weights, np.float64)
         if weights.ndim not in (2, 3) or weights.shape[0] != embeddings.shape[1]:
-            raise ValueError(f"weights must be ({embeddings.shape[1]}, C) or "
-                             f"({embeddings.shape[1]}, C, K), got {weights.shape}")
+            raise ValueError(
+                f"weights must be ({embeddings.shape[1]}, C) or "
+                f"({embeddings.shape[1]}, C, K), got {weights.shape}"
+            )
         scores = np.tensordot(embeddings, weights, axes=1)
         if weights.ndim == 3:
             scores = scores.max(axis=-1)
@@ -76,17 +78,23 @@ def write_figures(
     os.makedirs(directory, exist_ok=True)
     np.savez(os.path.join(directory, f"roc{suffix}.npz"), fpr=report["fpr"], tpr=report["tpr"])
     paths = [
-        plots.plot_roc({"open set": (report["fpr"], report["tpr"])},
-                       os.path.join(directory, f"roc{suffix}.png")),
-        plots.plot_angle_histograms(positive_angles, negative_angles,
-                                    os.path.join(directory, f"angles{suffix}.png")),
+        plots.plot_roc(
+            {"open set": (report["fpr"], report["tpr"])},
+            os.path.join(directory, f"roc{suffix}.png"),
+        ),
+        plots.plot_angle_histograms(
+            positive_angles, negative_angles, os.path.join(directory, f"angles{suffix}.png")
+        ),
     ]
     plot_features = {2: plots.plot_features_2d, 3: plots.plot_features_3d}.get(features.shape[1])
     if plot_features is not None:
         features, labels = _subsample(features, labels, seed)
         dims = features.shape[1]
-        paths.append(plot_features(features, labels,
-                                   os.path.join(directory, f"features_{dims}d{suffix}.png")))
+        paths.append(
+            plot_features(
+                features, labels, os.path.join(directory, f"features_{dims}d{suffix}.png")
+            )
+        )
     return paths
 
 
@@ -151,8 +159,9 @@ def evaluate_run(
     test_unit, open_unit = l2_normalize(test_features), l2_normalize(open_features)
 
     idx_a, idx_b, issame = verification.make_pairs(open_labels, num_pairs=num_pairs, seed=seed)
-    report = verification.verification_report(open_unit[idx_a], open_unit[idx_b], issame,
-                                              n_folds=n_folds)
+    report = verification.verification_report(
+        open_unit[idx_a], open_unit[idx_b], issame, n_folds=n_folds
+    )
     angles = geometry.pair_angles(open_unit[idx_a], open_unit[idx_b])
     # Centres of the classes the test set holds (a subsample, max_examples, may miss some).
     present = np.unique(test_labels, return_inverse=True)[1]
@@ -181,9 +190,13 @@ def evaluate_run(
         metrics["l_inter_w"] = geometry.inter_angle(weights)
     if plot and workdir is not None:
         write_figures(
-            os.path.join(workdir, "eval"), report=report,
-            positive_angles=angles[issame], negative_angles=angles[~issame],
-            features=test_features, labels=test_labels,
-            suffix="" if step is None else f"_step{step}", seed=seed,
+            os.path.join(workdir, "eval"),
+            report=report,
+            positive_angles=angles[issame],
+            negative_angles=angles[~issame],
+            features=test_features,
+            labels=test_labels,
+            suffix="" if step is None else f"_step{step}",
+            seed=seed,
         )
     return metrics

@@ -10,14 +10,34 @@ from jax.typing import ArrayLike
 from faceloss_jax.losses import _validation, engine
 
 
-def normalized_head(name, embeddings, weights, labels, *, scale, margin_fn, per_example=(),
-                    chunk_size, axis_name, class_axis_name):
+def normalized_head(
+    name,
+    embeddings,
+    weights,
+    labels,
+    *,
+    scale,
+    margin_fn,
+    per_example=(),
+    chunk_size,
+    axis_name,
+    class_axis_name,
+):
     """Checks the inputs (errors name the loss) and runs ``engine.margin_softmax``."""
-    _validation.check_head_inputs(name, embeddings, weights, labels,
-                                  class_axis_name=class_axis_name)
+    _validation.check_head_inputs(
+        name, embeddings, weights, labels, class_axis_name=class_axis_name
+    )
     return engine.margin_softmax(
-        embeddings, weights, labels, scale=scale, margin_fn=margin_fn, per_example=per_example,
-        chunk_size=chunk_size, axis_name=axis_name, class_axis_name=class_axis_name)
+        embeddings,
+        weights,
+        labels,
+        scale=scale,
+        margin_fn=margin_fn,
+        per_example=per_example,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
 
 
 def reject_layouts(name, chunk_size, axis_name, class_axis_name) -> None:
@@ -26,7 +46,8 @@ def reject_layouts(name, chunk_size, axis_name, class_axis_name) -> None:
         raise NotImplementedError(
             f"{name} changes the non-target logits too, so it is dense only: call it on "
             "each device's examples with the whole W, without chunk_size, axis_name or "
-            "class_axis_name")
+            "class_axis_name"
+        )
 
 
 def unit_cosines(embeddings: ArrayLike, weights: ArrayLike) -> jax.Array:
@@ -39,8 +60,9 @@ def unit_cosines(embeddings: ArrayLike, weights: ArrayLike) -> jax.Array:
 
 def target_cosines(embeddings: ArrayLike, weights: ArrayLike, labels: ArrayLike) -> jax.Array:
     """cos θ_y (B,) between each embedding and its own class centre."""
-    return engine.cosine(jnp.asarray(embeddings), jnp.take(jnp.asarray(weights),
-                                                           jnp.asarray(labels), axis=1).T)
+    return engine.cosine(
+        jnp.asarray(embeddings), jnp.take(jnp.asarray(weights), jnp.asarray(labels), axis=1).T
+    )
 
 
 def cross_entropy(target: jax.Array, others: jax.Array, labels: jax.Array) -> jax.Array:

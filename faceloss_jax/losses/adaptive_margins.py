@@ -27,7 +27,6 @@ from jax.typing import ArrayLike
 
 from faceloss_jax.losses import _common, _validation, angular, engine
 
-
 # AdaFace's stability constant: the floor of σ and the distance of θ from 0 and π.
 _ADAFACE_EPS = 1e-3
 # The range the feature norms are clipped to before their statistics.
@@ -47,8 +46,9 @@ def adaface_init_stats() -> AdaFaceStats:
 
 
 def _adaface_norms(embeddings: jax.Array) -> jax.Array:
-    return lax.stop_gradient(jnp.clip(engine.safe_norm(embeddings, -1, False),
-                                      *_ADAFACE_NORM_RANGE))
+    return lax.stop_gradient(
+        jnp.clip(engine.safe_norm(embeddings, -1, False), *_ADAFACE_NORM_RANGE)
+    )
 
 
 def adaface_update_stats(
@@ -79,13 +79,13 @@ def adaface_update_stats(
     _validation.check_rank(embeddings, 2, what="embeddings (B, d)", name=name)
     batch = jnp.shape(embeddings)[0] * (1 if axis_name is None else lax.axis_size(axis_name))
     if batch < 2:
-        raise ValueError(f"{name}: the standard deviation needs a batch of at least 2, "
-                         f"got {batch}")
+        raise ValueError(f"{name}: the standard deviation needs a batch of at least 2, got {batch}")
     norms = _adaface_norms(jnp.asarray(embeddings))
     mean = _common.global_sum(jnp.sum(norms), axis_name) / batch
     var = _common.global_sum(jnp.sum(jnp.square(norms - mean)), axis_name) / (batch - 1)
-    return AdaFaceStats(mean=_common.ema(stats.mean, mean, alpha),
-                        std=_common.ema(stats.std, jnp.sqrt(var), alpha))
+    return AdaFaceStats(
+        mean=_common.ema(stats.mean, mean, alpha), std=_common.ema(stats.std, jnp.sqrt(var), alpha)
+    )
 
 
 def adaface(
@@ -148,14 +148,21 @@ def adaface(
     z = jnp.clip(h * (_adaface_norms(x) - mean) / (std + _ADAFACE_EPS), -1.0, 1.0)
 
     def margin_fn(cos, z):
-        theta = jnp.clip(engine.safe_arccos(cos) - margin * z, _ADAFACE_EPS,
-                         math.pi - _ADAFACE_EPS)
+        theta = jnp.clip(engine.safe_arccos(cos) - margin * z, _ADAFACE_EPS, math.pi - _ADAFACE_EPS)
         return jnp.cos(theta) - margin * z - margin
 
-    return _common.normalized_head("adaface", embeddings, weights, labels, scale=scale,
-                                   margin_fn=margin_fn, per_example=(z,),
-                                   chunk_size=chunk_size, axis_name=axis_name,
-                                   class_axis_name=class_axis_name)
+    return _common.normalized_head(
+        "adaface",
+        embeddings,
+        weights,
+        labels,
+        scale=scale,
+        margin_fn=margin_fn,
+        per_example=(z,),
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
 
 
 def _arc_margin_per_example(cos: jax.Array, margin: jax.Array, easy_margin: bool) -> jax.Array:
@@ -227,8 +234,9 @@ def magface(
     """
     name = "magface"
     if not 0 < lower_norm < upper_norm:
-        raise ValueError(f"{name}: need 0 < lower_norm < upper_norm, got {lower_norm}, "
-                         f"{upper_norm}")
+        raise ValueError(
+            f"{name}: need 0 < lower_norm < upper_norm, got {lower_norm}, {upper_norm}"
+        )
     slope = (upper_margin - lower_margin) / (upper_norm - lower_norm)
 
     def magnitude(x):
@@ -237,15 +245,23 @@ def magface(
     a = magnitude(jnp.asarray(embeddings))
     margins = slope * (a - lower_norm) + lower_margin
     identification = _common.normalized_head(
-        name, embeddings, weights, labels, scale=scale,
+        name,
+        embeddings,
+        weights,
+        labels,
+        scale=scale,
         margin_fn=lambda cos, m: _arc_margin_per_example(cos, m, easy_margin),
-        per_example=(margins,), chunk_size=chunk_size, axis_name=axis_name,
-        class_axis_name=class_axis_name)
+        per_example=(margins,),
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
     return identification + lambda_g * (1.0 / a + a / upper_norm**2)
 
 
-def _elastic_margins(key, embeddings, weights, labels, *, margin, sigma, plus, class_axis_name,
-                     name):
+def _elastic_margins(
+    key, embeddings, weights, labels, *, margin, sigma, plus, class_axis_name, name
+):
     """Per-example margins ~ N(margin, sigma); with ``plus``, ranked by target cosine."""
     if sigma < 0:
         raise ValueError(f"{name}: sigma must be ≥ 0, got {sigma!r}")
@@ -256,21 +272,41 @@ def _elastic_margins(key, embeddings, weights, labels, *, margin, sigma, plus, c
     if class_axis_name is not None:
         raise NotImplementedError(
             f"{name}: plus=True ranks the target cosines of the batch, which a "
-            "class-sharded W does not hold on any one device; use plus=False")
+            "class-sharded W does not hold on any one device; use plus=False"
+        )
     cos_y = lax.stop_gradient(_common.target_cosines(embeddings, weights, labels))
     rank = jnp.argsort(jnp.argsort(-cos_y))  # 0 for the largest cosine
     return jnp.sort(margins)[rank]
 
 
-def _elastic(name, embeddings, weights, labels, *, key, scale, margin, sigma, plus, margin_fn,
-             **layout):
+def _elastic(
+    name, embeddings, weights, labels, *, key, scale, margin, sigma, plus, margin_fn, **layout
+):
     class_axis_name = layout.get("class_axis_name")
-    _validation.check_head_inputs(name, embeddings, weights, labels,
-                                  class_axis_name=class_axis_name)
-    margins = _elastic_margins(key, embeddings, weights, labels, margin=margin, sigma=sigma,
-                               plus=plus, class_axis_name=class_axis_name, name=name)
-    return _common.normalized_head(name, embeddings, weights, labels, scale=scale,
-                                   margin_fn=margin_fn, per_example=(margins,), **layout)
+    _validation.check_head_inputs(
+        name, embeddings, weights, labels, class_axis_name=class_axis_name
+    )
+    margins = _elastic_margins(
+        key,
+        embeddings,
+        weights,
+        labels,
+        margin=margin,
+        sigma=sigma,
+        plus=plus,
+        class_axis_name=class_axis_name,
+        name=name,
+    )
+    return _common.normalized_head(
+        name,
+        embeddings,
+        weights,
+        labels,
+        scale=scale,
+        margin_fn=margin_fn,
+        per_example=(margins,),
+        **layout,
+    )
 
 
 def elasticface_arc(
@@ -327,10 +363,20 @@ def elasticface_arc(
       [0.3133, 0.3133]
     """
     return _elastic(
-        "elasticface_arc", embeddings, weights, labels, key=key, scale=scale, margin=margin,
-        sigma=sigma, plus=plus,
+        "elasticface_arc",
+        embeddings,
+        weights,
+        labels,
+        key=key,
+        scale=scale,
+        margin=margin,
+        sigma=sigma,
+        plus=plus,
         margin_fn=lambda cos, m: angular.combined_angular_margin(cos, 1.0, m, 0.0),
-        chunk_size=chunk_size, axis_name=axis_name, class_axis_name=class_axis_name)
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
 
 
 def elasticface_cos(
@@ -378,6 +424,17 @@ def elasticface_cos(
       [0.3133, 0.3133]
     """
     return _elastic(
-        "elasticface_cos", embeddings, weights, labels, key=key, scale=scale, margin=margin,
-        sigma=sigma, plus=plus, margin_fn=lambda cos, m: cos - m,
-        chunk_size=chunk_size, axis_name=axis_name, class_axis_name=class_axis_name)
+        "elasticface_cos",
+        embeddings,
+        weights,
+        labels,
+        key=key,
+        scale=scale,
+        margin=margin,
+        sigma=sigma,
+        plus=plus,
+        margin_fn=lambda cos, m: cos - m,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )

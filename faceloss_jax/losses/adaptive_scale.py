@@ -25,8 +25,10 @@ def adacos_fixed_scale(num_classes: int) -> float:
       13.025
     """
     if num_classes < 3:
-        raise ValueError(f"adacos_fixed_scale: needs at least 3 classes (the scale is "
-                         f"√2·ln(C − 1)), got {num_classes}")
+        raise ValueError(
+            f"adacos_fixed_scale: needs at least 3 classes (the scale is "
+            f"√2·ln(C − 1)), got {num_classes}"
+        )
     return math.sqrt(2.0) * math.log(num_classes - 1)
 
 
@@ -73,10 +75,17 @@ def adacos(
         _validation.check_rank(weights, 2, what="weights (d, C)", name="adacos")
         shards = 1 if class_axis_name is None else lax.axis_size(class_axis_name)
         scale = adacos_fixed_scale(jnp.shape(weights)[1] * shards)
-    return _common.normalized_head("adacos", embeddings, weights, labels, scale=scale,
-                        margin_fn=lambda cos: cos,
-                        chunk_size=chunk_size, axis_name=axis_name,
-                        class_axis_name=class_axis_name)
+    return _common.normalized_head(
+        "adacos",
+        embeddings,
+        weights,
+        labels,
+        scale=scale,
+        margin_fn=lambda cos: cos,
+        chunk_size=chunk_size,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
 
 
 def adacos_dynamic_scale(
@@ -122,8 +131,9 @@ def adacos_dynamic_scale(
       0.6931
     """
     name = "adacos_dynamic_scale"
-    _validation.check_head_inputs(name, embeddings, weights, labels,
-                                  class_axis_name=class_axis_name)
+    _validation.check_head_inputs(
+        name, embeddings, weights, labels, class_axis_name=class_axis_name
+    )
     x, y, w = jnp.asarray(embeddings), jnp.asarray(labels), jnp.asarray(weights)
     if axis_name is not None:
         x, y = (lax.all_gather(a, axis_name, tiled=True) for a in (x, y))

@@ -422,6 +422,7 @@ def combined_margin(
       >>> [round(float(v), 4) for v in loss]
       [0.3133, 0.3133]
     """
+
     def margin_fn(cos):
         if not straight_through:
             return combined_angular_margin(cos, m1, m2, m3)
@@ -441,8 +442,9 @@ def combined_margin(
     )
 
 
-def _multiplicative(name, embeddings, weights, labels, *, margin, lambda_, normalize_weights,
-                    **layout):
+def _multiplicative(
+    name, embeddings, weights, labels, *, margin, lambda_, normalize_weights, **layout
+):
     """L-Softmax / A-Softmax: target ‖w̃_y‖‖x‖(λ cos θ_y + ψ(θ_y)) / (1 + λ)."""
     _check_integer_margin(name, margin)
     spec = engine.Logits(normalize_embeddings=False, normalize_weights=normalize_weights)

@@ -7,7 +7,6 @@ mean target cosine (``curricularface_update_t``), an explicit state. Dense only.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from jax import lax

@@ -26,7 +26,8 @@ def _check_subcenters(name: str, embeddings, weights, labels) -> None:
     if jnp.shape(weights)[0] != jnp.shape(embeddings)[1]:
         raise ValueError(
             f"{name}: weights are (d, C, K) = {jnp.shape(weights)} but embeddings have "
-            f"d = {jnp.shape(embeddings)[1]}")
+            f"d = {jnp.shape(embeddings)[1]}"
+        )
     _validation.check_labels_in_range(labels, jnp.shape(weights)[1], name=name)
 
 
@@ -141,13 +142,14 @@ def subcenter_cleanup(
     _check_subcenters(name, embeddings, weights, labels)
     labels = jnp.asarray(labels)
     num_classes, num_sub = jnp.shape(weights)[1:]
-    own = jnp.take_along_axis(_common.unit_cosines(embeddings, weights), labels[:, None, None],
-                              axis=1)[:, 0]  # (N, K)
-    counts = jnp.zeros((num_classes, num_sub), jnp.int32).at[
-        labels, jnp.argmax(own, axis=1)].add(1)
+    own = jnp.take_along_axis(
+        _common.unit_cosines(embeddings, weights), labels[:, None, None], axis=1
+    )[:, 0]  # (N, K)
+    counts = jnp.zeros((num_classes, num_sub), jnp.int32).at[labels, jnp.argmax(own, axis=1)].add(1)
     dominant = jnp.argmax(counts, axis=1)
     cos_dominant = jnp.take_along_axis(own, dominant[labels][:, None], axis=1)[:, 0]
     keep = jnp.arccos(cos_dominant) <= max_angle
-    dominant_weights = jnp.take_along_axis(
-        jnp.asarray(weights), dominant[None, :, None], axis=2)[..., 0]
+    dominant_weights = jnp.take_along_axis(jnp.asarray(weights), dominant[None, :, None], axis=2)[
+        ..., 0
+    ]
     return SubcenterCleanup(keep=keep, dominant=dominant, weights=dominant_weights)

@@ -55,9 +55,9 @@ class LeNetPlusPlus(nn.Module):
         x = images.astype(self.dtype)
         for width in (32, 64, 128):
             for _ in range(2):
-                x = nn.Conv(
-                    width, (5, 5), padding=2, dtype=self.dtype, kernel_init=_CAFFE_XAVIER
-                )(x)
+                x = nn.Conv(width, (5, 5), padding=2, dtype=self.dtype, kernel_init=_CAFFE_XAVIER)(
+                    x
+                )
                 x = PReLU()(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1).astype(jnp.float32)

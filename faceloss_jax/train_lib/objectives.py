@@ -416,8 +416,7 @@ OBJECTIVES: dict[str, Objective] = {
         {
             "use_bias": _USE_BIAS,
             "weight": hp.real(0.003, "λ of the center term", low=0.0, argument=False),
-            "alpha": hp.real(0.5, "α, the centre learning rate", low=0.0, high=1.0,
-                             argument=False),
+            "alpha": hp.real(0.5, "α, the centre learning rate", low=0.0, high=1.0, argument=False),
         },
         classifier="linear",
         state=_CENTERS,
@@ -573,8 +572,9 @@ OBJECTIVES: dict[str, Objective] = {
             "margin": _PAIR_MARGIN,
             "mining": _MINING,
             "memory_size": hp.integer(1024, "M memory slots", argument=False),
-            "warmup_steps": hp.integer(1000, "steps before the memory fills", low=0,
-                                       argument=False),
+            "warmup_steps": hp.integer(
+                1000, "steps before the memory fills", low=0, argument=False
+            ),
             "weight": hp.real(1.0, "weight of the memory term", low=0.0),
         },
         classifier="none",
@@ -665,9 +665,7 @@ def _check_layout(config, objective, *, num_classes, num_devices) -> None:
     chunk_size, class_sharded = config.get("chunk_size"), config.get("class_sharded", False)
     rate = config.get("sample_rate", 1.0)
     if not hp.real(1.0, low=0.0, high=1.0, low_open=True).accepts(rate):
-        raise ConfigError(
-            f"config.loss.sample_rate = {rate!r} is out of range; valid: (0, 1]"
-        )
+        raise ConfigError(f"config.loss.sample_rate = {rate!r} is out of range; valid: (0, 1]")
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -726,8 +724,8 @@ def init_head(
         head["weights"] = weights.reshape(shape)
     if objective.classifier == "linear" and config.get("use_bias", False):
         head["bias"] = jnp.zeros((num_classes,))
-    loss_state = {} if objective.state is None else objective.state.init(
-        config, embedding_dim, num_classes
+    loss_state = (
+        {} if objective.state is None else objective.state.init(config, embedding_dim, num_classes)
     )
     return head, loss_state
 

@@ -132,9 +132,11 @@ def create_optimizer(
     Raises:
       ValueError: for an unknown name.
     """
-    mask = (lambda params: jax.tree.map(lambda _: True, params)) if config.get(
-        "decay_all", False
-    ) else decay_mask
+    mask = (
+        (lambda params: jax.tree.map(lambda _: True, params))
+        if config.get("decay_all", False)
+        else decay_mask
+    )
     if config.name == "sgd":
         tx = optax.chain(
             optax.add_decayed_weights(config.weight_decay, mask=mask),
@@ -150,9 +152,7 @@ def create_optimizer(
             mask=mask,
         )
     else:
-        raise ConfigError(
-            f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}"
-        )
+        raise ConfigError(f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}")
     accumulate = config.get("grad_accum_steps", 1)
     if not isinstance(accumulate, int) or accumulate < 1:
         raise ConfigError(
