@@ -1,0 +1,220 @@
+"""Applies each fault of issue 18 to a copy of the tree, runs the test meant to catch it,
+restores the file byte for byte, and reports CAUGHT / NOT CAUGHT (tests/MUTATION.md).
+
+    .venv/bin/python tests/mutation/issue18_faults.py [--control] [FAULT_PREFIX ...]
+
+The copy (faceloss_jax, configs, tests) is made in a temporary directory; the working
+tree is never modified. --control first runs every named test on the unmodified copy.
+"""
+
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(tempfile.mkdtemp(prefix="issue18_faults_"))
+for name in ("faceloss_jax", "configs", "tests"):
+    shutil.copytree(REPO / name, ROOT / name, ignore=shutil.ignore_patterns("__pycache__"))
+G, T, BV = (
+    "tests/test_faults_gradients.py",
+    "tests/test_faults_training.py",
+    "tests/test_backbone_values.py",
+)
+FAULTS = [
+    (
+        "1a sqrt floor 1e-12 -> 1e-2",
+        "faceloss_jax/losses/engine.py",
+        "_SQRT_FLOOR = 1e-12",
+        "_SQRT_FLOOR = 1e-2",
+        [G + "::test_gradient_of_well_classified_and_near_pi_samples[arcface]"],
+    ),
+    (
+        "1b safe_arccos eps 1e-6 -> 1e-2",
+        "faceloss_jax/losses/engine.py",
+        "eps: float = 1e-6",
+        "eps: float = 1e-2",
+        [G + "::test_gradient_of_well_classified_and_near_pi_samples[combined]"],
+    ),
+    (
+        "2a labels offset owner*C/N",
+        "faceloss_jax/losses/partial_fc.py",
+        "sampled = owner * k +",
+        "sampled = owner * num_classes +",
+        [G + "::test_class_sharded_sampling_below_rate_one_equals_dense_on_sampled_columns"],
+    ),
+    (
+        "2b same key on every shard",
+        "faceloss_jax/losses/partial_fc.py",
+        "key = jax.random.fold_in(key, shard)",
+        "key = jax.random.fold_in(key, 0)",
+        [G + "::test_class_sharded_shards_draw_different_classes"],
+    ),
+    (
+        "3 chunked bwd doubles p for 16-bit W",
+        "faceloss_jax/losses/engine.py",
+        "p = jnp.where(mask, 0.0, jnp.exp(z - lse[:, None]))",
+        "p = jnp.where(mask, 0.0, jnp.exp(z - lse[:, None]))"
+        " * (2.0 if w.dtype.itemsize == 2 else 1.0)",
+        [G + "::test_bfloat16_gradients_match_float32"],
+    ),
+    (
+        "4a circle alpha_p with gradient",
+        "faceloss_jax/losses/circle.py",
+        "alpha_p = lax.stop_gradient(jax.nn.relu(1.0 + margin - sim))",
+        "alpha_p = (jax.nn.relu(1.0 + margin - sim))",
+        [G + "::test_circle_gradients_hold_alpha_fixed"],
+    ),
+    (
+        "4b circle alpha_n with gradient",
+        "faceloss_jax/losses/circle.py",
+        "alpha_n = lax.stop_gradient(jax.nn.relu(sim + margin))",
+        "alpha_n = (jax.nn.relu(sim + margin))",
+        [G + "::test_circle_gradients_hold_alpha_fixed"],
+    ),
+    (
+        "4c adaface norm with gradient",
+        "faceloss_jax/losses/adaptive_margins.py",
+        "return lax.stop_gradient(jnp.clip(engine.safe_norm(",
+        "return (jnp.clip(engine.safe_norm(",
+        [G + "::test_adaface_gradient_holds_the_norm_fixed"],
+    ),
+    (
+        "5a DeepID2 term zeroed",
+        "faceloss_jax/train_lib/objectives.py",
+        "return config.weight * losses.contrastive_loss(",
+        "return 0.0 * config.weight * losses.contrastive_loss(",
+        [T + "::test_config_objective_equals_the_library_called_by_hand[contrastive]"],
+    ),
+    (
+        "5b center term zeroed",
+        "faceloss_jax/train_lib/objectives.py",
+        "return config.weight * jnp.mean(losses.center_loss(",
+        "return 0.0 * config.weight * jnp.mean(losses.center_loss(",
+        [T + "::test_config_objective_equals_the_library_called_by_hand[center]"],
+    ),
+    (
+        "5c m3 dropped",
+        "faceloss_jax/train_lib/objectives.py",
+        '            "m3": hp.real(0.0, "additive cosine margin", low=0.0, high=2.0),\n',
+        "",
+        [T + "::test_config_objective_equals_the_library_called_by_hand[combined]"],
+    ),
+    (
+        "5d lambda_g dropped",
+        "faceloss_jax/train_lib/objectives.py",
+        '            "lambda_g": hp.real(35.0, "λ_g, weight of the regularizer g(a)", low=0.0),\n',
+        "",
+        [T + "::test_config_objective_equals_the_library_called_by_hand[magface]"],
+    ),
+    (
+        "6 same device index in keys",
+        "faceloss_jax/train.py",
+        "jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(DATA_AXIS)",
+        "jax.random.fold_in(state.rng, state.step), 0",
+        [T + "::test_each_device_draws_its_own_dropout_and_margins"],
+    ),
+    (
+        "7 loss state not saved",
+        "faceloss_jax/train.py",
+        "        loss_state=loss_state,\n    )\n\n    metrics",
+        "        loss_state=state.loss_state,\n    )\n\n    metrics",
+        [T + "::test_scalar_loss_state_is_saved_by_the_train_step"],
+    ),
+    (
+        "8 fallback without data iterator",
+        "faceloss_jax/train_lib/checkpointing.py",
+        "            _quarantine(manager, step)\n            continue",
+        "            _quarantine(manager, step)\n"
+        "            data_iterator = None\n            continue",
+        [T + "::test_corrupt_checkpoint_fallback_ends_like_an_uninterrupted_run"],
+    ),
+    (
+        "9a BN/PReLU swapped in IBasicBlock",
+        "faceloss_jax/models/iresnet.py",
+        "        y = self.norm()(y)\n        y = PReLU()(y)\n",
+        "        y = PReLU()(y)\n        y = self.norm()(y)\n",
+        [BV + "::test_backbone_forward_matches_stored_reference[iresnet18]"],
+    ),
+    (
+        "9b skip connection dropped",
+        "faceloss_jax/models/iresnet.py",
+        "        return x + y\n",
+        "        return y\n",
+        [BV + "::test_backbone_forward_matches_stored_reference[iresnet18]"],
+    ),
+    (
+        "5e m3 not passed to the loss",
+        "faceloss_jax/train_lib/objectives.py",
+        '"m3": hp.real(0.0, "additive cosine margin", low=0.0, high=2.0)',
+        '"m3": hp.real(0.0, "additive cosine margin", low=0.0, high=2.0, argument=False)',
+        [T + "::test_config_objective_equals_the_library_called_by_hand[combined]"],
+    ),
+    (
+        "5f lambda_g not passed to the loss",
+        "faceloss_jax/train_lib/objectives.py",
+        '"lambda_g": hp.real(35.0, "λ_g, weight of the regularizer g(a)", low=0.0)',
+        '"lambda_g": hp.real(35.0, "λ_g, weight of the regularizer g(a)", low=0.0, argument=False)',
+        [T + "::test_config_objective_equals_the_library_called_by_hand[magface]"],
+    ),
+    (
+        "5g xbm contrastive margin dropped",
+        "faceloss_jax/train_lib/objectives.py",
+        "loss = losses.contrastive_loss(embeddings, labels, margin=margin)",
+        "loss = losses.contrastive_loss(embeddings, labels, margin=None)",
+        [T + "::test_config_objective_equals_the_library_called_by_hand[xbm_contrastive]"],
+    ),
+    (
+        "5h xbm contrastive memory margin dropped",
+        "faceloss_jax/train_lib/objectives.py",
+        "cross = losses.xbm_contrastive_loss(embeddings, labels, memory, margin=margin)",
+        "cross = losses.xbm_contrastive_loss(embeddings, labels, memory, )",
+        [T + "::test_config_objective_equals_the_library_called_by_hand[xbm_contrastive]"],
+    ),
+]
+only = sys.argv[1:]
+
+
+def run(tests):
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=ROOT,
+        env={
+            "PYTHONPATH": str(ROOT),
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/tmp",
+            "JAX_PLATFORMS": "cpu",
+        },
+        capture_output=True,
+        text=True,
+    )
+
+
+if "--control" in only:
+    r = run(sorted({t for f in FAULTS for t in f[4]}))
+    print("control (no fault):", r.stdout.splitlines()[-1], flush=True)
+    only = [o for o in only if o != "--control"]
+for name, rel, old, new, tests in FAULTS:
+    if only and not any(name.startswith(o) for o in only):
+        continue
+    path = ROOT / rel
+    original = path.read_bytes()
+    text = original.decode()
+    if text.count(old) != 1:
+        print(f"{name}: target found {text.count(old)} times in {rel}: SKIPPED", flush=True)
+        continue
+    path.write_text(text.replace(old, new))
+    t = time.time()
+    r = run(tests)
+    if "passed" not in r.stdout and "failed" not in r.stdout:
+        print(f"{name}: ERROR {r.stdout[-400:]} {r.stderr[-400:]}", flush=True)
+    path.write_bytes(original)
+    assert path.read_bytes() == original
+    errs = [l for l in r.stdout.splitlines() if l.startswith("E ")][:2]
+    print(
+        f"{name}: {'CAUGHT' if r.returncode else 'NOT CAUGHT'} ({time.time() - t:.0f}s) "
+        f"{' | '.join(e[:160] for e in errs)}",
+        flush=True,
+    )
