@@ -146,7 +146,7 @@ def test_xbm_memory_holds_the_global_batch_on_eight_devices():
         (
             "elasticface",
             {"plus": True, "class_sharded": True},
-            "plus=True \\(ElasticFace+\\) ranks",
+            "plus=True \\(ElasticFace\\+\\) ranks",
         ),
         ("xbm", {"base": "npair"}, "config.loss.base = 'npair' is out of range"),
     ],
