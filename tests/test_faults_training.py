@@ -25,9 +25,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import test_train
 from jax.sharding import NamedSharding
+from test_train import tiny_batch
 
-from faceloss_jax import data, losses, train
+from faceloss_jax import losses, train
 from faceloss_jax.train_lib import checkpointing, objectives, optimizers
 
 CONFIGS = sorted(
@@ -53,36 +55,10 @@ class TinyNet(nn.Module):
 
 
 def tiny_config(loss: str) -> ml_collections.ConfigDict:
-    """``configs/<loss>.py`` shrunk to 8×8 synthetic identities and a few steps."""
-    config = importlib.import_module(f"configs.{loss}").get_config()
-    config.model.embedding_dim = DIM
-    config.dataset = data.default_config("synthetic")
-    config.dataset.update(
-        image_size=8,
-        channels=1,
-        num_identities=NUM_CLASSES,
-        held_out_identities=2,
-        images_per_identity=8,
-        test_images_per_identity=4,
-        read_threads=1,
-        prefetch_buffer_size=16,
-    )
-    config.optimizer.update(name="sgd", learning_rate=0.1, schedule="constant", warmup_steps=0)
-    config.batch_size = 16
-    config.num_train_steps = 6
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 2
-    config.eval_every_steps = 6
-    config.eval.update(num_pairs=20, n_folds=2, plot=False, batch_size=16)
+    """``test_train.tiny_config`` (8×8 synthetic identities, a few steps) with SGD 0.1."""
+    config = test_train.tiny_config(loss)
+    config.optimizer.update(name="sgd", learning_rate=0.1)
     return config
-
-
-def tiny_batch(num_examples: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(num_examples) % NUM_CLASSES
-    images = rng.normal(size=(NUM_CLASSES, *IMAGE_SHAPE))[labels]
-    images = images + 0.3 * rng.normal(size=images.shape)
-    return {"image": images.astype(np.float32), "label": labels.astype(np.int32)}
 
 
 def make_step(config, model, num_devices: int, loss_state=None):
@@ -313,7 +289,7 @@ def test_scalar_loss_state_is_saved_by_the_train_step(loss):
     model = TinyNet()
     state, step, mesh = make_step(config, model, 1)
     before = jax.device_get(state)
-    batch = tiny_batch()
+    batch = tiny_batch(16)
     embeddings = model.apply({"params": before.params["backbone"]}, batch["image"], train=False)
     _, expected = objectives.compute_loss(
         config.loss,

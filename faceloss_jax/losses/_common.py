@@ -7,37 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _validation, engine
-
-
-def normalized_head(
-    name,
-    embeddings,
-    weights,
-    labels,
-    *,
-    scale,
-    margin_fn,
-    per_example=(),
-    chunk_size,
-    axis_name,
-    class_axis_name,
-):
-    """Checks the inputs (errors name the loss) and runs ``engine.margin_softmax``."""
-    _validation.check_head_inputs(
-        name, embeddings, weights, labels, class_axis_name=class_axis_name
-    )
-    return engine.margin_softmax(
-        embeddings,
-        weights,
-        labels,
-        scale=scale,
-        margin_fn=margin_fn,
-        per_example=per_example,
-        chunk_size=chunk_size,
-        axis_name=axis_name,
-        class_axis_name=class_axis_name,
-    )
+from faceloss_jax.losses import engine
 
 
 def reject_layouts(name, chunk_size, axis_name, class_axis_name) -> None:

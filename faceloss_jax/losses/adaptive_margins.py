@@ -151,11 +151,11 @@ def adaface(
         theta = jnp.clip(engine.safe_arccos(cos) - margin * z, _ADAFACE_EPS, math.pi - _ADAFACE_EPS)
         return jnp.cos(theta) - margin * z - margin
 
-    return _common.normalized_head(
-        "adaface",
+    return engine.margin_softmax(
         embeddings,
         weights,
         labels,
+        name="adaface",
         scale=scale,
         margin_fn=margin_fn,
         per_example=(z,),
@@ -244,11 +244,11 @@ def magface(
 
     a = magnitude(jnp.asarray(embeddings))
     margins = slope * (a - lower_norm) + lower_margin
-    identification = _common.normalized_head(
-        name,
+    identification = engine.margin_softmax(
         embeddings,
         weights,
         labels,
+        name=name,
         scale=scale,
         margin_fn=lambda cos, m: _arc_margin_per_example(cos, m, easy_margin),
         per_example=(margins,),
@@ -297,11 +297,11 @@ def _elastic(
         class_axis_name=class_axis_name,
         name=name,
     )
-    return _common.normalized_head(
-        name,
+    return engine.margin_softmax(
         embeddings,
         weights,
         labels,
+        name=name,
         scale=scale,
         margin_fn=margin_fn,
         per_example=(margins,),

@@ -75,11 +75,11 @@ def adacos(
         _validation.check_rank(weights, 2, what="weights (d, C)", name="adacos")
         shards = 1 if class_axis_name is None else lax.axis_size(class_axis_name)
         scale = adacos_fixed_scale(jnp.shape(weights)[1] * shards)
-    return _common.normalized_head(
-        "adacos",
+    return engine.margin_softmax(
         embeddings,
         weights,
         labels,
+        name="adacos",
         scale=scale,
         margin_fn=lambda cos: cos,
         chunk_size=chunk_size,

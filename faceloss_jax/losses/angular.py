@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _validation, engine
+from faceloss_jax.losses import engine
 
 # ----------------------------------------------------------------------------------
 # Margin functions: target cosine (B,) -> modified target cosine (B,).
@@ -117,9 +117,6 @@ def _check_integer_margin(name: str, margin: int) -> None:
 
 
 def _run(name, embeddings, weights, labels, *, spec, target_fn, bias=None, **layout):
-    _validation.check_head_inputs(
-        name, embeddings, weights, labels, bias, layout.get("class_axis_name")
-    )
     return engine.raw_margin_softmax(
         embeddings,
         weights,
@@ -127,6 +124,7 @@ def _run(name, embeddings, weights, labels, *, spec, target_fn, bias=None, **lay
         spec=spec,
         target_fn=target_fn,
         bias=bias,
+        name=name,
         **layout,
     )
 
@@ -190,11 +188,8 @@ def softmax_cross_entropy(
 
 def _normalized(name, embeddings, weights, labels, *, scale, margin_fn, **layout):
     """A loss with both x and W normalized: logits s·cos θ, target s·margin_fn(cos θ_y)."""
-    _validation.check_head_inputs(
-        name, embeddings, weights, labels, None, layout.get("class_axis_name")
-    )
     return engine.margin_softmax(
-        embeddings, weights, labels, scale=scale, margin_fn=margin_fn, **layout
+        embeddings, weights, labels, scale=scale, margin_fn=margin_fn, name=name, **layout
     )
 
 

@@ -401,6 +401,7 @@ def raw_margin_softmax(
     chunk_size: int | None = None,
     axis_name: str | None = None,
     class_axis_name: str | None = None,
+    name: str = "margin_softmax",
 ) -> jax.Array:
     """Per-example ``logaddexp(t, LSE_{j≠y} z_j) − t`` for any target logit ``t``.
 
@@ -422,6 +423,7 @@ def raw_margin_softmax(
       chunk_size: stream W in blocks of this many classes (per device when sharded).
       axis_name: data-parallel axis; the global batch is scored on every device.
       class_axis_name: axis over which the columns of W are sharded.
+      name: the loss, as input errors name it (a loss built on the engine passes its own).
 
     Returns:
       Per-example losses (B,) in float32 (float64 for float64 inputs), for this
@@ -436,9 +438,7 @@ def raw_margin_softmax(
       [0.1269, 0.1269]
     """
     check_chunk_size(chunk_size)
-    _validation.check_head_inputs(
-        "margin_softmax", embeddings, weights, labels, bias, class_axis_name
-    )
+    _validation.check_head_inputs(name, embeddings, weights, labels, bias, class_axis_name)
     embeddings, weights, labels = (jnp.asarray(a) for a in (embeddings, weights, labels))
     bias = None if bias is None else jnp.asarray(bias)
     if axis_name is not None:
@@ -493,6 +493,7 @@ def margin_softmax(
     chunk_size: int | None = None,
     axis_name: str | None = None,
     class_axis_name: str | None = None,
+    name: str = "margin_softmax",
 ) -> jax.Array:
     """A normalized margin loss: logits ``s·cos θ_j``, target ``s·f(cos θ_y)``.
 
@@ -511,6 +512,7 @@ def margin_softmax(
         (MagFace's and AdaFace's per-example margins, say); gathered like the
         embeddings under ``axis_name``.
       chunk_size, axis_name, class_axis_name: the layout, see ``raw_margin_softmax``.
+      name: the loss, as input errors name it.
 
     Returns:
       Per-example losses (B,), float32 (float64 for float64 inputs).
@@ -537,6 +539,7 @@ def margin_softmax(
         chunk_size=chunk_size,
         axis_name=axis_name,
         class_axis_name=class_axis_name,
+        name=name,
     )
 
 
