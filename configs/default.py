@@ -66,8 +66,10 @@ def _face(config: ml_collections.ConfigDict) -> None:
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
     config.optimizer.weight_decay = 5e-4
+    # arcface_torch's PolynomialLRWarmup: linear warmup, then linear decay to 0 (its
+    # power 1.0; the 2021 PolyScheduler of arcface_torch's train.py used 2).
     config.optimizer.schedule = "polynomial"
-    config.optimizer.power = 2.0
+    config.optimizer.power = 1.0
     config.optimizer.warmup_steps = 200
     # arcface_torch clips the backbone's gradient norm at 5 every step (the head is not
     # clipped; unclipped SGD 0.1 is chaotic at a backbone gradient norm of ~300) and its

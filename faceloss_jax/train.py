@@ -176,12 +176,13 @@ def _clip(
 ) -> Any:
     """Scales the gradient to norm ≤ ``grad_clip_norm``: the whole gradient
     (``clip_scope="global"``), or the backbone's alone, the head unclipped
-    (``"backbone"``, arcface_torch's ``clip_grad_norm_(backbone.parameters(), 5)``)."""
+    (``"backbone"``, arcface_torch's ``clip_grad_norm_(backbone.parameters(), 5)``).
+    The factor is ``min(1, max_norm / (norm + 1e-6))``, PyTorch's ``clip_grad_norm_``."""
     if config.get("clip_scope", "global") == "backbone":
         norm = _global_norm({"backbone": grads["backbone"]}, class_sharded=class_sharded)
-        scale = jnp.minimum(1.0, config.grad_clip_norm / (norm + 1e-12))
+        scale = jnp.minimum(1.0, config.grad_clip_norm / (norm + 1e-6))
         return {**grads, "backbone": jax.tree.map(lambda g: g * scale, grads["backbone"])}
-    scale = jnp.minimum(1.0, config.grad_clip_norm / (grad_norm + 1e-12))
+    scale = jnp.minimum(1.0, config.grad_clip_norm / (grad_norm + 1e-6))
     return jax.tree.map(lambda g: g * scale, grads)
 
 

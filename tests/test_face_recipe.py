@@ -206,3 +206,130 @@ def test_the_face_recipe_carries_arcface_torch_knobs():
         ).prod(),
         127.5 * 127.5,
     )
+
+
+# -- The face recipe's step is arcface_torch's step ----------------------------------
+
+
+def _arcface_torch_learning_rates(base: float, warmup: int, total: int, power: float) -> list:
+    """The rate of each of arcface_torch's optimizer steps (``PolynomialLRWarmup``, as
+    ``train_v2.py`` builds it), from its definition: the optimizer's own rate at step 0,
+    ``base·k/W`` during warmup, then each step multiplies the previous rate by
+    ``((1 − (k−W)/(T−W)) / (1 − (k−1−W)/(T−W)))^p``."""
+    rates = [base]
+    for k in range(1, total):
+        if k <= warmup:
+            rates.append(base * k / warmup)
+        else:
+            ratio = (1 - (k - warmup) / (total - warmup)) / (1 - (k - 1 - warmup) / (total - warmup))
+            rates.append(rates[-1] * ratio**power)
+    return rates
+
+
+def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay):
+    """arcface_torch's training loop in float64 PyTorch: backbone → PartialFC_V2 (rate 1:
+    normalized embeddings and W (C, d), cosine clamped to [−1, 1]) → CombinedMarginLoss
+    (1, m, 0): the target angle moved by m under ``no_grad``, × s → cross-entropy;
+    ``clip_grad_norm_(backbone.parameters(), 5)``; ``SGD(momentum=0.9,
+    weight_decay=wd)`` over backbone and head. Returns the losses, the backbone's
+    gradient norms before clipping, and the final parameters."""
+    torch = pytest.importorskip("torch")
+    as_tensor = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+    backbone = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
+    ).double()
+    p = params["backbone"]
+    with torch.no_grad():
+        for layer, name in ((backbone[0], "Dense_0"), (backbone[3], "Dense_1")):
+            layer.weight.copy_(as_tensor(p[name]["kernel"]).T)
+            layer.bias.copy_(as_tensor(p[name]["bias"]))
+        backbone[1].weight.copy_(as_tensor(p["BatchNorm_0"]["scale"]))
+        backbone[1].bias.copy_(as_tensor(p["BatchNorm_0"]["bias"]))
+    weight = torch.nn.Parameter(as_tensor(params["head"]["weights"]).T.contiguous())
+    opt = torch.optim.SGD(
+        [{"params": backbone.parameters()}, {"params": [weight]}],
+        lr=rates[0],
+        momentum=0.9,
+        weight_decay=weight_decay,
+    )
+    history, norms = [], []
+    for rate, batch in zip(rates, batches):
+        for group in opt.param_groups:
+            group["lr"] = rate
+        images = as_tensor(batch["image"]).reshape(len(batch["label"]), -1)
+        labels = torch.tensor(batch["label"], dtype=torch.long)
+        embeddings = backbone(images)
+        normalize = torch.nn.functional.normalize
+        logits = torch.nn.functional.linear(normalize(embeddings), normalize(weight)).clamp(-1, 1)
+        rows = torch.arange(len(labels))
+        with torch.no_grad():
+            angles = logits.arccos()
+            angles[rows, labels] += margin
+            logits.copy_(angles.cos())
+        loss = torch.nn.functional.cross_entropy(logits * scale, labels)
+        opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5.0)))
+        opt.step()
+        history.append(loss.item())
+    final = {name: t.detach().numpy() for name, t in backbone.state_dict().items()}
+    final["W"] = weight.detach().numpy().T
+    return history, norms, final
+
+
+def test_ten_face_recipe_steps_are_arcface_torchs():
+    """From the same weights and batches, 10 steps of the face recipe's optimizer and
+    ArcFace (``straight_through=True``) equal arcface_torch's loop in float64 to float32
+    noise: SGD 0.1, momentum 0.9, weight decay 5e-4 on every parameter (BatchNorm and
+    biases included), the backbone's gradient clipped to norm 5 (the head unclipped),
+    linear warmup then arcface_torch's polynomial decay.
+
+    One documented difference: arcface_torch's scheduler leaves step 0 at the full base
+    rate (its ``last_epoch == 0`` branch) and starts the warmup at step 1; the recipe's
+    warmup starts from 0 at step 0. The reference takes the recipe's rate there."""
+    face = importlib.import_module("configs.arcface").get_config("face")
+    config = tiny_config("arcface")
+    config.optimizer = face.optimizer
+    config.loss = face.loss
+    config.loss.straight_through = True
+    config.num_train_steps = 10
+    config.optimizer.warmup_steps = 3
+    mesh = mesh_of(1)
+    state, step = make_step(config, mesh)
+    batches = [tiny_batch(16, seed=k) for k in range(config.num_train_steps)]
+    initial = jax.device_get(state.params)
+    metrics = []
+    for batch in batches:
+        state, m = step(state, train.shard_batch(batch, parallelism="shard_map", mesh=mesh))
+        metrics.append(jax.device_get(m))
+
+    opt = config.optimizer
+    # train_v2.py builds PolynomialLRWarmup with its default power, 1.0.
+    rates = _arcface_torch_learning_rates(
+        opt.learning_rate, opt.warmup_steps, config.num_train_steps, power=1.0
+    )
+    recipe_rates = [float(m["learning_rate"]) for m in metrics]
+    np.testing.assert_allclose(recipe_rates[1:], rates[1:], rtol=1e-6)
+    assert recipe_rates[0] == 0.0 and rates[0] == opt.learning_rate
+    rates[0] = 0.0
+    expected, norms, final = _arcface_torch_run(
+        initial,
+        batches,
+        scale=config.loss.scale,
+        margin=config.loss.margin,
+        rates=rates,
+        weight_decay=opt.weight_decay,
+    )
+    assert max(norms) > 5.0  # the clipping was active
+    np.testing.assert_allclose([float(m["loss"]) for m in metrics], expected, rtol=2e-5)
+    params = jax.device_get(state.params)
+    backbone = params["backbone"]
+    pairs = [
+        (backbone["Dense_0"]["kernel"], final["0.weight"].T),
+        (backbone["Dense_1"]["kernel"], final["3.weight"].T),
+        (backbone["BatchNorm_0"]["scale"], final["1.weight"]),
+        (backbone["BatchNorm_0"]["bias"], final["1.bias"]),
+        (params["head"]["weights"], final["W"]),
+    ]
+    for actual, reference in pairs:
+        np.testing.assert_allclose(actual, reference, rtol=1e-4, atol=1e-6)
