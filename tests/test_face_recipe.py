@@ -221,7 +221,8 @@ def _arcface_torch_learning_rates(base: float, warmup: int, total: int, power: f
         if k <= warmup:
             rates.append(base * k / warmup)
         else:
-            ratio = (1 - (k - warmup) / (total - warmup)) / (1 - (k - 1 - warmup) / (total - warmup))
+            span = total - warmup
+            ratio = (1 - (k - warmup) / span) / (1 - (k - 1 - warmup) / span)
             rates.append(rates[-1] * ratio**power)
     return rates
 
