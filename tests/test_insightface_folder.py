@@ -32,24 +32,36 @@ TARGET_KEYS = ("accuracy", "accuracy_std", "xnorm", "best", "val", "far")
 def write_folder(directory: pathlib.Path) -> pathlib.Path:
     """A tiny InsightFace folder: 8 training identities × 4 JPEGs, and three pair sets
     of 40 pairs (alternating same/different) drawn from 6 held-out identities."""
-    render = lambda identity, sample: synthetic.render_sample(  # noqa: E731
-        7, identity, sample, image_size=SIZE
+    return data.write_insightface_folder(
+        directory,
+        num_identities=NUM_TRAIN,
+        images_per_identity=PER_IDENTITY,
+        held_out_identities=NUM_HELD_OUT,
+        num_pairs=NUM_PAIRS,
+        image_size=SIZE,
+        seed=7,
+        targets=TARGETS,
     )
-    labels = np.repeat(np.arange(NUM_TRAIN), PER_IDENTITY)
-    encoded = [images.encode_image(render(c, i % PER_IDENTITY)) for i, c in enumerate(labels)]
-    data.write_insightface_recordio(directory, encoded, labels)
-    held_out = NUM_TRAIN + np.repeat(np.arange(NUM_HELD_OUT), PER_IDENTITY)
-    for k, name in enumerate(TARGETS):
-        idx_a, idx_b, issame = data_pairs(held_out, seed=k)
-        faces = [render(held_out[i], i % PER_IDENTITY) for pair in zip(idx_a, idx_b) for i in pair]
-        data.write_verification_bin(directory / f"{name}.bin", np.stack(faces), issame)
-    return directory
 
 
-def data_pairs(labels, *, seed):
-    from faceloss_jax import evaluation  # noqa: PLC0415
-
-    return evaluation.make_pairs(labels, num_pairs=NUM_PAIRS, seed=seed)
+def test_the_folder_writer_holds_what_it_says(tmp_path):
+    """Identity-major train records; each target's pairs alternate same/different and
+    come from the held-out identities (their faces are none of the training records)."""
+    folder = write_folder(tmp_path)
+    train_set = recordio.RecordIOSource(folder, image_size=SIZE)
+    labels = [train_set[i]["label"] for i in range(len(train_set))]
+    assert labels == list(np.repeat(np.arange(NUM_TRAIN), PER_IDENTITY))
+    np.testing.assert_array_equal(
+        train_set[5]["image"],
+        images.decode_image(
+            images.encode_image(synthetic.render_sample(7, 1, 1, image_size=SIZE)), name="face"
+        ),
+    )
+    train_faces = {train_set[i]["image"].tobytes() for i in range(len(train_set))}
+    for name in TARGETS:
+        pairs = data.read_verification_bin(folder / f"{name}.bin")
+        assert list(pairs.issame) == [True, False] * (NUM_PAIRS // 2)
+        assert not train_faces & {face.tobytes() for face in pairs.images}
 
 
 def run_args(folder: pathlib.Path) -> list[str]:

@@ -36,6 +36,7 @@ from faceloss_jax.data.sources import num_classes
 from faceloss_jax.data.synthetic import class_directions
 from faceloss_jax.data.synthetic import feature_batch
 from faceloss_jax.data.synthetic import SyntheticFaces
+from faceloss_jax.data.synthetic import write_insightface_folder
 from faceloss_jax.data.verification_bin import PairSet
 from faceloss_jax.data.verification_bin import read_verification_bin
 from faceloss_jax.data.verification_bin import write_verification_bin

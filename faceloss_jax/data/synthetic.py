@@ -13,6 +13,9 @@ key folded with ``c``) and a sample of it is ``x = u_c + (σ/√d)·z``,
 are drawn, so 1M classes need no ``(C, d)`` table.
 """
 
+import os
+import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from faceloss_jax.data import source
+from faceloss_jax.data import images, recordio, source, verification_bin
 
 _GRID = 10  # prototype detail: a 10×10 grid of random values per channel
 _VIEW = 6  # a sample shows about 6×6 cells of it, so jitter never reaches the border
@@ -189,6 +192,53 @@ def feature_batch(
     labels = jax.random.randint(label_key, (batch_size,), 0, num_classes, jnp.int32)
     z = jax.random.normal(noise_key, (batch_size, dim), jnp.float32)
     return class_directions(key, labels, dim=dim) + noise * z / np.sqrt(dim), labels
+
+
+def write_insightface_folder(
+    directory: str | os.PathLike,
+    *,
+    num_identities: int,
+    images_per_identity: int,
+    held_out_identities: int,
+    num_pairs: int,
+    image_size: int,
+    seed: int = 0,
+    targets: Sequence[str] = ("lfw", "cfp_fp", "agedb_30"),
+) -> pathlib.Path:
+    """Writes synthetic identities as an InsightFace dataset folder, to try the recordio
+    path (``configs/<loss>.py:face,source=recordio``) without MS1MV2.
+
+    ``train.rec``/``train.idx``/``property``: ``num_identities × images_per_identity``
+    JPEG records (identity-major, as InsightFace packs them). One ``<target>.bin`` per
+    target: ``num_pairs`` pairs alternating same/different
+    (``evaluation.make_pairs``, the target's index as its seed) of the next
+    ``held_out_identities`` identities, never seen in training. The targets are drawn
+    alike; only their pairs differ.
+
+    Returns:
+      The folder.
+    """
+    from faceloss_jax import evaluation  # noqa: PLC0415  (evaluation sits above data)
+
+    directory = pathlib.Path(directory)
+
+    def render(identity: int, sample: int) -> np.ndarray:
+        return render_sample(seed, identity, sample, image_size=image_size)
+
+    labels = np.repeat(np.arange(num_identities), images_per_identity)
+    samples = np.tile(np.arange(images_per_identity), num_identities)
+    recordio.write_insightface_recordio(
+        directory,
+        [images.encode_image(render(c, j)) for c, j in zip(labels, samples)],
+        labels,
+    )
+    held_out = num_identities + np.repeat(np.arange(held_out_identities), images_per_identity)
+    held_samples = np.tile(np.arange(images_per_identity), held_out_identities)
+    for k, name in enumerate(targets):
+        idx_a, idx_b, issame = evaluation.make_pairs(held_out, num_pairs=num_pairs, seed=k)
+        faces = [render(held_out[i], held_samples[i]) for pair in zip(idx_a, idx_b) for i in pair]
+        verification_bin.write_verification_bin(directory / f"{name}.bin", np.stack(faces), issame)
+    return directory
 
 
 def _create(config, split: str) -> SyntheticFaces:
