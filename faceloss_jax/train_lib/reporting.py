@@ -5,6 +5,7 @@ does nothing, so the training loop needs no ``if process_index() == 0``.
 """
 
 import json
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,22 @@ import jax
 import numpy as np
 import tqdm
 from etils import epath
+
+
+def _import_tensorboardx():
+    """tensorboardX, kept from importing PyTorch (seconds per process) where it is
+    installed: it imports torch only to accept torch tensors, and only floats are logged
+    here. ``sys.modules[name] = None`` makes ``import name`` raise ImportError."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        import tensorboardX  # noqa: PLC0415
+
+        return tensorboardX
+    sys.modules["torch"] = None
+    try:
+        import tensorboardX  # noqa: PLC0415
+    finally:
+        del sys.modules["torch"]
+    return tensorboardX
 
 
 class MetricWriter:
@@ -30,8 +47,7 @@ class MetricWriter:
         self._tensorboard = None
         if self._enabled:
             self._workdir.mkdir(parents=True, exist_ok=True)
-            # Imported here: tensorboardX imports torch when it is installed (seconds).
-            import tensorboardX  # noqa: PLC0415
+            tensorboardX = _import_tensorboardx()
 
             self._tensorboard = tensorboardX.SummaryWriter(str(self._workdir / "tensorboard"))
 
