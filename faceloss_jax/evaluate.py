@@ -28,7 +28,6 @@ import functools
 import json
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 from absl import app, flags
 from etils import epath
@@ -36,7 +35,7 @@ from jax.tree_util import Partial
 from ml_collections import config_flags
 
 from faceloss_jax import data, evaluation, models, train, weights
-from faceloss_jax.train_lib import checkpointing, cli, optimizers, reporting
+from faceloss_jax.train_lib import cli, reporting
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A training run (or, with --ijb/--bins, a converted backbone).", required=True
@@ -89,26 +88,7 @@ def evaluate_checkpoint(
     """
     config = load_run_config(workdir) if config is None else config
     eval_data = train.load_eval_data(config)
-    model = train.create_model(config)
-    template = train.create_train_state(
-        config,
-        model,
-        jax.random.PRNGKey(config.seed),
-        num_classes=data.num_classes(config.dataset),
-        image_shape=train.input_shape(config),
-        learning_rate_fn=optimizers.create_learning_rate_schedule(
-            config.optimizer, num_train_steps=config.num_train_steps
-        ),
-    )
-    manager = checkpointing.create_checkpoint_manager(
-        epath.Path(workdir) / "checkpoints", max_to_keep=config.max_checkpoints_to_keep
-    )
-    try:
-        state = checkpointing.restore_latest(manager, template)
-    finally:
-        manager.close()
-    if state is None:
-        raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
+    model, state = train.restore_run(config, workdir)
     step = int(state.step)
     metrics = train.evaluate(config, model, state, eval_data, workdir=workdir, step=step)
     return {"step": step, **metrics}

@@ -112,6 +112,38 @@ def create_train_state(
     )
 
 
+def restore_run(
+    config: ml_collections.ConfigDict, workdir: epath.PathLike
+) -> tuple[nn.Module, TrainState]:
+    """The backbone of ``config`` and the newest readable train state of the run in
+    ``workdir``, on the default device (whatever topology wrote it).
+
+    Raises:
+      FileNotFoundError: ``<workdir>/checkpoints`` holds no readable checkpoint.
+    """
+    model = create_model(config)
+    template = create_train_state(
+        config,
+        model,
+        jax.random.PRNGKey(config.seed),
+        num_classes=data.num_classes(config.dataset),
+        image_shape=input_shape(config),
+        learning_rate_fn=optimizers.create_learning_rate_schedule(
+            config.optimizer, num_train_steps=config.num_train_steps
+        ),
+    )
+    manager = checkpointing.create_checkpoint_manager(
+        epath.Path(workdir) / "checkpoints", max_to_keep=config.max_checkpoints_to_keep
+    )
+    try:
+        state = checkpointing.restore_latest(manager, template)
+    finally:
+        manager.close()
+    if state is None:
+        raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
+    return model, state
+
+
 def is_class_sharded(config: ml_collections.ConfigDict) -> bool:
     """Whether the classifier's columns are split over the devices (Partial FC)."""
     return config.loss.get("class_sharded", False)
@@ -580,9 +612,12 @@ def _update_best(metrics: dict[str, float], best: dict[str, float]) -> None:
 # ------------------------------------------------------------------------------------
 
 
-def check_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
-    """Raises a ValueError naming the first inconsistent setting."""
-    objectives.check_loss_config(config.loss)
+def check_config(
+    config: ml_collections.ConfigDict, *, num_devices: int, num_classes: int | None = None
+) -> None:
+    """Raises a ValueError naming the first inconsistent setting (given ``num_classes``,
+    also a class-sharded W that does not split over the devices)."""
+    objectives.check_loss_config(config.loss, num_classes=num_classes, num_devices=num_devices)
     if config.parallelism not in PARALLELISMS:
         raise objectives.ConfigError(
             f"unknown parallelism {config.parallelism!r}; valid: {', '.join(PARALLELISMS)}"
@@ -684,7 +719,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     workdir = epath.Path(workdir)
     num_devices = jax.device_count()
-    check_config(config, num_devices=num_devices)
+    num_classes = data.num_classes(config.dataset)
+    check_config(config, num_devices=num_devices, num_classes=num_classes)
     mesh = data_mesh()
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -707,8 +743,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     eval_data = load_eval_data(config)
 
-    num_classes = data.num_classes(config.dataset)
-    objectives.check_loss_config(config.loss, num_classes=num_classes, num_devices=num_devices)
     model = create_model(config)
     state = create_train_state(
         config,
