@@ -37,8 +37,8 @@ REPO = next(
 sys.path.insert(0, str(REPO))
 
 from configs import arcface  # noqa: E402
-from faceloss_jax import data, evaluation, train  # noqa: E402
-from faceloss_jax.train_lib import checkpointing, objectives, optimizers  # noqa: E402
+from faceloss_jax import evaluation, train  # noqa: E402
+from faceloss_jax.train_lib import objectives  # noqa: E402
 
 print("faceloss_jax from", os.path.dirname(faceloss_jax.__file__), "| devices:", jax.device_count())
 
@@ -83,25 +83,12 @@ plt.show()
 # %% [markdown]
 # ## Restore and inspect
 #
-# The checkpoint is restored as `python -m faceloss_jax.evaluate` does: a template train state
-# gives the structure, `checkpointing.restore_latest` fills it.
+# The checkpoint is restored as `python -m faceloss_jax.evaluate` does (`train.restore_run`: a
+# template train state gives the structure, `checkpointing.restore_latest` fills it).
 
 # %%
 eval_data = train.load_eval_data(config)
-model = train.create_model(config)
-template = train.create_train_state(
-    config,
-    model,
-    jax.random.PRNGKey(config.seed),
-    num_classes=data.num_classes(config.dataset),
-    image_shape=eval_data["test"][0].shape[1:],
-    learning_rate_fn=optimizers.create_learning_rate_schedule(
-        config.optimizer, num_train_steps=config.num_train_steps
-    ),
-)
-manager = checkpointing.create_checkpoint_manager(workdir / "checkpoints", max_to_keep=1)
-state = checkpointing.restore_latest(manager, template)
-manager.close()
+model, state = train.restore_run(config, workdir)
 assert int(state.step) == config.num_train_steps
 
 variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats}
