@@ -23,14 +23,12 @@ from collections.abc import Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from faceloss_jax import data, evaluation, train
-from faceloss_jax.train_lib import checkpointing, optimizers
+from faceloss_jax import evaluation, train
 
 # The metrics of every table: evaluate_run's keys, and the wall time of the run.
 METRICS = (
@@ -114,26 +112,7 @@ def final_test_features(
     """The raw (unnormalized) test-split features and labels of the run in ``workdir``,
     from its final checkpoint."""
     images, labels = train.load_split(config, config.eval.test_split)
-    model = train.create_model(config)
-    template = train.create_train_state(
-        config,
-        model,
-        jax.random.PRNGKey(config.seed),
-        num_classes=data.num_classes(config.dataset),
-        image_shape=images.shape[1:],
-        learning_rate_fn=optimizers.create_learning_rate_schedule(
-            config.optimizer, num_train_steps=config.num_train_steps
-        ),
-    )
-    manager = checkpointing.create_checkpoint_manager(
-        os.path.join(workdir, "checkpoints"), max_to_keep=1
-    )
-    try:
-        state = checkpointing.restore_latest(manager, template)
-    finally:
-        manager.close()
-    if state is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    model, state = train.restore_run(config, workdir)
     variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats}
     features = evaluation.extract_embeddings(
         lambda x: model.apply(variables, x, train=False),
@@ -146,13 +125,17 @@ def final_test_features(
 
 
 def _run_one(
-    config: ml_collections.ConfigDict, workdir: str, name: str, with_features: bool
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    name: str,
+    with_features: bool,
+    columns: Sequence[str],
 ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
     """One run (in this process or a worker): its metrics and, optionally, its test
     features and labels."""
     metrics = train_run(config, workdir)
     print(
-        f"[{name} seed {config.seed}] " + ", ".join(f"{k}={metrics[k]:.4f}" for k in METRICS),
+        f"[{name} seed {config.seed}] " + ", ".join(f"{k}={metrics[k]:.4f}" for k in columns),
         flush=True,
     )
     return metrics, final_test_features(config, workdir) if with_features else None
@@ -167,6 +150,7 @@ def run_settings(
     overrides: Mapping[str, Any] | None = None,
     jobs: int = 1,
     with_features: bool = False,
+    metrics: Sequence[str] = METRICS,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray, np.ndarray]]]:
     """Trains every setting with every seed; returns one row per setting.
 
@@ -179,10 +163,11 @@ def run_settings(
       jobs: runs trained at once, each in its own process (a run's numbers do not
         depend on it; its wall time does).
       with_features: also return each setting's test features of the first seed.
+      metrics: the keys of each run's metrics that make the columns.
 
     Returns:
       Rows ``{"setting": name, "steps": n, "seeds": k, <metric>: mean,
-      <metric>_std: std over seeds}`` for the ``METRICS``, and the panels
+      <metric>_std: std over seeds}`` for the ``metrics``, and the panels
       ``(name, features, labels)`` (empty without ``with_features``).
     """
     tasks = []
@@ -192,7 +177,8 @@ def run_settings(
                 shorten(setting.config, steps=steps), {**(overrides or {}), "seed": seed}
             )
             workdir = os.path.join(runs, re.sub(r"[^\w.=-]+", "_", setting.name), f"seed_{seed}")
-            tasks.append((config, workdir, setting.name, with_features and seed == seeds[0]))
+            first = with_features and seed == seeds[0]
+            tasks.append((config, workdir, setting.name, first, tuple(metrics)))
     if jobs > 1:
         context = multiprocessing.get_context("spawn")  # JAX does not survive a fork.
         with futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
@@ -208,8 +194,8 @@ def run_settings(
             "steps": tasks[index * len(seeds)][0].num_train_steps,
             "seeds": len(seeds),
         }
-        for key in METRICS:
-            values = np.array([metrics[key] for metrics, _ in per_seed])
+        for key in metrics:
+            values = np.array([result[key] for result, _ in per_seed])
             row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
         rows.append(row)
         if per_seed[0][1] is not None:
@@ -218,10 +204,18 @@ def run_settings(
 
 
 def write_table(
-    rows: Sequence[Mapping[str, Any]], out: str, *, title: str, command: str, notes: str = ""
+    rows: Sequence[Mapping[str, Any]],
+    out: str,
+    *,
+    title: str,
+    command: str,
+    notes: str = "",
+    metrics: Sequence[str] = METRICS,
+    legend: str | None = None,
 ) -> None:
     """Writes ``<out>.csv`` (every column) and ``<out>.md``: a title, the command that
-    produced it, and the metrics as ``mean ± std`` (std over seeds)."""
+    produced it, the ``metrics`` as ``mean ± std`` (std over seeds) and ``legend`` (by
+    default, that of ``METRICS``)."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     columns = list(rows[0])
     with open(f"{out}.csv", "w", newline="") as f:
@@ -231,9 +225,9 @@ def write_table(
     extra = [
         c
         for c in columns
-        if c not in ("setting", "steps", "seeds") and not c.endswith("_std") and c not in METRICS
+        if c not in ("setting", "steps", "seeds") and not c.endswith("_std") and c not in metrics
     ]
-    header = ["setting", *extra, "steps", "seeds", *METRICS]
+    header = ["setting", *extra, "steps", "seeds", *metrics]
     lines = [
         f"# {title}",
         "",
@@ -245,7 +239,7 @@ def write_table(
     for row in rows:
         cells = [_format(row, c) for c in header]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", _LEGEND]
+    lines += ["", legend or _LEGEND]
     if notes:
         lines += ["", notes]
     with open(f"{out}.md", "w") as f:
@@ -280,6 +274,8 @@ def parse_args(
     thread settings change the wall times)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if "runs" in args and args.runs is None:
+        args.runs = os.path.join("/tmp/faceloss_experiments", os.path.basename(args.out))
     args.command = shlex.join(["python", "-m", module, *argv])
     if xla_flags := os.environ.get("XLA_FLAGS"):
         args.command = f"XLA_FLAGS={shlex.quote(xla_flags)} {args.command}"
@@ -357,8 +353,9 @@ def parser(description: str, *, out: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default=out, help="output prefix: <out>.csv, .md, .png")
     p.add_argument(
         "--runs",
-        default=os.path.join("/tmp/faceloss_experiments", os.path.basename(out)),
-        help="where the runs' work directories go (not committed)",
+        default=None,
+        help="where the runs' work directories go (not committed); default: "
+        "/tmp/faceloss_experiments/<basename of --out>",
     )
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
     p.add_argument(
@@ -420,19 +417,26 @@ def run_table_and_features(
     return rows
 
 
-def plot_bars(rows: Sequence[Mapping[str, Any]], path: str) -> str:
-    """Closed-set and open-set verification accuracy per setting, mean ± std bars."""
-    fig = Figure(figsize=(1.2 * len(rows) + 2.0, 3.5))
+def plot_bars(
+    rows: Sequence[Mapping[str, Any]],
+    path: str,
+    *,
+    bars: Sequence[tuple[str, str]] = (
+        ("closed_set_accuracy", "closed-set accuracy"),
+        ("verification_accuracy", "open-set verification"),
+    ),
+) -> str:
+    """Accuracies per setting, mean ± std bars: ``bars`` are (column, legend label)
+    pairs, by default closed-set and open-set verification accuracy."""
+    fig = Figure(figsize=(0.6 * len(bars) * len(rows) + 2.0, 3.5))
     ax = fig.add_subplot()
     x = np.arange(len(rows))
-    for offset, key, label in (
-        (-0.2, "closed_set_accuracy", "closed-set accuracy"),
-        (0.2, "verification_accuracy", "open-set verification"),
-    ):
+    width = 0.8 / len(bars)
+    for index, (key, label) in enumerate(bars):
         ax.bar(
-            x + offset,
+            x + (index - (len(bars) - 1) / 2) * width,
             [r[key] for r in rows],
-            0.4,
+            width,
             yerr=[r[f"{key}_std"] for r in rows],
             capsize=3,
             label=label,

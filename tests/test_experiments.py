@@ -6,7 +6,15 @@ import os
 import numpy as np
 import pytest
 
-from experiments import common, lambda_ablation, margin_sweeps, mnist_features, synthetic_openset
+from experiments import (
+    common,
+    face_recipe_synthetic,
+    lambda_ablation,
+    margin_sweeps,
+    mnist_features,
+    synthetic_openset,
+)
+from faceloss_jax import data
 
 # Small evaluation sets and batches: a run costs its compilation and little else.
 TINY = [
@@ -84,6 +92,43 @@ def test_synthetic_openset(tmp_path):
     _check_outputs(out, settings=["cosface"])
 
 
+def test_face_recipe_synthetic(tmp_path):
+    """The recordio path with the face recipe, clipped and not: a tiny folder written
+    where the runner looks for it, LeNets++ for a quick compilation."""
+    runs = tmp_path / "runs"
+    data.write_insightface_folder(
+        runs / "folder",
+        num_identities=8,
+        images_per_identity=4,
+        held_out_identities=4,
+        num_pairs=40,
+        image_size=16,
+    )
+    out = str(tmp_path / "face")
+    face_recipe_synthetic.main(
+        [
+            "--steps=2",
+            "--seeds=0",
+            "--losses=arcface",
+            "--set=batch_size=8",
+            "--set=eval.n_folds=2",
+            "--set=eval.batch_size=40",
+            "--set=model.name=lenet_pp",
+            "--set=model.embedding_dim=8",
+            f"--out={out}",
+            f"--runs={runs}",
+        ]
+    )
+    rows = _read_csv(f"{out}.csv")
+    assert [r["setting"] for r in rows] == ["arcface", "arcface, no clip"]
+    for row in rows:
+        for target in face_recipe_synthetic.TARGETS:
+            assert 0.0 <= float(row[f"{target}_accuracy"]) <= 1.0
+    configs = face_recipe_synthetic.settings(("arcface",), str(runs / "folder"), ablation=True)
+    assert [c.config.optimizer.grad_clip_norm for c in configs] == [5.0, None]
+    assert "lfw_accuracy" in open(f"{out}.md").read()
+
+
 def test_margin_sweep_rejects_unknown_parameter():
     with pytest.raises(KeyError, match="no loss.radius"):
         margin_sweeps.settings("arcface", "radius", (0.1,))
@@ -127,3 +172,11 @@ def test_set_flag_parses_values():
     )
     assert dict(args.set) == {"eval.num_pairs": 600, "model.name": "iresnet18"}
     assert args.seeds == (0, 1)
+
+
+def test_runs_follow_out_unless_given():
+    """Two outputs of one runner never share (and overwrite) run directories."""
+    parser = common.parser("x", out="experiments/results/o")
+    args = common.parse_args(parser, ["--out=results/other"], module="m")
+    assert args.runs == "/tmp/faceloss_experiments/other"
+    assert common.parse_args(parser, ["--runs=/r"], module="m").runs == "/r"
