@@ -3,21 +3,13 @@ restores the file byte for byte, and reports CAUGHT / NOT CAUGHT (tests/MUTATION
 
     .venv/bin/python tests/mutation/issue18_faults.py [--control] [FAULT_PREFIX ...]
 
-The copy (faceloss_jax, configs, tests) is made in a temporary directory; the working
-tree is never modified. --control first runs every named test on the unmodified copy.
+See ``apply_faults.py`` for how.
 """
 
-import pathlib
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-ROOT = pathlib.Path(tempfile.mkdtemp(prefix="issue18_faults_"))
-for name in ("faceloss_jax", "configs", "tests"):
-    shutil.copytree(REPO / name, ROOT / name, ignore=shutil.ignore_patterns("__pycache__"))
+from apply_faults import apply_faults
+
 G, T, BV = (
     "tests/test_faults_gradients.py",
     "tests/test_faults_training.py",
@@ -174,47 +166,6 @@ FAULTS = [
         [T + "::test_config_objective_equals_the_library_called_by_hand[xbm_contrastive]"],
     ),
 ]
-only = sys.argv[1:]
 
-
-def run(tests):
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-        cwd=ROOT,
-        env={
-            "PYTHONPATH": str(ROOT),
-            "PATH": "/usr/bin:/bin",
-            "HOME": "/tmp",
-            "JAX_PLATFORMS": "cpu",
-        },
-        capture_output=True,
-        text=True,
-    )
-
-
-if "--control" in only:
-    r = run(sorted({t for f in FAULTS for t in f[4]}))
-    print("control (no fault):", r.stdout.splitlines()[-1], flush=True)
-    only = [o for o in only if o != "--control"]
-for name, rel, old, new, tests in FAULTS:
-    if only and not any(name.startswith(o) for o in only):
-        continue
-    path = ROOT / rel
-    original = path.read_bytes()
-    text = original.decode()
-    if text.count(old) != 1:
-        print(f"{name}: target found {text.count(old)} times in {rel}: SKIPPED", flush=True)
-        continue
-    path.write_text(text.replace(old, new))
-    t = time.time()
-    r = run(tests)
-    if "passed" not in r.stdout and "failed" not in r.stdout:
-        print(f"{name}: ERROR {r.stdout[-400:]} {r.stderr[-400:]}", flush=True)
-    path.write_bytes(original)
-    assert path.read_bytes() == original
-    errs = [l for l in r.stdout.splitlines() if l.startswith("E ")][:2]
-    print(
-        f"{name}: {'CAUGHT' if r.returncode else 'NOT CAUGHT'} ({time.time() - t:.0f}s) "
-        f"{' | '.join(e[:160] for e in errs)}",
-        flush=True,
-    )
+if __name__ == "__main__":
+    apply_faults(FAULTS, sys.argv[1:])
