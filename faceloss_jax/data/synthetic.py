@@ -222,22 +222,27 @@ def write_insightface_folder(
 
     directory = pathlib.Path(directory)
 
-    def render(identity: int, sample: int) -> np.ndarray:
-        return render_sample(seed, identity, sample, image_size=image_size)
+    def faces(identities: range) -> tuple[np.ndarray, np.ndarray]:
+        source = SyntheticFaces(
+            identities=identities,
+            samples=range(images_per_identity),
+            image_size=image_size,
+            seed=seed,
+        )
+        examples = [source[i] for i in range(len(source))]
+        return np.stack([e["image"] for e in examples]), np.array([e["label"] for e in examples])
 
-    labels = np.repeat(np.arange(num_identities), images_per_identity)
-    samples = np.tile(np.arange(images_per_identity), num_identities)
+    train_images, train_labels = faces(range(num_identities))
     recordio.write_insightface_recordio(
-        directory,
-        [images.encode_image(render(c, j)) for c, j in zip(labels, samples)],
-        labels,
+        directory, [images.encode_image(image) for image in train_images], train_labels
     )
-    held_out = num_identities + np.repeat(np.arange(held_out_identities), images_per_identity)
-    held_samples = np.tile(np.arange(images_per_identity), held_out_identities)
+    held_images, held_labels = faces(range(num_identities, num_identities + held_out_identities))
     for k, name in enumerate(targets):
-        idx_a, idx_b, issame = evaluation.make_pairs(held_out, num_pairs=num_pairs, seed=k)
-        faces = [render(held_out[i], held_samples[i]) for pair in zip(idx_a, idx_b) for i in pair]
-        verification_bin.write_verification_bin(directory / f"{name}.bin", np.stack(faces), issame)
+        idx_a, idx_b, issame = evaluation.make_pairs(held_labels, num_pairs=num_pairs, seed=k)
+        pairs = np.stack([idx_a, idx_b], axis=1).reshape(-1)  # a0, b0, a1, b1, …
+        verification_bin.write_verification_bin(
+            directory / f"{name}.bin", held_images[pairs], issame
+        )
     return directory
 
 
