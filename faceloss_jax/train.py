@@ -210,11 +210,12 @@ def _clip(
     (``clip_scope="global"``), or the backbone's alone, the head unclipped
     (``"backbone"``, arcface_torch's ``clip_grad_norm_(backbone.parameters(), 5)``).
     The factor is ``min(1, max_norm / (norm + 1e-6))``, PyTorch's ``clip_grad_norm_``."""
-    if config.get("clip_scope", "global") == "backbone":
-        norm = _global_norm({"backbone": grads["backbone"]}, class_sharded=class_sharded)
-        scale = jnp.minimum(1.0, config.grad_clip_norm / (norm + 1e-6))
-        return {**grads, "backbone": jax.tree.map(lambda g: g * scale, grads["backbone"])}
+    backbone_only = config.get("clip_scope", "global") == "backbone"
+    if backbone_only:
+        grad_norm = _global_norm({"backbone": grads["backbone"]}, class_sharded=class_sharded)
     scale = jnp.minimum(1.0, config.grad_clip_norm / (grad_norm + 1e-6))
+    if backbone_only:
+        return {**grads, "backbone": jax.tree.map(lambda g: g * scale, grads["backbone"])}
     return jax.tree.map(lambda g: g * scale, grads)
 
 
