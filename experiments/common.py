@@ -269,12 +269,13 @@ def _format(row: Mapping[str, Any], column: str) -> str:
 def parse_args(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None, *, module: str
 ) -> argparse.Namespace:
-    """Parses ``argv`` (None: the command line) and adds ``args.command``: the command
-    that reproduces the run, typed from the repository root (with ``XLA_FLAGS`` when set:
-    thread settings change the wall times)."""
+    """Parses ``argv`` (None: the command line) of a ``parser()``, defaults ``--runs`` to
+    ``/tmp/faceloss_experiments/<basename of --out>``, and adds ``args.command``: the
+    command that reproduces the run, typed from the repository root (with ``XLA_FLAGS``
+    when set: thread settings change the wall times)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    if "runs" in args and args.runs is None:
+    if args.runs is None:
         args.runs = os.path.join("/tmp/faceloss_experiments", os.path.basename(args.out))
     args.command = shlex.join(["python", "-m", module, *argv])
     if xla_flags := os.environ.get("XLA_FLAGS"):

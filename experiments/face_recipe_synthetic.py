@@ -47,6 +47,8 @@ CPU_SIZES = {
     "eval.batch_size": 200,
 }
 
+VARIANT = "face,source=recordio"
+
 _LEGEND = (
     "<target>_accuracy: 10-fold verification accuracy on the target's 600 pairs "
     "(InsightFace's 0.01 threshold grid on squared L2 distance, flip TTA), the number "
@@ -60,21 +62,15 @@ _LEGEND = (
 def settings(losses: tuple[str, ...], folder: str, *, ablation: bool) -> list[common.Setting]:
     """Each loss's face config on ``folder`` with ``CPU_SIZES``; with ``ablation``, the
     margin losses again without backbone clipping."""
-    result = []
-    for loss in losses:
-        config = common.experiment_config(
-            loss, {**CPU_SIZES, "dataset.path": folder}, variant="face,source=recordio"
-        )
-        result.append(common.Setting(loss, config))
+    base = {**CPU_SIZES, "dataset.path": folder}
+    rows = [(loss, loss, base) for loss in losses]
     if ablation:
-        for loss in (name for name in losses if name != "softmax"):
-            config = common.experiment_config(
-                loss,
-                {**CPU_SIZES, "dataset.path": folder, "optimizer.grad_clip_norm": None},
-                variant="face,source=recordio",
-            )
-            result.append(common.Setting(f"{loss}, no clip", config))
-    return result
+        unclipped = {**base, "optimizer.grad_clip_norm": None}
+        rows += [(f"{loss}, no clip", loss, unclipped) for loss in losses if loss != "softmax"]
+    return [
+        common.Setting(name, common.experiment_config(loss, overrides, variant=VARIANT))
+        for name, loss, overrides in rows
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,10 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     folder = os.path.join(args.runs, "folder")
     if not os.path.exists(os.path.join(folder, "property")):
         data.write_insightface_folder(folder, **FOLDER)
-    runs = settings(args.losses, folder, ablation=args.ablation)
-    model = common.override(runs[0].config, dict(args.set)).model.name
+    model = dict(args.set).get("model.name", CPU_SIZES["model.name"])
     rows, _ = common.run_settings(
-        runs,
+        settings(args.losses, folder, ablation=args.ablation),
         seeds=args.seeds,
         steps=args.steps,
         runs=args.runs,
