@@ -5,10 +5,12 @@ import io
 import numpy as np
 from PIL import Image
 
+from faceloss_jax import errors
+
 _MODES = {1: "L", 3: "RGB"}
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(errors.DataError):
     """An image that cannot be decoded; the message names the file or record.
 
     Attributes:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import PIL.Image
 
+from faceloss_jax import errors
 from faceloss_jax.data import images, source
 
 PROPERTY = "property"
@@ -42,7 +43,7 @@ _IR_HEADER = struct.Struct("<IfQQ")
 _LENGTH_MASK = (1 << 29) - 1
 
 
-class RecordIOError(ValueError):
+class RecordIOError(errors.DataError):
     """A malformed or truncated RecordIO file; the message names file and offset."""
 
 

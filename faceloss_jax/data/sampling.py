@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from faceloss_jax.train_lib.hyperparameters import ConfigError
+from faceloss_jax.errors import ConfigError
 
 IdentityIndex = Sequence[np.ndarray]
 

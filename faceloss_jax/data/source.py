@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from faceloss_jax.train_lib.hyperparameters import ConfigError
+from faceloss_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,7 @@ import scipy.sparse
 from etils import epath
 from PIL import Image
 
+from faceloss_jax import errors
 from faceloss_jax.data import align
 from faceloss_jax.evaluation import plots
 from faceloss_jax.evaluation.extract import extract_embeddings, l2_normalize
@@ -51,7 +52,7 @@ IJB_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 _GALLERIES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}
 
 
-class IJBFormatError(ValueError):
+class IJBFormatError(errors.DataError):
     """A file of the release is missing or malformed (the message names file and line)."""
 
 

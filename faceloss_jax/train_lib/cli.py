@@ -1,14 +1,29 @@
-"""Command-line helpers shared by ``main`` and ``evaluate``: config files, the data
-source chosen on the command line, and one clear line for a config error."""
+"""Command-line helpers shared by the CLIs (``main``, ``evaluate``, ``embed``,
+``convert``): config files, the data source chosen on the command line, and one clear
+line, without a traceback, for every error a user can cause (``run``)."""
 
+import functools
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import ml_collections
-from absl import flags, logging
+from absl import app, flags, logging
 
-from faceloss_jax.train_lib.hyperparameters import ConfigError
+from faceloss_jax import errors
+from faceloss_jax.errors import ConfigError
+
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show the traceback of a user error (otherwise one FATAL line)."
+)
+# Errors a user causes and can fix, with the word the FATAL line starts with. The
+# OS errors are those of a path the user gave (a missing file, a folder for a file).
+_OS_ERRORS = {
+    FileNotFoundError: "missing file",
+    NotADirectoryError: "not a directory",
+    IsADirectoryError: "a directory, not a file",
+    PermissionError: "permission denied",
+}
 
 _CONFIG_PREFIX = "--config."
 _SOURCE_FLAG = "--config.dataset.name="
@@ -90,6 +105,32 @@ def parse_flags(argv: list[str]) -> list[str]:
                 if message := unknown_key_error(config, key):
                     sys.exit(f"FATAL Flags parsing error: {message}")
         raise error
+
+
+def fatal_line(error: BaseException) -> str | None:
+    """``FATAL <kind>: <message>`` for an error the user caused, else None (a bug)."""
+    if isinstance(error, errors.UserError):
+        return f"FATAL {error.kind}: {error}"
+    for cls, kind in _OS_ERRORS.items():
+        if isinstance(error, cls):
+            return f"FATAL {kind}: {error}"
+    return None
+
+
+def _one_line_errors(main: Callable[[list[str]], None], argv: list[str]) -> None:
+    try:
+        main(argv)
+    except Exception as error:  # noqa: BLE001 -- re-raised unless it is the user's.
+        line = fatal_line(error)
+        if line is None or _VERBOSE.value:
+            raise
+        sys.exit(line)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """``app.run(main)`` with ``parse_flags``, printing each user error (``errors.UserError``,
+    a missing file) as one ``FATAL`` line, exit status 1; ``--verbose`` shows the traceback."""
+    app.run(functools.partial(_one_line_errors, main), flags_parser=parse_flags)
 
 
 def default_to_warnings() -> None:

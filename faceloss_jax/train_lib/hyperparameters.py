@@ -10,9 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config value the run cannot use; the message names the field and what is valid."""
+from faceloss_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from faceloss_jax import losses
+from faceloss_jax.errors import ConfigError
 from faceloss_jax.losses import mining as mining_lib
 from faceloss_jax.train_lib import hyperparameters as hp
-from faceloss_jax.train_lib.hyperparameters import ConfigError
 
 Params = Mapping[str, jax.Array]
 # What scores a class: none (pair losses), w_jᵀx + b_j (linear), cos θ_j (normalized),

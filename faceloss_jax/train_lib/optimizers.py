@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import optax
 
-from faceloss_jax.train_lib.hyperparameters import ConfigError
+from faceloss_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "polynomial")

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from faceloss_jax import errors
 from faceloss_jax.models.iresnet import STAGE_SIZES, STAGE_WIDTHS, IResNet
 
 IRESNET_NAMES = tuple(STAGE_SIZES)
@@ -69,7 +70,7 @@ _TOP_MODULES = {
 }
 
 
-class StateDictMismatchError(ValueError):
+class StateDictMismatchError(errors.DataError):
     """A ``state_dict`` that does not fit the architecture; the message lists every
     missing, unexpected and mis-shaped tensor."""
 
