@@ -7,9 +7,9 @@ import pytest
 from configs import default
 from faceloss_jax import data
 from faceloss_jax.data import recordio, sampling
+from faceloss_jax.errors import ConfigError
 from faceloss_jax.losses import mining
 from faceloss_jax.train_lib import objectives
-from faceloss_jax.errors import ConfigError
 
 
 class _Tagged:
