@@ -202,10 +202,17 @@ def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collectio
     config.parallelism = "shard_map"  # "shard_map" | "pmap"
     config.half_precision = False  # bfloat16 backbone; float32 loss and master weights
     config.sync_batch_norm = True  # BatchNorm statistics of the global batch
-    config.nan_policy = "stop"  # on a non-finite loss: "stop" the run | "skip" the step
+    # On a step whose loss, gradient or updated state is not finite: "stop" the run |
+    # "skip" the step (the state unchanged), stopping after this many skips in a row.
+    config.nan_policy = "stop"
+    config.max_consecutive_skips = 20
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
     config.max_checkpoints_to_keep = 3
+    # Resuming a workdir with a config that differs from its config.json in more than the
+    # resume-safe fields (checkpointing.RESUME_SAFE_FIELDS: steps, cadences, evaluation)
+    # is refused unless True.
+    config.allow_config_change = False
     config.eval_every_steps = 1000
     # A backbone to start from: a faceloss_jax.convert directory or a run's workdir.
     config.init_from = config_dict.placeholder(str)

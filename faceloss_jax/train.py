@@ -47,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
-from faceloss_jax import data, evaluation, models, weights
+from faceloss_jax import data, errors, evaluation, models, weights
 from faceloss_jax.train_lib import checkpointing, objectives, optimizers, reporting
 
 DATA_AXIS = "data"
@@ -65,8 +65,11 @@ class TrainState(train_state.TrainState):
     rng: jax.Array
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a step's loss is NaN or infinite and ``config.nan_policy == "stop"``."""
+class NonFiniteLossError(errors.UserError, FloatingPointError):
+    """Raised when a step's loss is NaN or infinite and ``config.nan_policy == "stop"``,
+    or after ``config.max_consecutive_skips`` skipped steps in a row with ``"skip"``."""
+
+    kind = "training stopped"
 
 
 # ------------------------------------------------------------------------------------
@@ -115,12 +118,17 @@ def create_train_state(
 def restore_run(
     config: ml_collections.ConfigDict, workdir: epath.PathLike
 ) -> tuple[nn.Module, TrainState]:
-    """The backbone of ``config`` and the newest readable train state of the run in
-    ``workdir``, on the default device (whatever topology wrote it).
+    """The backbone of ``config`` and the newest intact train state of the run in
+    ``workdir``, on the default device (whatever topology wrote it). Read-only: a
+    checkpoint that cannot be read or fails its checksum is skipped, not moved.
 
     Raises:
-      FileNotFoundError: ``<workdir>/checkpoints`` holds no readable checkpoint.
+      errors.CheckpointError: ``<workdir>/checkpoints`` holds no intact checkpoint.
+      errors.CheckpointMismatchError: the newest checkpoint does not fit ``config``.
     """
+    directory = epath.Path(workdir) / "checkpoints"
+    if not directory.exists():
+        raise errors.CheckpointError(f"no checkpoint in {directory}: is {workdir} a run?")
     model = create_model(config)
     template = create_train_state(
         config,
@@ -133,14 +141,14 @@ def restore_run(
         ),
     )
     manager = checkpointing.create_checkpoint_manager(
-        epath.Path(workdir) / "checkpoints", max_to_keep=config.max_checkpoints_to_keep
+        directory, max_to_keep=config.max_checkpoints_to_keep, read_only=True
     )
     try:
-        state = checkpointing.restore_latest(manager, template)
+        state = checkpointing.restore_latest(manager, template, quarantine=False)
     finally:
         manager.close()
     if state is None:
-        raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
+        raise errors.CheckpointError(f"no intact checkpoint in {directory}")
     return model, state
 
 
@@ -233,8 +241,9 @@ def train_step(
     The backbone computes in its dtype (bfloat16 with ``half_precision``); the
     embeddings, the loss and the gradients are float32, as are the master weights.
     The gradient is clipped to ``config.optimizer.grad_clip_norm`` (global norm) when
-    set. With ``config.nan_policy == "skip"`` a step whose loss or gradient is not
-    finite leaves the state unchanged but for the step counter.
+    set. With ``config.nan_policy == "skip"`` a step whose loss, gradient or updated
+    state (parameters, optimizer state, batch statistics) is not finite leaves the
+    state unchanged but for the step counter.
 
     Args:
       state: the replicated train state (the classifier's columns when class-sharded).
@@ -246,9 +255,10 @@ def train_step(
 
     Returns:
       The new state and the metrics of the global batch: ``loss``, ``grad_norm``
-      (before clipping), ``learning_rate``, ``finite`` (1.0 if the loss and gradient
-      are finite), ``finite_input`` (1.0 if every image is finite), and ``accuracy``,
-      ``intra_angle`` when the loss has an unsharded classifier.
+      (before clipping), ``learning_rate``, ``finite`` (1.0 if the loss, the gradient
+      and the updated state are finite), ``finite_input`` (1.0 if every image is
+      finite), and ``accuracy``, ``intra_angle`` when the loss has an unsharded
+      classifier.
     """
     class_sharded = is_class_sharded(config)
     dropout_key = jax.random.fold_in(
@@ -298,7 +308,11 @@ def train_step(
             config.loss, state.params["head"], embeddings, batch["label"]
         )
     metrics = jax.lax.pmean(metrics, DATA_AXIS)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    finite = (
+        jnp.isfinite(metrics["loss"])
+        & jnp.isfinite(grad_norm)
+        & _is_finite(new_state.params, new_state.opt_state, new_state.batch_stats)
+    )
     metrics["finite"] = finite.astype(jnp.float32)
     metrics["finite_input"] = jax.lax.pmin(
         jnp.all(jnp.isfinite(batch["image"])).astype(jnp.float32), DATA_AXIS
@@ -308,6 +322,14 @@ def train_step(
             lambda new, old: jnp.where(finite, new, old), new_state, state
         ).replace(step=state.step + 1)
     return new_state, metrics
+
+
+def _is_finite(*trees: Any) -> jax.Array:
+    """Whether every element of ``trees`` is finite on every device (a class-sharded
+    column block is checked where it lives)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(trees)]
+    local = jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+    return jax.lax.pmin(local.astype(jnp.int32), DATA_AXIS) > 0
 
 
 def parallelize_train_step(
@@ -627,6 +649,17 @@ def check_config(
         raise objectives.ConfigError(
             f"unknown nan_policy {config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}"
         )
+    if config.batch_size < 1:
+        raise objectives.ConfigError(f"batch_size must be positive; got {config.batch_size}")
+    if config.optimizer.learning_rate < 0:
+        raise objectives.ConfigError(
+            f"optimizer.learning_rate must be ≥ 0; got {config.optimizer.learning_rate} "
+            "(a negative rate ascends the loss)"
+        )
+    if config.max_consecutive_skips < 1:
+        raise objectives.ConfigError(
+            f"max_consecutive_skips must be positive; got {config.max_consecutive_skips}"
+        )
     if config.batch_size % num_devices:
         raise objectives.ConfigError(
             f"batch_size={config.batch_size} is not divisible by the {num_devices} devices"
@@ -660,12 +693,37 @@ def check_config(
 
 
 def _raise_if_non_finite(
-    window: list[dict[str, float]], *, last_step: int, last_checkpoint: int | None
-) -> None:
-    """Raises NonFiniteLossError for the first non-finite step of a logging window that
-    ends at ``last_step``, saying whether the input batch was the cause."""
+    window: list[dict[str, float]],
+    *,
+    last_step: int,
+    last_checkpoint: int | None,
+    skips: int,
+    max_skips: int | None,
+) -> int:
+    """Checks the steps of a logging window that ends at ``last_step``.
+
+    With ``max_skips`` None (``nan_policy="stop"``) the first non-finite step raises;
+    otherwise (``"skip"``) ``max_skips`` non-finite steps in a row do.
+
+    Args:
+      window: the metrics of each step.
+      last_step: the step of the window's last entry.
+      last_checkpoint: the newest step saved (all saved states are finite).
+      skips: non-finite steps in a row before the window.
+      max_skips: the limit of ``"skip"``, or None for ``"stop"``.
+
+    Returns:
+      The non-finite steps in a row at the window's end.
+
+    Raises:
+      NonFiniteLossError: naming the step and whether the input batch was the cause.
+    """
     for offset, metrics in enumerate(window):
         if metrics["finite"] > 0:
+            skips = 0
+            continue
+        skips += 1
+        if max_skips is not None and skips < max_skips:
             continue
         step = last_step - len(window) + 1 + offset
         cause = (
@@ -679,11 +737,17 @@ def _raise_if_non_finite(
             if last_checkpoint is None
             else f"the last good checkpoint (step {last_checkpoint}) is intact"
         )
+        if max_skips is None:
+            what = f"non-finite loss at step {step}"
+            hint = " Set nan_policy='skip' to skip such steps instead."
+        else:
+            what = f"{skips} steps in a row up to step {step} were skipped as non-finite"
+            hint = ""
         raise NonFiniteLossError(
-            f"non-finite loss at step {step} (loss={metrics['loss']}, grad_norm="
-            f"{metrics['grad_norm']}): {cause}; {kept}. Set nan_policy='skip' to skip such "
-            "steps instead."
+            f"{what} (loss={metrics['loss']}, grad_norm={metrics['grad_norm']}): {cause}; "
+            f"{kept}.{hint}"
         )
+    return skips
 
 
 def _summarize(window: list[dict[str, float]]) -> dict[str, float]:
@@ -702,6 +766,47 @@ def _summarize(window: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
+def _resume(
+    config: ml_collections.ConfigDict,
+    workdir: epath.Path,
+    state: TrainState,
+    train_iter: Any,
+) -> tuple[TrainState, Any]:
+    """The newest intact state of the run in ``workdir`` (``state`` for a new run) and
+    the run's checkpoint manager; the iterator's position is restored in place.
+
+    Raises:
+      errors.ConfigError: ``config`` differs from the run's ``config.json`` in more than
+        ``checkpointing.RESUME_SAFE_FIELDS`` and ``config.allow_config_change`` is False.
+      errors.CheckpointMismatchError: the checkpoint's arrays do not fit ``config``.
+      Both leave every file as it was.
+    """
+    directory = workdir / "checkpoints"
+    has_steps = directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
+    stored = workdir / "config.json"
+    if has_steps and stored.exists() and not config.allow_config_change:
+        changes = checkpointing.config_changes(
+            json.loads(stored.read_text(encoding="utf-8")),
+            json.loads(config.to_json_best_effort()),
+        )
+        if changes:
+            raise errors.ConfigError(
+                f"the config differs from the run's {stored} in {len(changes)} field(s): "
+                f"{'; '.join(changes[:3])}{'; …' if len(changes) > 3 else ''}. Nothing was "
+                "changed: use another --workdir, resume with the run's own config, or set "
+                "--config.allow_config_change=True to resume with this one"
+            )
+    manager = checkpointing.create_checkpoint_manager(
+        directory, max_to_keep=config.max_checkpoints_to_keep
+    )
+    try:
+        restored = checkpointing.restore_latest(manager, state, train_iter) if has_steps else None
+    except BaseException:
+        manager.close()
+        raise
+    return (state if restored is None else restored), manager
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint, and
     evaluates every ``eval_every_steps`` and at the end.
@@ -715,17 +820,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       The evaluation metrics of the final model (see ``evaluation.evaluate_run``).
 
     Raises:
-      NonFiniteLossError: a step's loss is not finite and ``nan_policy == "stop"``;
-        the checkpoints written before it are kept.
+      NonFiniteLossError: a step's loss is not finite and ``nan_policy == "stop"``, or
+        ``max_consecutive_skips`` steps in a row were with ``"skip"``; the checkpoints
+        written before it are kept (only finite states are ever saved).
+      errors.ConfigError: the config does not fit the run in ``workdir`` (see
+        ``_resume``); nothing in ``workdir`` is changed.
     """
     workdir = epath.Path(workdir)
     num_devices = jax.device_count()
     num_classes = data.num_classes(config.dataset)
     check_config(config, num_devices=num_devices, num_classes=num_classes)
     mesh = data_mesh()
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     learning_rate_fn = optimizers.create_learning_rate_schedule(
         config.optimizer,
@@ -761,14 +866,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state_specs = state_partition_specs(state, class_sharded=is_class_sharded(config))
     state = jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs))
 
-    manager = checkpointing.create_checkpoint_manager(
-        workdir / "checkpoints", max_to_keep=config.max_checkpoints_to_keep
-    )
-    state = checkpointing.restore_latest(manager, state, train_iter) or state
+    # Nothing is written before this point, so a failed start leaves the workdir as it was.
+    state, manager = _resume(config, workdir, state, train_iter)
     start_step = int(state.step)
     last_checkpoint = manager.latest_step()
-    if start_step:
-        logging.info("Resumed from the checkpoint of step %d.", start_step)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2), encoding="utf-8")
+        if start_step:
+            print(f"Resumed from the checkpoint of step {start_step} in {workdir}.", flush=True)
     best = _previous_best(workdir, list(eval_data.get("targets", {})), up_to=start_step)
 
     p_train_step = parallelize_train_step(
@@ -789,9 +894,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         total=config.num_train_steps, initial=start_step, batch_size=config.batch_size
     )
     window: list[dict[str, jax.Array]] = []
+    skips, replaced = 0, 0
+    max_skips = config.max_consecutive_skips if config.nan_policy == "skip" else None
     try:
         for step in range(start_step + 1, config.num_train_steps + 1):
-            batch = shard_batch(next(train_iter), parallelism=config.parallelism, mesh=mesh)
+            batch = next(train_iter)
+            # Records that did not decode, replaced (dataset.on_error="skip").
+            replaced += int(np.sum(batch.pop("replaced", 0)))
+            batch = shard_batch(batch, parallelism=config.parallelism, mesh=mesh)
             state, metrics = p_train_step(state, batch)
             window.append(metrics)
 
@@ -801,9 +911,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if not (save or run_eval or step % config.log_every_steps == 0):
                 continue
             host_window, window = jax.device_get(window), []
-            if config.nan_policy == "stop":
-                _raise_if_non_finite(host_window, last_step=step, last_checkpoint=last_checkpoint)
+            skips = _raise_if_non_finite(
+                host_window,
+                last_step=step,
+                last_checkpoint=last_checkpoint,
+                skips=skips,
+                max_skips=max_skips,
+            )
             summary = _summarize(host_window)
+            summary["replaced_records"], replaced = float(replaced), 0
             summary["steps_per_second"] = progress.update(step, summary.get("loss", np.nan))
             writer.write_scalars(step, "train", summary)
             if save:

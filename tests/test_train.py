@@ -318,7 +318,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tiny_model, tmp_pa
     config.num_train_steps = 6
     with caplog.at_level(logging.WARNING):
         train.train_and_evaluate(config, str(tmp_path))
-    assert "checkpoint at step 4" in caplog.text and "cannot be restored" in caplog.text
+    assert f"{tmp_path}/checkpoints/4 cannot be used" in caplog.text
+    assert f"moved to {tmp_path}/checkpoints_corrupt/4," in caplog.text
     assert (tmp_path / "checkpoints_corrupt" / "4").is_dir()
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4", "6"]
     resumed = [r["step"] for r in _read_metrics(tmp_path) if r["split"] == "train"]
