@@ -11,7 +11,9 @@ images must be aligned crops already (others are resized, with a warning). Each 
 is embedded with flip TTA (``f(x) + f(mirror(x))``, L2-normalized) and the cosine
 similarity of every pair is printed with the same/different decision at the threshold:
 ``--threshold``, else the LFW threshold stored with ``DIR`` (``evaluate --bins``, or the
-run's last evaluation). ``--output=emb.npy`` saves the embeddings.
+run's last evaluation). ``--output=emb.npy`` saves the embeddings. A missing or
+unreadable image or landmark file, or a ``DIR`` that is not a backbone, is one ``FATAL``
+line (``--verbose``: the traceback), found before the backbone is run.
 
 In Python: ``backbone = weights.load_backbone(DIR)``, then ``embed_faces(backbone,
 images, landmarks)`` for arrays and ``compare_faces(backbone, a, b, ...)``.
@@ -27,14 +29,16 @@ from etils import epath
 from jax.tree_util import Partial
 from PIL import Image
 
-from faceloss_jax import data, evaluation, weights
+from faceloss_jax import data, errors, evaluation, weights
+from faceloss_jax.train_lib import cli
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """The command's flags (defined when run as a program, so that importing this module
-    for ``embed_faces``/``compare_faces`` defines none)."""
+    for ``embed_faces``/``compare_faces`` defines none; ``--verbose`` comes with
+    ``train_lib.cli``)."""
     flags.DEFINE_string("workdir", None, "A run or converted backbone.", required=True)
     flags.DEFINE_string("landmarks", None, "A file of 5 landmarks per image.")
     flags.DEFINE_float("threshold", None, "Cosine threshold of 'same'.")
@@ -43,25 +47,35 @@ def define_flags() -> None:
 
 
 def load_image(path: epath.PathLike) -> np.ndarray:
-    """An RGB uint8 ``(H, W, 3)`` photo; a clear error for a missing or corrupt file."""
+    """An RGB uint8 ``(H, W, 3)`` photo.
+
+    Raises:
+      errors.DataError: a missing or corrupt file (the message names it).
+    """
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read the image {path}: {error}") from None
+        raise errors.DataError(f"cannot read the image {path}: {error}") from None
 
 
 def read_landmarks(path: epath.PathLike, count: int) -> np.ndarray:
-    """``(count, 5, 2)`` landmarks from a text file of one line per image."""
-    lines = [line.split() for line in epath.Path(path).read_text().splitlines() if line.strip()]
+    """``(count, 5, 2)`` landmarks from a text file of one line per image.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      errors.DataError: a line count other than ``count``, or a malformed line.
+    """
+    text = epath.Path(path).read_text(encoding="utf-8")
+    lines = [line.split() for line in text.splitlines() if line.strip()]
     if len(lines) != count:
-        raise ValueError(f"{path} has {len(lines)} landmark lines for {count} images")
+        raise errors.DataError(f"{path} has {len(lines)} landmark lines for {count} images")
     points = []
     for number, fields in enumerate(lines, 1):
         if fields and not _is_number(fields[0]):
             fields = fields[1:]  # the image name
         if len(fields) not in (10, 11) or not all(_is_number(f) for f in fields):
-            raise ValueError(
+            raise errors.DataError(
                 f"{path}:{number}: expected 'x1 y1 … x5 y5' (optionally after the image name "
                 f"and before a score), got {len(fields)} fields"
             )
@@ -161,7 +175,7 @@ def stored_threshold(workdir: epath.PathLike) -> tuple[float, str] | None:
     eval_dir = epath.Path(workdir) / "eval"
     bins = eval_dir / "verification_bins.json"
     if bins.exists():
-        reports = json.loads(bins.read_text())
+        reports = json.loads(bins.read_text(encoding="utf-8"))
         name = "lfw" if "lfw" in reports else next(iter(reports), None)
         if name is not None:
             return float(reports[name]["threshold"]), f"{name} in {bins}"
@@ -171,7 +185,7 @@ def stored_threshold(workdir: epath.PathLike) -> tuple[float, str] | None:
         if p.stem.split("_")[1].isdigit()
     )
     for _, path in reversed(steps):
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(path.read_text(encoding="utf-8"))
         if "verification_threshold" in metrics:
             return float(metrics["verification_threshold"]), str(path)
     return None
@@ -181,9 +195,9 @@ def main(argv: Sequence[str]) -> None:
     paths = argv[1:]
     if len(paths) < 2:
         raise app.UsageError("give at least two images: python -m faceloss_jax.embed a.jpg b.jpg")
-    backbone = weights.load_backbone(FLAGS.workdir)
     images = [load_image(p) for p in paths]
     landmarks = read_landmarks(FLAGS.landmarks, len(paths)) if FLAGS.landmarks else None
+    backbone = weights.load_backbone(FLAGS.workdir)
     _, notes = _crops(images, landmarks, 112)
     for note in notes:
         print(f"warning: {note}")
@@ -210,4 +224,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

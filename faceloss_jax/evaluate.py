@@ -18,15 +18,24 @@ release has the gallery/probe files) by arcface_torch's protocol
 verification callback evaluates it (``evaluation.evaluate_pair_set``: flip TTA, 10-fold
 accuracy ± std by InsightFace's thresholds unless ``--threshold=exact``, XNorm, VAL@FAR
 with the FAR achieved), written to ``<workdir>/eval/verification_bins.json`` (whose LFW
-threshold ``faceloss_jax.embed`` uses). On a training run it uses the run's image size,
+threshold ``faceloss_jax.embed`` uses) and printed as training logs them
+(``[lfw][<step>]XNorm: … Accuracy-Flip: 0.99533+-0.00350 …``, fractions, the step of
+the run's checkpoint). On a training run it uses the run's image size,
 normalization, ``eval.batch_size``, ``eval.n_folds`` and ``eval.threshold``, so it gives
 the numbers the run logged (``<name>_accuracy`` … in ``metrics.jsonl``) for the same
 checkpoint.
+
+Every error of the user's (no run in ``--workdir``, a missing or malformed ``.bin`` or
+IJB file, a pair list that is empty or of one class, a workdir holding both a run and a
+converted backbone) is one ``FATAL <kind>: <message>`` line with exit status 1
+(``--verbose``: the traceback), found before any face is embedded and before anything
+is written to the workdir.
 """
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 from absl import app, flags
@@ -34,7 +43,7 @@ from etils import epath
 from jax.tree_util import Partial
 from ml_collections import config_flags
 
-from faceloss_jax import data, evaluation, models, train, weights
+from faceloss_jax import data, errors, evaluation, models, train, weights
 from faceloss_jax.train_lib import cli, reporting
 
 _WORKDIR = flags.DEFINE_string(
@@ -64,17 +73,27 @@ _THRESHOLD = flags.DEFINE_enum(
 
 
 def load_run_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-    """The config that a training run saved to ``<workdir>/config.json``."""
+    """The config that a training run saved to ``<workdir>/config.json``.
+
+    Raises:
+      errors.CheckpointError: ``workdir`` holds no training run.
+    """
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {workdir} a training run's workdir?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+        raise errors.CheckpointError(
+            f"{path} does not exist: {workdir} is not the workdir of a training run "
+            "(python -m faceloss_jax.main --workdir=...)"
+        )
+    return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def evaluate_checkpoint(
     workdir: epath.PathLike, config: ml_collections.ConfigDict | None = None
 ) -> dict[str, float]:
     """Restores the newest readable checkpoint of ``workdir`` and evaluates it.
+
+    Nothing is written before the config, the evaluation data and a checkpoint are
+    found (``train.restore_run`` opens ``<workdir>/checkpoints`` only when it holds one).
 
     Args:
       workdir: the run directory.
@@ -84,9 +103,11 @@ def evaluate_checkpoint(
       The metrics of ``evaluation.evaluate_run``, plus ``step``.
 
     Raises:
-      FileNotFoundError: no readable checkpoint (or no config) in ``workdir``.
+      errors.CheckpointError: no config or no checkpoint in ``workdir``.
+      FileNotFoundError: a verification target of the config is missing.
     """
     config = load_run_config(workdir) if config is None else config
+    weights.latest_checkpoint(workdir)
     eval_data = train.load_eval_data(config)
     model, state = train.restore_run(config, workdir)
     step = int(state.step)
@@ -99,12 +120,12 @@ def _embed_fn(backbone: weights.Backbone) -> Partial:
 
 
 def evaluate_ijb(
-    workdir: epath.PathLike, root: epath.PathLike, ijb_set: str = "IJBC", *, batch_size: int = 128
+    workdir: epath.PathLike, release: evaluation.ijb.IJBRelease, *, batch_size: int = 128
 ) -> dict[str, float]:
-    """IJB-B/C of the backbone in ``workdir`` (a run or a converted backbone); results
-    in ``<workdir>/eval/ijb/``."""
+    """IJB-B/C of the backbone in ``workdir`` (a run or a converted backbone) on
+    ``release`` (``evaluation.read_ijb``, which refuses what cannot be evaluated before
+    any face is embedded); results in ``<workdir>/eval/ijb/``."""
     backbone = weights.load_backbone(workdir)
-    release = evaluation.read_ijb(root, ijb_set)
     features = evaluation.ijb.face_features(
         release,
         _embed_fn(backbone),
@@ -127,20 +148,26 @@ def evaluate_bins(
     batch_size: int | None = None,
     n_folds: int | None = None,
     threshold: str | None = None,
-) -> dict[str, dict[str, float | str]]:
+) -> dict[str, dict[str, float | str | None]]:
     """Each ``.bin`` pair set as arcface_torch's verification callback evaluates it.
 
     The backbone (of a run's newest checkpoint, or a converted one) runs in float32 on
     images decoded at the run's ``dataset.image_size`` (a converted backbone: its
     model's input size), preprocessed as in training; ``evaluation.evaluate_pair_set``
-    gives accuracy ± std (10-fold, flip TTA), XNorm and VAL@FAR. Results go to
-    ``<workdir>/eval/verification_bins.json``, keyed by file stem.
+    gives accuracy ± std (10-fold, flip TTA), XNorm and VAL@FAR. Every file is read
+    before the first is evaluated, and the results go to
+    ``<workdir>/eval/verification_bins.json`` (keyed by file stem) once all are done.
 
     Args:
       workdir: a training run or a converted backbone.
       paths: the ``.bin`` files.
       batch_size, n_folds, threshold: default: the run's ``config.eval`` values (as
         during training), else 128, 10 and ``"insightface"``.
+
+    Returns:
+      ``{stem: report}``, each report ``evaluation.evaluate_pair_set``'s plus
+      ``protocol``, ``n_folds`` and ``step`` (of the run's checkpoint; None for a
+      converted backbone).
 
     Raises:
       FileNotFoundError: a ``.bin`` is missing (all missing files are named).
@@ -160,9 +187,12 @@ def evaluate_bins(
     batch_size = batch_size or run_eval.get("batch_size", 128)
     n_folds = n_folds or run_eval.get("n_folds", 10)
     threshold = threshold or run_eval.get("threshold", "insightface")
+    pair_sets = {
+        epath.Path(path).stem: data.read_verification_bin(path, image_size=size, channels=channels)
+        for path in paths
+    }
     results = {}
-    for path in paths:
-        pairs = data.read_verification_bin(path, image_size=size, channels=channels)
+    for name, pairs in pair_sets.items():
         report = evaluation.evaluate_pair_set(
             _embed_fn(backbone),
             pairs.images,
@@ -172,43 +202,67 @@ def evaluate_bins(
             threshold=threshold,
             batch_size=batch_size,
         )
-        results[epath.Path(path).stem] = {**report, "protocol": threshold, "n_folds": n_folds}
+        results[name] = {
+            **report,
+            "protocol": threshold,
+            "n_folds": n_folds,
+            "step": backbone.info.get("step"),
+        }
     eval_dir = epath.Path(workdir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    (eval_dir / "verification_bins.json").write_text(json.dumps(results, indent=2))
+    text = json.dumps(results, indent=2)
+    (eval_dir / "verification_bins.json").write_text(text, encoding="utf-8")
     return results
+
+
+def format_bins(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """``evaluate_bins``'s results in the format of training's log line
+    (``reporting.format_targets``: fractions, ``[lfw][<step>]``), after a ``step <N>``
+    line for a run's checkpoint, each set followed by its cosine threshold and VAL@FAR."""
+    step = next(iter(results.values()), {}).get("step")
+    lines = [] if step is None else [f"step {step}"]
+    for name, report in results.items():
+        metrics = {f"{name}_{key}": report[key] for key in train.TARGET_KEYS}
+        lines.append(
+            reporting.format_targets(
+                metrics,
+                {name: report["accuracy"]},
+                step=step,
+                protocol=report["protocol"],
+                n_folds=report["n_folds"],
+            )
+        )
+        lines.append(
+            f"[{name}]cosine threshold: {report['threshold']:.5f}  VAL: {report['val']:.5f} "
+            f"@ FAR: {report['far']:.5f}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     cli.default_to_warnings()
-    if _IJB.value or _BINS.value:
-        if _BINS.value:
-            for name, report in evaluate_bins(
-                _WORKDIR.value,
-                _BINS.value,
-                batch_size=_BATCH_SIZE.value,
-                n_folds=_N_FOLDS.value,
-                threshold=_THRESHOLD.value,
-            ).items():
-                print(
-                    f"{name}: accuracy {100 * report['accuracy']:.2f} ± "
-                    f"{100 * report['accuracy_std']:.2f} % ({report['n_folds']}-fold, flip, "
-                    f"{report['protocol']} thresholds; cosine threshold "
-                    f"{report['threshold']:.4f}), XNorm {report['xnorm']:.4f}, VAL "
-                    f"{100 * report['val']:.2f} % @ FAR {100 * report['far']:.3f} %"
-                )
-        if _IJB.value:
-            metrics = evaluate_ijb(
-                _WORKDIR.value, _IJB.value, _IJB_SET.value, batch_size=_BATCH_SIZE.value or 128
-            )
-            print(evaluation.ijb.format_table(metrics, _IJB_SET.value))
+    if not (_IJB.value or _BINS.value):
+        metrics = evaluate_checkpoint(_WORKDIR.value, _CONFIG.value)
+        print(f"step {metrics['step']}")
+        print(reporting.format_report(metrics))
         return
-    metrics = evaluate_checkpoint(_WORKDIR.value, _CONFIG.value)
-    print(f"step {metrics['step']}")
-    print(reporting.format_report(metrics))
+    # The release is read (and refused if it cannot be evaluated) before any work.
+    release = evaluation.read_ijb(_IJB.value, _IJB_SET.value) if _IJB.value else None
+    if _BINS.value:
+        results = evaluate_bins(
+            _WORKDIR.value,
+            _BINS.value,
+            batch_size=_BATCH_SIZE.value,
+            n_folds=_N_FOLDS.value,
+            threshold=_THRESHOLD.value,
+        )
+        print(format_bins(results))
+    if release is not None:
+        metrics = evaluate_ijb(_WORKDIR.value, release, batch_size=_BATCH_SIZE.value or 128)
+        print(evaluation.ijb.format_table(metrics, _IJB_SET.value))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

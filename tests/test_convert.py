@@ -257,7 +257,10 @@ def test_convert_cli_in_and_out(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert failed.returncode != 0 and "1 missing" in failed.stderr and "fc.weight" in failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert failed.returncode == 1 and last.startswith("FATAL data error: "), failed.stderr
+    assert "1 missing: fc.weight" in last and "Traceback" not in failed.stderr
+    assert not (tmp_path / "bad").exists()  # nothing written
 
 
 @needs_torch

@@ -158,6 +158,7 @@ def test_hand_computed_scores_roc_and_tar_at_far(tmp_path):
             "tar_at_far_1e-1": 1.0,
             "auc": 0.125 * 0.5 + 0.875,
             "num_pairs": 10,
+            "use_detector_score": True,
             # 1:N: probes 2 (A), 4 (B) against gallery 1 (A), 3 (B): both rank 1; the
             # threshold at FPIR .01 and .1 is the top non-mated score (4 vs 1: .3482).
             "rank_1": 1.0,
@@ -281,7 +282,8 @@ def test_evaluate_ijb_bins_and_embed_commands(tmp_path):
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "IJBC TAR@FAR" in result.stdout and "lfw: accuracy" in result.stdout
+    assert "IJBC TAR@FAR" in result.stdout and "[lfw]XNorm: " in result.stdout
+    assert "(2-fold, insightface thresholds)" in result.stdout
     metrics = json.loads((backbone / "eval" / "ijb" / "ijbc.json").read_text())
     assert metrics["num_pairs"] == 10 and "rank_1" in metrics
     bins = json.loads((backbone / "eval" / "verification_bins.json").read_text())

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse
+from absl import logging
 from etils import epath
 from PIL import Image
 
@@ -94,7 +95,7 @@ def _meta_path(root: epath.Path, name: str, suffix: str) -> epath.Path:
 def _read_lines(path: epath.Path) -> list[list[str]]:
     if not path.exists():
         raise IJBFormatError(f"{path} does not exist: is this an IJB release folder?")
-    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _read_int_table(path: epath.Path, columns: int) -> np.ndarray:
@@ -148,7 +149,8 @@ def _read_template_media(path: epath.Path) -> tuple[np.ndarray, np.ndarray, np.n
 
 def _read_1n(path: epath.Path) -> tuple[np.ndarray, np.ndarray]:
     """``(template ids, subject ids)``, one row per template, of a 1:N csv file."""
-    rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    rows = [line.split(",") for line in lines if line.strip()]
     try:
         table = np.array([[int(r[0]), int(r[1])] for r in rows], np.int64).reshape(-1, 2)
     except (ValueError, IndexError):
@@ -157,15 +159,51 @@ def _read_1n(path: epath.Path) -> tuple[np.ndarray, np.ndarray]:
     return templates, table[first, 1]
 
 
+def _check_pairs(path: epath.Path, pairs: np.ndarray, templates: np.ndarray) -> None:
+    """Refuses a pair list that TAR@FAR cannot be read from: no pairs, unknown
+    templates, labels other than 0/1, or only mated or only non-mated pairs."""
+    if not len(pairs):
+        raise IJBFormatError(f"{path} lists no pairs: TAR@FAR needs mated and non-mated pairs")
+    unknown = np.setdiff1d(pairs[:, :2], templates)
+    if unknown.size:
+        raise IJBFormatError(f"pairs name templates without faces, e.g. {unknown[:5].tolist()}")
+    if not np.isin(pairs[:, 2], (0, 1)).all():
+        raise IJBFormatError("pair labels must be 0 or 1")
+    mated = int(pairs[:, 2].sum())
+    if mated in (0, len(pairs)):
+        kind = "mated (label 1)" if mated else "non-mated (label 0)"
+        raise IJBFormatError(
+            f"{path}: all {len(pairs)} pairs are {kind}: TAR@FAR needs both mated (1) "
+            "and non-mated (0) pairs"
+        )
+
+
+def _warn_if_scores_are_zero(path: epath.Path, scores: np.ndarray) -> None:
+    """Warns of all-zero detector scores, which would zero every template (``evaluate_ijb``
+    then pools without them)."""
+    if len(scores) and not np.any(scores):
+        logging.warning(
+            "every detector score in %s (its last column) is 0: weighing faces by them "
+            "would make every template zero and TAR 0 at every FAR, so evaluate_ijb pools "
+            "without detector scores (arcface_torch's use_detector_score=False); give the "
+            "release's real scores for the published protocol",
+            path,
+        )
+
+
 def read_ijb(root: epath.PathLike, name: str = "IJBC") -> IJBRelease:
     """Reads the metadata of an IJB-B or IJB-C release (see the module docstring).
 
+    All-zero detector scores are warned of (naming the file) and not used by
+    ``evaluate_ijb``.
+
     Raises:
-      IJBFormatError: a missing file, a malformed line, face lists that disagree, or
-        pairs naming templates without faces.
+      IJBFormatError: a missing file, a malformed line, face lists that disagree,
+        pairs naming templates without faces, or a pair list that is empty or holds
+        only mated or only non-mated pairs (refused before any face is embedded).
     """
     if name not in IJB_SETS:
-        raise ValueError(f"unknown IJB set {name!r}; valid: {', '.join(IJB_SETS)}")
+        raise errors.ConfigError(f"unknown IJB set {name!r}; valid: {', '.join(IJB_SETS)}")
     root = epath.Path(root)
     if not (root / "meta").exists() and (root / name / "meta").exists():
         root = root / name
@@ -182,12 +220,10 @@ def read_ijb(root: epath.PathLike, name: str = "IJBC") -> IJBRelease:
             f"({len(face_names)} faces) must list the same images in the same order; "
             f"they differ at line {first + 1}"
         )
-    pairs = _read_int_table(_meta_path(root, name, "template_pair_label.txt"), 3)
-    unknown = np.setdiff1d(pairs[:, :2], templates)
-    if unknown.size:
-        raise IJBFormatError(f"pairs name templates without faces, e.g. {unknown[:5].tolist()}")
-    if not np.isin(pairs[:, 2], (0, 1)).all():
-        raise IJBFormatError("pair labels must be 0 or 1")
+    pair_path = _meta_path(root, name, "template_pair_label.txt")
+    pairs = _read_int_table(pair_path, 3)
+    _check_pairs(pair_path, pairs, templates)
+    _warn_if_scores_are_zero(_meta_path(root, name, "name_5pts_score.txt"), scores)
     gallery = probes = None
     gallery_paths = [_meta_path(root, name, f"1N_gallery_{g}.csv") for g in _GALLERIES[name]]
     probe_path = _meta_path(root, name, "1N_probe_mixed.csv")
@@ -459,17 +495,20 @@ def evaluate_ijb(
     Args:
       release: ``read_ijb(...)``.
       features: ``(N, d)`` flip-summed, unnormalized face embeddings (``face_features``).
-      use_detector_score: weigh each face by its detector score ("D1").
+      use_detector_score: weigh each face by its detector score ("D1"); ignored when
+        every score is 0 (``read_ijb`` warns of it), which would zero every template.
       normalize_faces: drop the embedding norm before pooling ("N0"; default "N1").
       fars: the FARs of the TAR table.
       out_dir: where to write ``<set>_scores.npy``, ``<set>.json`` and ``<set>_roc.png``.
       label: the curve's name on the ROC figure.
 
     Returns:
-      ``tar_at_far_*``, ``auc``, ``num_pairs``, and ``rank_*``, ``tpir_at_fpir_*`` (1:N).
+      ``tar_at_far_*``, ``auc``, ``num_pairs``, ``use_detector_score`` (whether the
+      scores weighed the faces), and ``rank_*``, ``tpir_at_fpir_*`` (1:N).
     """
     if len(features) != len(release.templates):
         raise ValueError(f"{len(features)} features for {len(release.templates)} faces")
+    use_detector_score = use_detector_score and bool(np.any(release.detector_scores))
     weights = release.detector_scores if use_detector_score else None
     unique, pooled = pool_templates(
         features,
@@ -480,7 +519,12 @@ def evaluate_ijb(
     )
     scores = score_pairs(unique, pooled, release.pair_a, release.pair_b)
     fpr, tpr, _ = roc_curve(release.pair_labels, scores)
-    metrics = {**tar_at_far(fpr, tpr, fars), "auc": auc(fpr, tpr), "num_pairs": len(scores)}
+    metrics = {
+        **tar_at_far(fpr, tpr, fars),
+        "auc": auc(fpr, tpr),
+        "num_pairs": len(scores),
+        "use_detector_score": use_detector_score,
+    }
     if release.gallery is not None:
         metrics |= identification_1n(unique, pooled, release.gallery, release.probes)
     if out_dir is not None:
@@ -488,7 +532,7 @@ def evaluate_ijb(
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = release.name.lower()
         np.save(out_dir / f"{stem}_scores.npy", scores)
-        (out_dir / f"{stem}.json").write_text(json.dumps(metrics, indent=2))
+        (out_dir / f"{stem}.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         plots.plot_roc({label: (fpr, tpr)}, str(out_dir / f"{stem}_roc.png"))
     return metrics
 

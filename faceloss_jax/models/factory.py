@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from faceloss_jax import errors
 from faceloss_jax.models.iresnet import STAGE_SIZES, IResNet
 from faceloss_jax.models.lenet import LeNetPlusPlus
 from faceloss_jax.models.mobilefacenet import MobileFaceNet
@@ -28,7 +29,9 @@ MODEL_NAMES = tuple(_REGISTRY)
 
 def _lookup(name: str) -> tuple[type[nn.Module], dict[str, Any], tuple[int, int, int]]:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+        raise errors.ConfigError(
+            f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}"
+        )
     return _REGISTRY[name]
 
 
@@ -69,7 +72,8 @@ def create_model(config: ml_collections.ConfigDict | Mapping[str, Any]) -> nn.Mo
       float (B, H, W, C) images to float32 (B, embedding_dim) embeddings.
 
     Raises:
-      ValueError: for an unknown name, an unknown key, a non-positive ``embedding_dim``,
+      errors.ConfigError: for an unknown name (a ValueError).
+      ValueError: for an unknown key, a non-positive ``embedding_dim``,
         a dropout rate outside [0, 1) or a dtype that is not floating point.
 
     Example:

@@ -115,16 +115,18 @@ def format_targets(
     *,
     step: int | None = None,
     protocol: str = "insightface",
+    n_folds: int = 10,
 ) -> str:
     """The verification targets of ``metrics`` (``best`` names them), as arcface_torch
     logs them, with the threshold mode: ``[lfw][2000]XNorm: 21.3  Accuracy-Flip:
-    0.99533+-0.00350  Accuracy-Highest: 0.99600  (10-fold, insightface thresholds)``."""
+    0.99533+-0.00350  Accuracy-Highest: 0.99600  (10-fold, insightface thresholds)``
+    (also ``evaluate --bins``'s format)."""
     where = "" if step is None else f"[{step}]"
     return "\n".join(
         f"[{name}]{where}XNorm: {metrics[f'{name}_xnorm']:.6f}  Accuracy-Flip: "
         f"{metrics[f'{name}_accuracy']:.5f}+-{metrics[f'{name}_accuracy_std']:.5f}  "
         f"Accuracy-Highest: {metrics.get(f'{name}_best', best[name]):.5f}  "
-        f"(10-fold, {protocol} thresholds)"
+        f"({n_folds}-fold, {protocol} thresholds)"
         for name in best
     )
 

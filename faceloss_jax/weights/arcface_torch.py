@@ -112,7 +112,7 @@ def abstract_variables(name: str, *, embedding_dim: int = 512, grid: int = 7) ->
     """Shapes (``jax.ShapeDtypeStruct``) of the Flax variables of iResNet ``name`` whose
     last feature map is ``grid × grid`` (7 for 112×112 inputs)."""
     if name not in STAGE_SIZES:
-        raise ValueError(f"unknown iResNet {name!r}; valid: {', '.join(IRESNET_NAMES)}")
+        raise errors.ConfigError(f"unknown iResNet {name!r}; valid: {', '.join(IRESNET_NAMES)}")
     model = IResNet(STAGE_SIZES[name], embedding_dim=embedding_dim)
     images = jnp.zeros((1, 16 * grid, 16 * grid, 3))
     return jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
@@ -177,7 +177,8 @@ def _fc_geometry(arrays: Mapping[str, np.ndarray]) -> tuple[int, int]:
 
 def check_state_dict(state_dict: Mapping[str, Any], name: str) -> None:
     """Raises StateDictMismatchError listing every missing, unexpected and mis-shaped
-    tensor of ``state_dict`` for arcface_torch's iResNet ``name``."""
+    tensor of ``state_dict`` for arcface_torch's iResNet ``name`` (on one line: the CLI's
+    ``FATAL`` line)."""
     arrays = _strip_prefix(state_dict)
     dim, grid = _fc_geometry(arrays)
     expected = expected_state_dict_shapes(name, embedding_dim=dim, grid=grid)
@@ -195,7 +196,7 @@ def check_state_dict(state_dict: Mapping[str, Any], name: str) -> None:
         ("mis-shaped", misshaped),
     ):
         if items:
-            problems.append(f"{len(items)} {title}:\n    " + "\n    ".join(items))
+            problems.append(f"{len(items)} {title}: {', '.join(items)}")
     if problems:
         guess = _guess_name(state_dict)
         hint = (
@@ -204,7 +205,7 @@ def check_state_dict(state_dict: Mapping[str, Any], name: str) -> None:
             else ""
         )
         raise StateDictMismatchError(
-            f"the state_dict does not fit arcface_torch's {name}{hint}:\n  " + "\n  ".join(problems)
+            f"the state_dict does not fit arcface_torch's {name}{hint}: " + "; ".join(problems)
         )
 
 

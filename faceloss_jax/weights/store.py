@@ -10,11 +10,14 @@ A backbone directory (written by ``python -m faceloss_jax.convert``) holds
 
 ``load_backbone(workdir)`` reads such a directory or a training run's workdir
 (``config.json`` + ``checkpoints/<step>/state``, the newest step), so evaluation,
-``faceloss_jax.embed`` and ``config.init_from`` take either.
+``faceloss_jax.embed`` and ``config.init_from`` take either. A directory holds one or
+the other: ``save_backbone`` refuses a run's workdir, and ``load_backbone`` a directory
+holding both (which one is meant cannot be told).
 """
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,12 +28,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
-from faceloss_jax import models
+from faceloss_jax import errors, models
 
 BACKBONE_JSON = "backbone.json"
 BACKBONE_DIR = "backbone"
 # arcface_torch's input: (x/255 − 0.5)/0.5 = (x − 127.5)/127.5 (eval_ijbc.py, dataset.py).
 ARCFACE_TORCH_NORMALIZATION = {"shift": 127.5, "scale": 127.5}
+# What makes a directory a training run's workdir.
+_RUN_FILES = ("config.json", "checkpoints/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +72,13 @@ def save_backbone(
 ) -> epath.Path:
     """Writes ``backbone.json`` and the ``backbone/`` checkpoint into ``directory``.
 
+    Both are written into a staging folder beside ``directory`` and moved in when
+    complete, so a failed save leaves no half-written backbone (and, for a new
+    ``directory``, no directory).
+
     Args:
-      directory: created if missing; an existing backbone there is replaced.
+      directory: created if missing; an existing backbone there is replaced; a
+        training run's workdir is refused (``check_backbone_target``).
       variables: ``{"params", "batch_stats"}``.
       model_config: the ``models.create_model`` config (name, embedding_dim, ...);
         checked by building the model.
@@ -79,18 +89,68 @@ def save_backbone(
       The directory.
     """
     directory = epath.Path(directory).absolute()
+    check_backbone_target(directory)
     models.create_model(dict(model_config))
-    directory.mkdir(parents=True, exist_ok=True)
     tree = {k: jax.tree.map(np.asarray, dict(variables[k])) for k in ("params", "batch_stats")}
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / BACKBONE_DIR, tree, force=True)
-        checkpointer.wait_until_finished()
     meta = {"model": dict(model_config), "normalization": dict(normalization), **info}
-    (directory / BACKBONE_JSON).write_text(json.dumps(meta, indent=2))
+    text = json.dumps(meta, indent=2)
+    staging = directory.parent / f".{directory.name}.saving"
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted save
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(staging / BACKBONE_DIR, tree)
+            checkpointer.wait_until_finished()
+        (staging / BACKBONE_JSON).write_text(text, encoding="utf-8")
+        _move_into(staging, directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return directory
 
 
-def _latest_state_dir(workdir: epath.Path) -> tuple[epath.Path, int]:
+def _move_into(staging: epath.Path, directory: epath.Path) -> None:
+    """Makes the complete backbone in ``staging`` that of ``directory``: one rename for a
+    new directory, else the old ``backbone/`` moved out and the new one and its
+    ``backbone.json`` moved in."""
+    if not directory.exists():
+        staging.rename(directory)
+        return
+    if (directory / BACKBONE_DIR).exists():
+        (directory / BACKBONE_DIR).rename(staging / "replaced")
+    (staging / BACKBONE_DIR).rename(directory / BACKBONE_DIR)
+    (staging / BACKBONE_JSON).replace(directory / BACKBONE_JSON)
+
+
+def run_files(workdir: epath.PathLike) -> list[str]:
+    """The files of a training run in ``workdir`` (``config.json``, ``checkpoints/``)."""
+    workdir = epath.Path(workdir)
+    return [name for name in _RUN_FILES if (workdir / name.rstrip("/")).exists()]
+
+
+def check_backbone_target(directory: epath.PathLike) -> None:
+    """Refuses to write a backbone into a training run's workdir, where ``load_backbone``
+    (``evaluate --bins/--ijb``, ``embed``, ``init_from``) could no longer tell which of
+    the two is meant.
+
+    Raises:
+      errors.CheckpointError: ``directory`` holds ``config.json`` or ``checkpoints/``.
+    """
+    found = run_files(directory)
+    if found:
+        raise errors.CheckpointError(
+            f"{directory} holds a training run ({', '.join(found)}): a backbone written "
+            "there would stand beside the run's checkpoints; write it to a new directory"
+        )
+
+
+def latest_checkpoint(workdir: epath.PathLike) -> tuple[epath.Path, int]:
+    """The ``state`` folder and step of the newest checkpoint of the run in ``workdir``.
+
+    Raises:
+      errors.CheckpointError: ``<workdir>/checkpoints`` holds no checkpoint.
+    """
+    workdir = epath.Path(workdir)
     steps = (
         [
             int(p.name)
@@ -101,7 +161,7 @@ def _latest_state_dir(workdir: epath.Path) -> tuple[epath.Path, int]:
         else []
     )
     if not steps:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+        raise errors.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
     step = max(steps)
     return workdir / "checkpoints" / str(step) / "state", step
 
@@ -111,44 +171,66 @@ def _restore(path: epath.Path) -> dict[str, Any]:
         return checkpointer.restore(path)
 
 
+def _read_json(path: epath.Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _converted_parts(workdir: epath.Path) -> tuple[dict, dict, tuple[float, float], dict]:
+    """Variables, model config, normalization and info of a converted backbone."""
+    meta = _read_json(workdir / BACKBONE_JSON)
+    tree = _restore((workdir / BACKBONE_DIR).absolute())
+    variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+    model_config = meta.pop("model")
+    norm = meta.pop("normalization")
+    return variables, model_config, (norm["shift"], norm["scale"]), meta
+
+
+def _run_parts(workdir: epath.Path) -> tuple[dict, dict, tuple[float, float], dict]:
+    """Variables, model config, normalization and info of a run's newest checkpoint."""
+    from faceloss_jax.data import config as data_config  # noqa: PLC0415
+
+    config = _read_json(workdir / "config.json")
+    state_dir, step = latest_checkpoint(workdir)
+    tree = _restore(state_dir.absolute())
+    variables = {"params": tree["params"]["backbone"], "batch_stats": tree["batch_stats"]}
+    normalization = data_config.NORMALIZATIONS[config["dataset"]["normalization"]]
+    return variables, dict(config["model"]), normalization, {"source": str(workdir), "step": step}
+
+
 def load_backbone(workdir: epath.PathLike) -> Backbone:
     """The backbone of a converted directory or of a training run's latest checkpoint.
 
     Raises:
-      FileNotFoundError: ``workdir`` has neither ``backbone.json`` nor ``config.json``
-        with a checkpoint.
+      errors.CheckpointError: ``workdir`` has neither ``backbone.json`` nor
+        ``config.json`` with a checkpoint, or both a backbone and a run (which one is
+        meant cannot be told).
     """
     workdir = epath.Path(workdir)
+    run = run_files(workdir)
     if (workdir / BACKBONE_JSON).exists():
-        meta = json.loads((workdir / BACKBONE_JSON).read_text())
-        tree = _restore((workdir / BACKBONE_DIR).absolute())
-        variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
-        model_config = meta.pop("model")
-        norm = meta.pop("normalization")
-        shift, scale = norm["shift"], norm["scale"]
-    elif (workdir / "config.json").exists():
-        from faceloss_jax.data import config as data_config  # noqa: PLC0415
-
-        config = json.loads((workdir / "config.json").read_text())
-        state_dir, step = _latest_state_dir(workdir)
-        tree = _restore(state_dir.absolute())
-        variables = {"params": tree["params"]["backbone"], "batch_stats": tree["batch_stats"]}
-        model_config = dict(config["model"])
-        shift, scale = data_config.NORMALIZATIONS[config["dataset"]["normalization"]]
-        meta = {"source": str(workdir), "step": step}
+        if run:
+            raise errors.CheckpointError(
+                f"{workdir} holds both a converted backbone ({BACKBONE_JSON}, "
+                f"{BACKBONE_DIR}/) and a training run ({', '.join(run)}): which one to use "
+                f"cannot be told; move {BACKBONE_JSON} and {BACKBONE_DIR}/ to a directory "
+                "of their own"
+            )
+        parts = _converted_parts(workdir)
+    elif "config.json" in run:
+        parts = _run_parts(workdir)
     else:
-        raise FileNotFoundError(
+        raise errors.CheckpointError(
             f"{workdir} is neither a converted backbone ({BACKBONE_JSON}) nor a training "
             "run (config.json + checkpoints/)"
         )
-    variables = jax.tree.map(np.asarray, variables)
+    variables, model_config, (shift, scale), info = parts
     return Backbone(
         model=models.create_model(model_config),
-        variables=variables,
+        variables=jax.tree.map(np.asarray, variables),
         model_config=model_config,
         shift=float(shift),
         scale=float(scale),
-        info=meta,
+        info=info,
     )
 
 
@@ -171,14 +253,15 @@ def init_from(state: Any, source: epath.PathLike) -> Any:
     the step stay as initialized (fine-tuning with a fresh classifier).
 
     Raises:
-      ValueError: the backbones differ (every differing variable is listed).
+      errors.CheckpointMismatchError: the backbones differ (every differing variable
+        is listed).
     """
     backbone = load_backbone(source)
     params, stats = state.params["backbone"], state.batch_stats
     problems = _shape_mismatches(backbone.variables["params"], params, "params")
     problems += _shape_mismatches(backbone.variables["batch_stats"], stats, "batch_stats")
     if problems:
-        raise ValueError(
+        raise errors.CheckpointMismatchError(
             f"config.init_from={source} holds a {backbone.model_config.get('name')} backbone "
             "that does not fit this run's model:\n  " + "\n  ".join(problems)
         )
