@@ -93,7 +93,7 @@ def evaluate_checkpoint(
     """Restores the newest readable checkpoint of ``workdir`` and evaluates it.
 
     Nothing is written before the config, the evaluation data and a checkpoint are
-    found (``train.restore_run`` opens ``<workdir>/checkpoints`` only when it holds one).
+    found (``train.restore_run`` only reads).
 
     Args:
       workdir: the run directory.
@@ -103,11 +103,10 @@ def evaluate_checkpoint(
       The metrics of ``evaluation.evaluate_run``, plus ``step``.
 
     Raises:
-      errors.CheckpointError: no config or no checkpoint in ``workdir``.
+      errors.CheckpointError: no config or no intact checkpoint in ``workdir``.
       FileNotFoundError: a verification target of the config is missing.
     """
     config = load_run_config(workdir) if config is None else config
-    weights.latest_checkpoint(workdir)
     eval_data = train.load_eval_data(config)
     model, state = train.restore_run(config, workdir)
     step = int(state.step)

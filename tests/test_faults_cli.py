@@ -29,9 +29,11 @@ from PIL import Image
 
 from faceloss_jax import data, errors, evaluate, models, weights
 from faceloss_jax.evaluation import ijb
+from faceloss_jax.train_lib import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEP = 7
+LENET = {"name": "lenet_pp", "embedding_dim": 4}
 # The tiny IJB release: face i has colour i, template i + 1 (media i + 1); templates 1, 2
 # are subject A and 3, 4 subject B.
 COLOURS = [(250, 130, 128), (240, 140, 120), (128, 250, 128), (130, 240, 135)]
@@ -73,12 +75,21 @@ def _snapshot(directory: pathlib.Path) -> dict[str, str]:
     }
 
 
+def lenet_variables() -> dict:
+    """Random variables of a LeNet++ with 4-d embeddings (shapes from ``eval_shape``:
+    no initialization to compile)."""
+    model = models.create_model(LENET)
+    images = jax.ShapeDtypeStruct((1, 28, 28, 1), np.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda leaf: rng.normal(0, 0.1, leaf.shape).astype(np.float32), shapes)
+
+
 def write_run(workdir: pathlib.Path) -> None:
     """A LeNet++ training run's ``config.json`` and its checkpoint of step ``STEP``."""
-    model = models.create_model({"name": "lenet_pp", "embedding_dim": 4})
-    variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32), train=False)
+    variables = lenet_variables()
     config = {
-        "model": {"name": "lenet_pp", "embedding_dim": 4},
+        "model": LENET,
         "dataset": {"normalization": "unit", "image_size": 28, "channels": 1},
         "eval": {"batch_size": 8, "n_folds": 2, "threshold": "exact"},
     }
@@ -257,10 +268,31 @@ def test_a_workdir_with_both_a_run_and_a_backbone_is_refused(run_dir, tmp_path):
 
 
 def test_evaluate_with_config_but_no_checkpoint_creates_nothing(tmp_path):
-    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    config = cli.config_from_command_line(["--config=configs/arcface.py"])
+    (tmp_path / "config.json").write_text(config.to_json(), encoding="utf-8")
     with pytest.raises(errors.CheckpointError, match="no checkpoint"):
         evaluate.evaluate_checkpoint(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no checkpoints/
+
+
+def test_a_failed_save_leaves_no_backbone_directory(tmp_path, monkeypatch):
+    """A save that fails half-way (a full disk) leaves neither the directory nor the
+    staging folder; an existing backbone is left whole."""
+
+    def fail_half_way(self, directory, *args, **kwargs):
+        pathlib.Path(directory).mkdir(parents=True)
+        (pathlib.Path(directory) / "half").write_bytes(b"x")
+        raise OSError("No space left on device")
+
+    variables = {"params": lenet_variables()["params"], "batch_stats": {}}
+    weights.save_backbone(tmp_path / "old", variables, LENET)
+    before = _snapshot(tmp_path / "old")
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", fail_half_way)
+    for name in ("new", "old"):
+        with pytest.raises(OSError, match="No space left"):
+            weights.save_backbone(tmp_path / name, variables, LENET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+    assert _snapshot(tmp_path / "old") == before
 
 
 def test_evaluate_bins_prints_the_step_as_training_logs_targets(run_dir, tmp_path):

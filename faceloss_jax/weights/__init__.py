@@ -18,7 +18,6 @@ from faceloss_jax.weights.store import ARCFACE_TORCH_NORMALIZATION
 from faceloss_jax.weights.store import Backbone
 from faceloss_jax.weights.store import check_backbone_target
 from faceloss_jax.weights.store import init_from
-from faceloss_jax.weights.store import latest_checkpoint
 from faceloss_jax.weights.store import load_backbone
 from faceloss_jax.weights.store import run_files
 from faceloss_jax.weights.store import save_backbone

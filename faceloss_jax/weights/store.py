@@ -144,7 +144,7 @@ def check_backbone_target(directory: epath.PathLike) -> None:
         )
 
 
-def latest_checkpoint(workdir: epath.PathLike) -> tuple[epath.Path, int]:
+def _latest_checkpoint(workdir: epath.PathLike) -> tuple[epath.Path, int]:
     """The ``state`` folder and step of the newest checkpoint of the run in ``workdir``.
 
     Raises:
@@ -190,7 +190,7 @@ def _run_parts(workdir: epath.Path) -> tuple[dict, dict, tuple[float, float], di
     from faceloss_jax.data import config as data_config  # noqa: PLC0415
 
     config = _read_json(workdir / "config.json")
-    state_dir, step = latest_checkpoint(workdir)
+    state_dir, step = _latest_checkpoint(workdir)
     tree = _restore(state_dir.absolute())
     variables = {"params": tree["params"]["backbone"], "batch_stats": tree["batch_stats"]}
     normalization = data_config.NORMALIZATIONS[config["dataset"]["normalization"]]
