@@ -114,7 +114,7 @@ def _report(result: dict) -> None:
 
 def _rss_bytes(field: str) -> int:
     """VmRSS or VmHWM (peak) of this process, in bytes."""
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status", encoding="utf-8") as f:
         line = next(line for line in f if line.startswith(field + ":"))
     return int(line.split()[1]) * 1024
 
@@ -122,7 +122,7 @@ def _rss_bytes(field: str) -> int:
 def _reset_peak_rss() -> None:
     """Makes VmHWM restart from the current resident size (Linux ≥ 4.0)."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
             f.write("5")
     except OSError:
         pass  # VmHWM then also covers the creation of the inputs.
@@ -387,7 +387,7 @@ def _configs():
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
@@ -435,7 +435,7 @@ def _bench(argv) -> None:
         command = "python experiments/bench_heads.py " + " ".join(
             shlex.quote(a) for a in sys.argv[1:]
         )
-        with open(_OUT.value, "w") as f:
+        with open(_OUT.value, "w", encoding="utf-8") as f:
             f.write(
                 "# Angular heads: time and memory\n\n```\n"
                 + command.strip()

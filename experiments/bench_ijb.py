@@ -132,7 +132,7 @@ def main(argv):
     print(table)
     print(json.dumps(result))
     if _OUT.value:
-        with open(_OUT.value, "w") as f:
+        with open(_OUT.value, "w", encoding="utf-8") as f:
             f.write(
                 "IJB-C scoring at the real counts (synthetic embeddings), "
                 "`python experiments/bench_ijb.py`; wall seconds per stage, cpu_s the "
@@ -140,7 +140,7 @@ def main(argv):
                 "scoring (tracemalloc), beside the embeddings (embeddings_gib); peak_rss_gib "
                 "includes generating the synthetic data:\n\n" + table + "\n"
             )
-        with open(_OUT.value.rsplit(".", 1)[0] + ".json", "w") as f:
+        with open(_OUT.value.rsplit(".", 1)[0] + ".json", "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
 
 

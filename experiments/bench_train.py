@@ -203,7 +203,7 @@ def main(argv):
     text = json.dumps(results, indent=2)
     print(text)
     if _JSON.value:
-        with open(_JSON.value, "w") as f:
+        with open(_JSON.value, "w", encoding="utf-8") as f:
             f.write(text + "\n")
 
 

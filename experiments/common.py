@@ -218,7 +218,7 @@ def write_table(
     default, that of ``METRICS``)."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     columns = list(rows[0])
-    with open(f"{out}.csv", "w", newline="") as f:
+    with open(f"{out}.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -242,7 +242,7 @@ def write_table(
     lines += ["", legend or _LEGEND]
     if notes:
         lines += ["", notes]
-    with open(f"{out}.md", "w") as f:
+    with open(f"{out}.md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
 

@@ -285,7 +285,7 @@ def write(
 ) -> None:
     """``<out>.csv``, ``<out>.md`` (mean ± std) and ``<out>.png``."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(f"{out}.csv", "w", newline="") as f:
+    with open(f"{out}.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -325,7 +325,7 @@ def write(
         f"the fraction of steps with none. Batch {BATCH} (P×K: 12 × 4); offline: "
         "semi-hard selection every 5 steps on the held batch.",
     ]
-    with open(f"{out}.md", "w") as f:
+    with open(f"{out}.md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
     figure = Figure(figsize=(11, 4))

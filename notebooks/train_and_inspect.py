@@ -70,7 +70,10 @@ for name in ("closed_set_accuracy", "verification_accuracy", "auc", "l_intra", "
 workdir = pathlib.Path(WORKDIR)
 print(sorted(p.name for p in workdir.iterdir()))
 print(sorted(p.name for p in (workdir / "eval").iterdir()))
-records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+records = [
+    json.loads(line)
+    for line in (workdir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+]
 train_records = [r for r in records if r["split"] == "train"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 steps = [r["step"] for r in train_records]

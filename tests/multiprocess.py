@@ -108,7 +108,7 @@ class Job:
 
     def log(self, index: int) -> str:
         """What process ``index`` has printed so far."""
-        return self.logs[index].read_text(errors="replace")
+        return self.logs[index].read_text(errors="replace", encoding="utf-8")
 
     def kill(self, index: int | None = None, sig: int = signal.SIGKILL) -> None:
         """Sends ``sig`` to process ``index`` (all still running when None)."""
@@ -190,7 +190,7 @@ def launch(
     processes, logs = [], []
     for process_id in range(num_processes):
         logs.append(log_dir / f"process_{process_id}.log")
-        with open(logs[-1], "w") as log:
+        with open(logs[-1], "w", encoding="utf-8") as log:
             processes.append(
                 subprocess.Popen(
                     [sys.executable, "-c", script, *map(str, args)],

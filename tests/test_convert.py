@@ -214,7 +214,7 @@ def test_convert_cli_in_and_out(tmp_path):
         capture_output=True,
         text=True,
     )
-    meta = json.loads((workdir / "backbone.json").read_text())
+    meta = json.loads((workdir / "backbone.json").read_text(encoding="utf-8"))
     assert meta["model"] == {"name": "iresnet18", "embedding_dim": 512}
     backbone = weights.load_backbone(workdir)
     images = _images(seed=4)

@@ -27,7 +27,7 @@ TINY = [
 
 
 def _read_csv(path: str) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -40,7 +40,7 @@ def _check_outputs(out: str, *, settings: list[str]) -> list[dict[str, str]]:
         for key in ("closed_set_accuracy", "verification_accuracy", "auc"):
             assert 0.0 <= float(row[key]) <= 1.0, (key, row[key])
         assert float(row["train_seconds"]) > 0
-    with open(f"{out}.md") as f:
+    with open(f"{out}.md", encoding="utf-8") as f:
         markdown = f.read()
     assert f"--out={out}" in markdown and "| setting |" in markdown
     assert 0 < os.path.getsize(f"{out}.png") < 300_000
@@ -131,7 +131,7 @@ def test_face_recipe_synthetic(tmp_path):
     )
     assert [c.name for c in configs] == ["arcface", "softmax", "arcface, no clip"]
     assert [c.config.optimizer.grad_clip_norm for c in configs] == [5.0, 5.0, None]
-    assert "lfw_accuracy" in open(f"{out}.md").read()
+    assert "lfw_accuracy" in open(f"{out}.md", encoding="utf-8").read()
 
 
 def test_margin_sweep_rejects_unknown_parameter():

@@ -63,20 +63,24 @@ def write_release(root, name: str = "IJBC", *, one_n: bool = False) -> None:
         coords = " ".join(f"{v:.4f}" for v in points.ravel())
         face_lines.append(f"{i + 1}.jpg {coords} {SCORES[i]}")
         tm_lines.append(f"{i + 1}.jpg {TEMPLATES[i]} {MEDIAS[i]}")
-    (meta / f"{stem}_name_5pts_score.txt").write_text("\n".join(face_lines) + "\n")
-    (meta / f"{stem}_face_tid_mid.txt").write_text("\n".join(tm_lines) + "\n")
+    (meta / f"{stem}_name_5pts_score.txt").write_text(
+        "\n".join(face_lines) + "\n", encoding="utf-8"
+    )
+    (meta / f"{stem}_face_tid_mid.txt").write_text("\n".join(tm_lines) + "\n", encoding="utf-8")
     (meta / f"{stem}_template_pair_label.txt").write_text(
-        "".join(f"{a} {b} {label}\n" for a, b, label in PAIRS)
+        "".join(f"{a} {b} {label}\n" for a, b, label in PAIRS), encoding="utf-8"
     )
     if one_n:
         header = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n"
         g1, g2 = ("G1", "G2") if name == "IJBC" else ("S1", "S2")
         (meta / f"{stem}_1N_gallery_{g1}.csv").write_text(
-            header + "1,100,img/1.jpg\n1,100,img/2.jpg\n"
+            header + "1,100,img/1.jpg\n1,100,img/2.jpg\n", encoding="utf-8"
         )
-        (meta / f"{stem}_1N_gallery_{g2}.csv").write_text(header + "3,200,img/5.jpg\n")
+        (meta / f"{stem}_1N_gallery_{g2}.csv").write_text(
+            header + "3,200,img/5.jpg\n", encoding="utf-8"
+        )
         (meta / f"{stem}_1N_probe_mixed.csv").write_text(
-            header + "2,100,img/4.jpg\n4,200,f/7.jpg\n"
+            header + "2,100,img/4.jpg\n4,200,f/7.jpg\n", encoding="utf-8"
         )
 
 
@@ -168,7 +172,10 @@ def test_hand_computed_scores_roc_and_tar_at_far(tmp_path):
             "tpir_at_fpir_1e-1": 1.0,
         }
     )
-    assert json.loads((tmp_path / "out" / "ijbc.json").read_text())["tar_at_far_1e-1"] == 1.0
+    assert (
+        json.loads((tmp_path / "out" / "ijbc.json").read_text(encoding="utf-8"))["tar_at_far_1e-1"]
+        == 1.0
+    )
     assert (tmp_path / "out" / "ijbc_roc.png").exists()
     assert np.load(tmp_path / "out" / "ijbc_scores.npy").shape == (10,)
 
@@ -214,20 +221,20 @@ def test_reader_errors_name_the_problem(tmp_path):
         ijb.read_ijb(tmp_path, "IJBB")
     write_release(tmp_path)
     path = tmp_path / "meta" / "ijbc_face_tid_mid.txt"
-    lines = path.read_text().splitlines()
-    path.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n", encoding="utf-8")
     with pytest.raises(ijb.IJBFormatError, match="differ at line 1"):
         ijb.read_ijb(tmp_path)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     pairs = tmp_path / "meta" / "ijbc_template_pair_label.txt"
-    pairs.write_text("1 2 1\n1 x 0\n")
+    pairs.write_text("1 2 1\n1 x 0\n", encoding="utf-8")
     with pytest.raises(ijb.IJBFormatError, match="not a table of integers"):
         ijb.read_ijb(tmp_path)
-    pairs.write_text("1 99 0\n")
+    pairs.write_text("1 99 0\n", encoding="utf-8")
     with pytest.raises(ijb.IJBFormatError, match=r"templates without faces, e.g. \[99\]"):
         ijb.read_ijb(tmp_path)
     landmarks = tmp_path / "meta" / "ijbc_name_5pts_score.txt"
-    landmarks.write_text("1.jpg 1 2 3\n")
+    landmarks.write_text("1.jpg 1 2 3\n", encoding="utf-8")
     with pytest.raises(ijb.IJBFormatError, match=r"ijbc_name_5pts_score.txt:1: .*12 fields"):
         ijb.read_ijb(tmp_path)
     with pytest.raises(ValueError, match="unknown IJB set"):
@@ -284,14 +291,14 @@ def test_evaluate_ijb_bins_and_embed_commands(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "IJBC TAR@FAR" in result.stdout and "[lfw]XNorm: " in result.stdout
     assert "(2-fold, insightface thresholds)" in result.stdout
-    metrics = json.loads((backbone / "eval" / "ijb" / "ijbc.json").read_text())
+    metrics = json.loads((backbone / "eval" / "ijb" / "ijbc.json").read_text(encoding="utf-8"))
     assert metrics["num_pairs"] == 10 and "rank_1" in metrics
-    bins = json.loads((backbone / "eval" / "verification_bins.json").read_text())
+    bins = json.loads((backbone / "eval" / "verification_bins.json").read_text(encoding="utf-8"))
     threshold = bins["lfw"]["threshold"]
 
     landmark_file = tmp_path / "points.txt"
-    lines = (release / "meta" / "ijbc_name_5pts_score.txt").read_text().splitlines()
-    landmark_file.write_text("\n".join([lines[0], lines[7]]) + "\n")
+    lines = (release / "meta" / "ijbc_name_5pts_score.txt").read_text(encoding="utf-8").splitlines()
+    landmark_file.write_text("\n".join([lines[0], lines[7]]) + "\n", encoding="utf-8")
     out = tmp_path / "emb.npy"
     result = subprocess.run(
         [
@@ -339,9 +346,9 @@ def test_bench_ijb_script_runs_at_small_counts(tmp_path):
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "bench.json").read_text())
+    report = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
     assert report["pairs"] == 20000 and report["templates"] == 400
-    assert "peak_alloc_gib" in out.read_text()
+    assert "peak_alloc_gib" in out.read_text(encoding="utf-8")
 
 
 def test_embed_library_functions_align_and_compare():

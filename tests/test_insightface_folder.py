@@ -106,7 +106,11 @@ def _records(workdir: pathlib.Path) -> list[dict]:
     path = workdir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [
+        json.loads(line)
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.endswith("}")
+    ]
 
 
 def _env(tmp_path: pathlib.Path) -> dict[str, str]:
@@ -124,7 +128,7 @@ def _env(tmp_path: pathlib.Path) -> dict[str, str]:
 
 def test_recordio_folder_trains_logs_targets_resumes_and_evaluate_bins_agrees(tmp_path):
     folder = write_folder(tmp_path / "ms1m")
-    assert (folder / "property").read_text().strip() == f"{NUM_TRAIN},{SIZE},{SIZE}"
+    assert (folder / "property").read_text(encoding="utf-8").strip() == f"{NUM_TRAIN},{SIZE},{SIZE}"
     workdir = tmp_path / "run"
     args = run_args(folder)
     config = cli.config_from_command_line(args)
@@ -184,7 +188,7 @@ def test_recordio_folder_trains_logs_targets_resumes_and_evaluate_bins_agrees(tm
     )
     assert cli_run.returncode == 0, cli_run.stderr[-3000:]
     assert "insightface thresholds" in cli_run.stdout, cli_run.stdout
-    reports = json.loads((workdir / "eval" / "verification_bins.json").read_text())
+    reports = json.loads((workdir / "eval" / "verification_bins.json").read_text(encoding="utf-8"))
     for name in TARGETS:
         for key in ("accuracy", "accuracy_std", "xnorm", "val", "far"):
             assert reports[name][key] == evals[-1][f"{name}_{key}"], (name, key)
@@ -232,10 +236,10 @@ def test_missing_idx_truncated_rec_and_bad_property_name_the_file(folder, tmp_pa
         data.create_source(config(copy), "train")
 
     copy = _copy(folder, tmp_path / "bad_property")
-    (copy / "property").write_text("9,16,16\n")
+    (copy / "property").write_text("9,16,16\n", encoding="utf-8")
     with pytest.raises(recordio.RecordIOError, match=r"bad_property/property says 9 classes"):
         data.num_classes(config(copy))
-    (copy / "property").write_text("eight\n")
+    (copy / "property").write_text("eight\n", encoding="utf-8")
     with pytest.raises(recordio.RecordIOError, match=r"bad_property/property: expected"):
         data.num_classes(config(copy))
     (copy / "property").unlink()  # optional with the header: the header gives C
@@ -251,7 +255,7 @@ def test_a_set_without_header_needs_its_property(tmp_path):
             w.write_idx(key, recordio.pack(recordio.IRHeader(0, float(label), key, 0), face))
     with pytest.raises(recordio.RecordIOError, match=r"property not found.*no identity header"):
         data.RecordIOSource(tmp_path, image_size=SIZE)
-    (tmp_path / "property").write_text("3,16,16\n")
+    (tmp_path / "property").write_text("3,16,16\n", encoding="utf-8")
     source = data.RecordIOSource(tmp_path, image_size=SIZE)
     assert (len(source), source.num_classes, source[3]["label"]) == (4, 3, 1)
     assert source.property == recordio.Property(3, 16, 16)

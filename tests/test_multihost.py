@@ -174,7 +174,10 @@ def differences(a: dict, b: dict) -> tuple[float, float, float]:
 
 
 def records(workdir: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)
+        for line in (workdir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def steps_of(workdir: pathlib.Path, split: str) -> list[int]:
@@ -194,7 +197,7 @@ def run_in_process(loss: str, workdir: pathlib.Path, *, num_steps: int = NUM_STE
 @contextlib.contextmanager
 def _exclusive(lock_file: pathlib.Path):
     """Holds an exclusive lock on ``lock_file`` (``fcntl.flock``; released on exit)."""
-    with open(lock_file, "w") as handle:
+    with open(lock_file, "w", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -231,7 +234,7 @@ def runs(tmp_path_factory):
             job.wait(timeout=JOB_TIMEOUT_S)
         finally:
             multiprocess.kill_all()
-        (root / "done").write_text("")
+        (root / "done").write_text("", encoding="utf-8")
     return roots
 
 
@@ -264,8 +267,8 @@ def test_two_by_four_equals_one_by_eight(runs, loss):
         ]
     # The evaluation of process 0 equals the single-process one: the same decisions
     # (accuracies), the continuous metrics to the parameters' tolerance.
-    evaluated = json.loads((multi / "eval" / f"step_{NUM_STEPS}.json").read_text())
-    reference = json.loads((single / "eval" / f"step_{NUM_STEPS}.json").read_text())
+    evaluated = json.loads((multi / "eval" / f"step_{NUM_STEPS}.json").read_text(encoding="utf-8"))
+    reference = json.loads((single / "eval" / f"step_{NUM_STEPS}.json").read_text(encoding="utf-8"))
     assert evaluated == pytest.approx(reference, rel=RTOL, abs=ATOL)
     for name in ("closed_set_accuracy", "verification_accuracy", "auc", "eer"):
         assert evaluated[name] == reference[name], name
@@ -295,7 +298,9 @@ def test_two_by_four_checkpoint_evaluates_and_trains_on_one_device_and_on_eight(
     run_in_process(loss, workdirs["reference"], num_steps=more)
     evaluated["1x1"] = printed_metrics(job.wait(timeout=JOB_TIMEOUT_S)[0])[loss, NUM_STEPS]
 
-    written = json.loads((runs["2x4"] / loss / "eval" / f"step_{NUM_STEPS}.json").read_text())
+    written = json.loads(
+        (runs["2x4"] / loss / "eval" / f"step_{NUM_STEPS}.json").read_text(encoding="utf-8")
+    )
     # The same parameters: on 8 devices bit for bit what 2 × 4 computed; on 1 device the
     # float32 embeddings of a differently batched extraction, to their rounding.
     assert evaluated["1x8"] == written

@@ -53,10 +53,10 @@ def _images(notebook: nbformat.NotebookNode) -> int:
 def test_every_notebook_is_paired_with_its_percent_source():
     assert runner.NAMES == NAMES
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES)
-    pairing = (NOTEBOOKS / "jupytext.toml").read_text()
+    pairing = (NOTEBOOKS / "jupytext.toml").read_text(encoding="utf-8")
     assert 'formats = "ipynb,py:percent"' in pairing
     for name in NAMES:
-        assert runner.source(name).read_text().startswith("# %%"), name
+        assert runner.source(name).read_text(encoding="utf-8").startswith("# %%"), name
 
 
 def test_committed_notebooks_are_their_sources_executed():

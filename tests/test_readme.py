@@ -14,7 +14,7 @@ _SNIPPET = re.compile(r'python -c "(.*?)"\s*$', re.S | re.M)
 
 
 def _snippets() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     return [textwrap.dedent(match.group(1)).strip() for match in _SNIPPET.finditer(text)]
 
 

@@ -65,7 +65,10 @@ def test_a_registered_loss_trains_by_name_in_every_layout(
     config.eval_every_steps = 2
     metrics = train.train_and_evaluate(config, str(tmp_path))
     assert 0.0 <= metrics["verification_accuracy"] <= 1.0
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert np.isfinite([r["loss"] for r in records if r["split"] == "train"]).all()
 
     # The objective is the loss function with the config's values.
@@ -204,7 +207,7 @@ def test_describe_lists_the_knobs():
 
 
 def test_readme_table_of_losses_is_the_registry():
-    assert objectives.markdown_table() in (REPO / "README.md").read_text()
+    assert objectives.markdown_table() in (REPO / "README.md").read_text(encoding="utf-8")
 
 
 # -- Data sources ---------------------------------------------------------------------

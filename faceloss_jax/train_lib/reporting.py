@@ -58,7 +58,7 @@ class MetricWriter:
         values = {name: float(np.asarray(value)) for name, value in scalars.items()}
         for name, value in values.items():
             self._tensorboard.add_scalar(f"{split}/{name}", value, step)
-        with (self._workdir / "metrics.jsonl").open("a") as f:
+        with (self._workdir / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
         self._tensorboard.flush()
 

@@ -59,7 +59,7 @@ def apply_faults(faults: Sequence[tuple], argv: Sequence[str]) -> None:
         if text.count(old) != 1:
             print(f"{name}: target found {text.count(old)} times in {rel}: SKIPPED", flush=True)
             continue
-        path.write_text(text.replace(old, new))
+        path.write_text(text.replace(old, new), encoding="utf-8")
         t = time.time()
         r = _run(root, tests)
         if "passed" not in r.stdout and "failed" not in r.stdout:
