@@ -1,6 +1,7 @@
 """Decoding of encoded face images (JPEG/PNG) into uint8 arrays, with clear errors."""
 
 import io
+import struct
 
 import numpy as np
 from PIL import Image
@@ -8,6 +9,9 @@ from PIL import Image
 from faceloss_jax import errors
 
 _MODES = {1: "L", 3: "RGB"}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# JPEG markers: start of scan, define restart interval, end of image, restarts.
+_SOS, _DRI, _EOI, _RST0, _RST7 = 0xDA, 0xDD, 0xD9, 0xD0, 0xD7
 
 
 class CorruptImageError(errors.DataError):
@@ -29,7 +33,24 @@ class CorruptImageError(errors.DataError):
 def decode_image(
     data: bytes, *, name: str, channels: int = 3, image_size: int | None = None
 ) -> np.ndarray:
-    """Decodes JPEG/PNG bytes with Pillow into a uint8 ``(H, W, channels)`` array.
+    """Decodes JPEG/PNG bytes with Pillow, strictly, into a uint8 ``(H, W, channels)`` array.
+
+    Strict: the bytes must hold one whole image. Pillow's ``verify()`` checks a PNG's
+    chunk checksums and its end (a cut PNG otherwise loads as a partial image); a JPEG's
+    marker structure is checked here (``jpeg_structure_error``); the pixels are decoded
+    in full, with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left off; an image of more than
+    ``Image.MAX_IMAGE_PIXELS`` pixels (Pillow's decompression-bomb warning) is refused.
+    Pillow cannot see everything: libjpeg's warnings for corrupt entropy-coded data
+    ("Corrupt JPEG data: bad Huffman code", "… extraneous bytes before marker",
+    "premature end of data segment") are discarded by Pillow's decoder, which returns
+    the pixels (python-pillow/Pillow#9106). So a JPEG whose flipped bytes keep its
+    marker structure decodes to wrong pixels; one where a flip makes or breaks a
+    marker (``0xFF`` byte stuffing, restart markers) or cuts the data is refused.
+
+    16-bit images (modes ``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, and ``I``, which
+    Pillow gives 16-bit PNG/PGM files) are scaled to 8 bits, ``round(v / 257)``, not
+    clipped. (Pillow reads a 16-bit RGB PNG as 8-bit RGB itself, keeping each value's
+    high byte.)
 
     Args:
       data: the encoded image.
@@ -43,7 +64,7 @@ def decode_image(
       The decoded image, uint8, shape ``(H, W, channels)``.
 
     Raises:
-      CorruptImageError: the bytes are not a complete, decodable image.
+      CorruptImageError: the bytes are not one complete, decodable image.
 
     Example:
       >>> decode_image(open("face.jpg", "rb").read(), name="face.jpg").shape
@@ -51,17 +72,119 @@ def decode_image(
     """
     if channels not in _MODES:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    reason = jpeg_structure_error(data)
+    if reason:
+        raise CorruptImageError(name, reason)
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image = image.convert(_MODES[channels])  # decodes all pixel data
+            image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            _check_pixel_count(image)
+            image.load()
+            image = _to_8_bit(image).convert(_MODES[channels])
             if image_size is not None and image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     except Image.UnidentifiedImageError as e:
         raise CorruptImageError(name, "not an image of a format Pillow reads") from e
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise CorruptImageError(name, str(e)) from e
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        struct.error,
+        Image.DecompressionBombError,
+    ) as e:
+        raise CorruptImageError(name, str(e) or type(e).__name__) from e
     return array.reshape(array.shape[:2] + (channels,))
+
+
+def jpeg_structure_error(data: bytes) -> str | None:
+    """What is wrong with the marker structure of JPEG bytes, or None (also for bytes
+    that are not a JPEG). Checked: every segment lies within the data and is followed
+    by a marker; in entropy-coded data each ``0xFF`` is stuffed (``FF 00``), a restart
+    marker in sequence (``RST0 … RST7``, after a ``DRI``) or a valid marker ending the
+    scan; the data ends with an EOI marker (``FF D9``). These are the corruptions
+    libjpeg reports as "extraneous bytes before marker", "unsupported marker" or
+    "premature end of JPEG file" when they fall on markers."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    pos, restart_interval = 2, 0
+    while True:
+        if pos >= len(data):
+            return "no end-of-image marker: the JPEG data is cut"
+        if data[pos] != 0xFF:
+            return f"stray data at byte {pos} where a JPEG marker belongs"
+        while pos < len(data) and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= len(data):
+            return "no end-of-image marker: the JPEG data is cut"
+        code, pos = data[pos], pos + 1
+        if code == _EOI:
+            return None
+        if code == 0x01:  # TEM: no segment
+            continue
+        if code < 0xC0 or code == 0xD8 or _RST0 <= code <= _RST7:
+            return f"invalid JPEG marker 0xff{code:02x} at byte {pos - 2}"
+        if pos + 2 > len(data):
+            return "no end-of-image marker: the JPEG data is cut"
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2 or pos + length > len(data):
+            return f"JPEG segment 0xff{code:02x} at byte {pos - 2} runs past the end of the data"
+        if code == _DRI and length >= 4:
+            restart_interval = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        pos += length
+        if code == _SOS:
+            pos, reason = _skip_entropy_coded(data, pos, restart_interval)
+            if reason:
+                return reason
+
+
+def _skip_entropy_coded(data: bytes, pos: int, restart_interval: int) -> tuple[int, str | None]:
+    """The position of the marker that ends the scan starting at ``pos``, or what is
+    wrong with the scan's byte stuffing and restart markers."""
+    expected = 0
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return pos, "no end-of-image marker: the JPEG data is cut within a scan"
+        code = data[pos + 1]
+        if code == 0x00:
+            pos += 2
+        elif _RST0 <= code <= _RST7:
+            if not restart_interval or code - _RST0 != expected:
+                return pos, (
+                    f"corrupt JPEG data: restart marker 0xff{code:02x} out of sequence "
+                    f"at byte {pos}"
+                )
+            expected, pos = (expected + 1) % 8, pos + 2
+        elif code == 0xFF or code >= 0xC0:
+            return pos, None
+        else:
+            return pos, f"corrupt JPEG data: invalid marker 0xff{code:02x} at byte {pos}"
+
+
+def _check_pixel_count(image: Image.Image) -> None:
+    """Refuses what Pillow only warns about: more pixels than ``Image.MAX_IMAGE_PIXELS``."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and image.width * image.height > limit:
+        raise ValueError(
+            f"{image.width}×{image.height} pixels exceed Image.MAX_IMAGE_PIXELS = {limit} "
+            "(a decompression bomb?)"
+        )
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image scaled to 8 bits, ``round(v / 257)``; others as they are."""
+    if image.mode not in _SIXTEEN_BIT_MODES:
+        return image
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+        raise ValueError(
+            f"mode {image.mode} image with values in [{values.min()}, {values.max()}], "
+            "outside 16 bits"
+        )
+    return Image.fromarray(((2 * values + 257) // 514).astype(np.uint8), mode="L")
 
 
 def encode_image(image: np.ndarray, *, image_format: str = "JPEG", quality: int = 95) -> bytes:
