@@ -323,7 +323,7 @@ def test_reshape_for_pmap_and_argument_errors():
 def test_bad_records_fail_with_the_file_name(tmp_path):
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "a.jpg").write_bytes(b"\xff\xd8\xff truncated")
-    source = data.ImageFolderSource(tmp_path, validate=False)
+    source = data.ImageFolderSource(tmp_path, validate=False, on_error="raise")
     iterator = data.create_iterator(
         source, _config(), global_batch_size=1, seed=0, train=True, process_index=0, process_count=1
     )
@@ -347,7 +347,7 @@ def test_worker_processes_give_the_same_batches_and_errors(tmp_path):
         encoded = images_lib.encode_image(pictures[i], image_format="PNG")
         (tmp_path / who / name).write_bytes(encoded)
     (tmp_path / "bob" / "1.jpg").write_bytes(b"\xff\xd8\xff cut short")
-    source = data.ImageFolderSource(tmp_path, image_size=8, validate=False)
+    source = data.ImageFolderSource(tmp_path, image_size=8, validate=False, on_error="raise")
     make = lambda workers: data.create_iterator(
         source,
         _config(worker_count=workers),

@@ -141,7 +141,7 @@ def face_folder(tmp_path):
             )
     jpeg = images_lib.encode_image(pictures[6])
     (tmp_path / "bob" / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    (tmp_path / "bob" / "notes.txt").write_text("not an image")
+    (tmp_path / "bob" / "notes.txt").write_text("not an image", encoding="utf-8")
     (tmp_path / "dave").mkdir()
     return tmp_path, pictures
 
@@ -172,10 +172,16 @@ def test_image_folder_raise_policy_names_the_file(face_folder):
 
 def test_image_folder_unvalidated_corrupt_image_fails_on_read(face_folder):
     root, _ = face_folder
-    source = data.ImageFolderSource(root, image_size=16, validate=False)
+    (root / "dave").rmdir()
+    source = data.ImageFolderSource(root, image_size=16, validate=False, on_error="raise")
     bad = [i for i in range(len(source)) if source._paths[i].endswith("broken.jpg")]
     with pytest.raises(data.CorruptImageError, match="broken.jpg"):
         source[bad[0]]
+    # on_error="skip" (the default): the next image stands in for it, flagged.
+    source = data.ImageFolderSource(root, image_size=16, validate=False)
+    record = source[bad[0]]
+    assert record["replaced"] and not source[bad[0] + 1]["replaced"]
+    np.testing.assert_array_equal(record["image"], source[bad[0] + 1]["image"])
 
 
 def test_image_folder_missing_or_empty_root(tmp_path):
@@ -222,7 +228,7 @@ def test_indexed_recordio_round_trip_with_split_records(tmp_path):
             writer.write_idx(key * 10, record)
     reader = recordio.IndexedRecordIO(tmp_path / "r.idx", tmp_path / "r.rec")
     assert [reader.read_idx(key * 10) for key in range(len(records))] == records
-    with pytest.raises(KeyError, match="no record 3"):
+    with pytest.raises(recordio.RecordIOError, match="no record 3"):
         reader.read_idx(3)
 
 
@@ -273,10 +279,10 @@ def test_recordio_truncated_rec_missing_idx_and_corrupt_jpeg(rec_dir):
 
 def test_recordio_index_of_another_file_is_named(rec_dir):
     directory, _, _ = rec_dir
-    lines = (directory / "train.idx").read_text().splitlines()
+    lines = (directory / "train.idx").read_text(encoding="utf-8").splitlines()
     key, offset = lines[1].split("\t")
     lines[1] = f"{key}\t{int(offset) + 4}"
-    (directory / "train.idx").write_text("\n".join(lines) + "\n")
+    (directory / "train.idx").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(recordio.RecordIOError, match="no RecordIO magic"):
         data.RecordIOSource(directory)[0]
 

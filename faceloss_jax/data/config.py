@@ -40,7 +40,7 @@ def default_config(name: str) -> ml_collections.ConfigDict:
 
     Per source: the ``fields`` of its record, documented in its module (``mnist``:
     data_dir, held_out_classes; ``image_folder``: path, test_path, openset_path,
-    on_error, validate; ``recordio``: path; ``synthetic``: seed, num_identities,
+    on_error, validate; ``recordio``: path, on_error; ``synthetic``: seed, num_identities,
     held_out_identities, images_per_identity, test_images_per_identity). A field
     that defaults to None is a path (a string placeholder).
 

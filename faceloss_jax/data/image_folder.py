@@ -1,22 +1,26 @@
 """Face identities stored as an image folder: ``root/<identity>/<image>.jpg|png``.
 
 The layout of CASIA-WebFace / VGGFace2 exports and of most aligned-face dumps. Labels
-are the identity folders in sorted order, ``0 … num_identities − 1``.
+are the training identity folders in sorted order, ``0 … num_identities − 1``; the test
+split's folders take the training label of the folder of the same name (a test folder
+may hold a subset of the identities), the openset's are numbered by their own sorted
+order (identities never trained on).
 """
 
 import concurrent.futures
 import dataclasses
 import os
 import pathlib
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from absl import logging
 
 from faceloss_jax.data import images, sampling, source
+from faceloss_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-OnError = Literal["skip", "raise"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +51,7 @@ class ScanReport:
 
 
 def list_identities(
-    root: str | os.PathLike, *, on_error: OnError = "skip"
+    root: str | os.PathLike, *, on_error: source.OnError
 ) -> tuple[list[str], list[list[str]], tuple[str, ...]]:
     """Lists the identity folders of ``root`` and their image files (no decoding).
 
@@ -62,10 +66,10 @@ def list_identities(
 
     Raises:
       FileNotFoundError: ``root`` is not a folder.
-      ValueError: ``root`` has no identity folder with images, or (``"raise"``)
+      DataError: ``root`` has no identity folder with images, or (``"raise"``)
         an identity folder is empty.
     """
-    _check_on_error(on_error)
+    source.check_on_error(on_error)
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {root} is not a directory")
@@ -78,14 +82,14 @@ def list_identities(
             names.append(folder.name)
             files.append(paths)
         elif on_error == "raise":
-            raise ValueError(
+            raise DataError(
                 f"identity folder {folder} has no {'/'.join(IMAGE_EXTENSIONS)}"
                 " image (on_error='skip' leaves it out)"
             )
         else:
             empty.append(str(folder))
     if not names:
-        raise ValueError(
+        raise DataError(
             f"{root} has no identity folder with images "
             f"(expected {root}/<identity>/<image>.jpg|png)"
         )
@@ -95,13 +99,16 @@ def list_identities(
 class ImageFolderSource:
     """A grain ``RandomAccessDataSource`` over ``root/<identity>/<image>``.
 
-    Records are ``{"image": uint8 (image_size, image_size, channels), "label": int}``.
+    Records are ``{"image": uint8 (image_size, image_size, channels), "label": int,
+    "replaced": bool}``.
 
     Unreadable images are found up front when ``validate`` is true (each file is
     decoded once, in threads): with ``on_error="skip"`` they are left out and
     listed in ``self.report``; with ``on_error="raise"`` the first one raises a
-    ``CorruptImageError`` naming the file. Without validation, a file that fails
-    to decode later raises the same named error when it is read.
+    ``CorruptImageError`` naming the file. A file that fails to decode when it is
+    read (without validation, or changed since) raises that error with ``"raise"``;
+    with ``"skip"`` it is replaced by the next readable image, named in a warning
+    and flagged ``"replaced": True`` (``source.read_or_replace``).
 
     Args:
       root: the folder of identity folders.
@@ -110,12 +117,19 @@ class ImageFolderSource:
       channels: 3 (RGB) or 1 (grayscale).
       on_error: ``"skip"`` or ``"raise"``, for unreadable images and empty
         identity folders.
-      validate: decode every image once now (needed to skip unreadable ones).
+      validate: decode every image once now (to leave unreadable ones out).
       num_threads: threads for that validation.
+      identities: the identity names that labels index (a test split's: the training
+        identities, so that each folder gets the training label of its name); default:
+        the folders of ``root``, sorted.
 
     Attributes:
-      identities: identity folder names; ``identities[label]``.
+      identities: identity names; ``identities[label]``.
       report: the ``ScanReport`` of the scan.
+
+    Raises:
+      DataError: a folder of ``root`` is not in ``identities`` (named), or one of the
+        errors of ``list_identities``; a ``CorruptImageError`` (``"raise"``).
     """
 
     def __init__(
@@ -124,15 +138,19 @@ class ImageFolderSource:
         *,
         image_size: int | None = 112,
         channels: int = 3,
-        on_error: OnError = "skip",
+        on_error: source.OnError = "skip",
         validate: bool = True,
         num_threads: int = 8,
+        identities: Sequence[str] | None = None,
     ):
         names, files, empty = list_identities(root, on_error=on_error)
+        identities = names if identities is None else list(identities)
+        folder_labels = _labels_by_name(root, names, identities)
         paths = [p for identity in files for p in identity]
-        labels = [label for label, identity in enumerate(files) for _ in identity]
+        labels = [label for label, identity in zip(folder_labels, files) for _ in identity]
         self._image_size = image_size
         self._channels = channels
+        self._on_error = on_error
         skipped = []
         if validate:
             with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
@@ -144,8 +162,8 @@ class ImageFolderSource:
             paths = [paths[i] for i in keep]
             labels = [labels[i] for i in keep]
         if not paths:
-            raise ValueError(f"no readable image under {root}")
-        self.identities = names
+            raise DataError(f"no readable image under {root}")
+        self.identities = identities
         self._paths = paths
         self._labels = np.asarray(labels, np.int64)
         self.report = ScanReport(
@@ -162,22 +180,26 @@ class ImageFolderSource:
             self._read(path)
         except images.CorruptImageError as e:
             return e
-        except OSError as e:
-            return images.CorruptImageError(path, str(e))
         return None
 
     def _read(self, path: str) -> np.ndarray:
-        with open(path, "rb") as f:
-            data = f.read()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise images.CorruptImageError(path, str(e)) from e
         return images.decode_image(
             data, name=path, channels=self._channels, image_size=self._image_size
         )
+
+    def _read_record(self, index: int) -> dict[str, Any]:
+        return {"image": self._read(self._paths[index]), "label": int(self._labels[index])}
 
     def __len__(self) -> int:
         return len(self._paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": self._read(self._paths[index]), "label": int(self._labels[index])}
+        return source.read_or_replace(self._read_record, index, len(self), on_error=self._on_error)
 
     def identity_index(self) -> list[np.ndarray]:
         """Per label, its record indices, from the listing (no image is decoded); an
@@ -190,25 +212,41 @@ class ImageFolderSource:
         )
 
 
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ("skip", "raise"):
-        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+def _labels_by_name(
+    root: str | os.PathLike, names: Sequence[str], identities: Sequence[str]
+) -> list[int]:
+    """The label of each identity folder: its position in ``identities``."""
+    label_of = {name: label for label, name in enumerate(identities)}
+    unknown = [name for name in names if name not in label_of]
+    if unknown:
+        raise DataError(
+            f"{root}: identity folder {unknown[0]!r} is not a training identity "
+            f"({len(unknown)} of {len(names)} folders unknown); a test split holds "
+            "training identities, labelled by folder name"
+        )
+    return [label_of[name] for name in names]
 
 
 def _create(config, split: str) -> ImageFolderSource:
     field = {"train": "path", "test": "test_path", "openset": "openset_path"}[split]
+    root = source.required(config, field)  # before the training folder is listed
     return ImageFolderSource(
-        source.required(config, field),
+        root,
         image_size=config.image_size,
         channels=config.channels,
         on_error=config.on_error,
         validate=config.validate,
+        identities=_training_identities(config) if split == "test" else None,
     )
 
 
-def _num_classes(config) -> int:
+def _training_identities(config) -> list[str]:
     names, _, _ = list_identities(source.required(config, "path"), on_error=config.on_error)
-    return len(names)
+    return names
+
+
+def _num_classes(config) -> int:
+    return len(_training_identities(config))
 
 
 # path: the train root/<identity>/<image>; test_path, openset_path: the same layout
@@ -218,8 +256,8 @@ SOURCE = source.Source(
         "path": None,
         "test_path": None,
         "openset_path": None,
-        "on_error": "skip",
-        "validate": True,
+        "on_error": source.parameter_default(ImageFolderSource, "on_error"),
+        "validate": source.parameter_default(ImageFolderSource, "validate"),
     },
     create=_create,
     num_classes=_num_classes,

@@ -176,7 +176,7 @@ def _rank_within_class(labels: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def _file_lock(path: pathlib.Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -27,6 +27,7 @@ from absl import flags
 
 from faceloss_jax.data import config as config_lib
 from faceloss_jax.data import sampling, sources
+from faceloss_jax.errors import DataError
 
 Batch = dict[str, np.ndarray]
 
@@ -120,9 +121,12 @@ def create_iterator(
     process gets as many batches, every batch the same shape.
 
     Batches are ``{"image": float32 (B, H, W, C), "label": int32 (B,)}`` plus
-    ``"mask": bool (B,)`` in evaluation, ``B = global_batch_size / P``. Images are
-    normalized (``config.normalization``). The iterator has ``get_state()`` /
-    ``set_state()``; with orbax, save it through ``grain.checkpoint.CheckpointSave``.
+    ``"mask": bool (B,)`` in evaluation, and ``"replaced": uint8 (B,)`` from a source
+    whose records carry it (those with ``on_error``: 1 where a bad record was replaced,
+    ``source.read_or_replace``; to count, not to feed to the model),
+    ``B = global_batch_size / P``. Images are normalized (``config.normalization``).
+    The iterator has ``get_state()`` / ``set_state()``; with orbax, save it through
+    ``grain.checkpoint.CheckpointSave``.
 
     Args:
       source: a random-access source of ``{"image", "label"}`` records.
@@ -250,7 +254,8 @@ def _identity_index(source, config: ml_collections.ConfigDict) -> sampling.Ident
 
 
 def _read(source, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Stacks the records at ``indices`` (one batched read where the source has one)."""
+    """Stacks the records at ``indices`` (one batched read where the source has one),
+    with their ``"replaced"`` flags as uint8 when the records carry them."""
     indices = [int(i) for i in indices]
     if hasattr(source, "__getitems__"):
         records = source.__getitems__(indices)
@@ -259,11 +264,17 @@ def _read(source, indices: np.ndarray) -> dict[str, np.ndarray]:
     images = [np.asarray(r["image"]) for r in records]
     kinds = {f"{im.dtype} {im.shape}" for im in images}
     if len(kinds) != 1 or images[0].ndim != 3 or images[0].dtype != np.uint8:
-        raise ValueError(
-            f"records need uint8 (H, W, C) images of one shape; got {sorted(kinds)}"
-            f" at indices {indices[:8]}…"
+        raise DataError(
+            f"records need uint8 (H, W, C) images of one shape (set config.dataset.image_size"
+            f" to resize them); got {sorted(kinds)} at indices {indices[:8]}…"
         )
-    return {"image": np.stack(images), "label": np.asarray([r["label"] for r in records], np.int32)}
+    batch = {
+        "image": np.stack(images),
+        "label": np.asarray([r["label"] for r in records], np.int32),
+    }
+    if "replaced" in records[0]:
+        batch["replaced"] = np.asarray([r["replaced"] for r in records], np.uint8)
+    return batch
 
 
 def _read_and_augment(
@@ -287,8 +298,8 @@ def _read_padded(source, indices: np.ndarray) -> dict[str, np.ndarray]:
     """Reads the indices below ``len(source)``; the others become masked zero records."""
     mask = np.asarray(indices) < len(source)
     batch = _read(source, np.where(mask, indices, 0))
-    batch["image"][~mask] = 0
-    batch["label"][~mask] = 0
+    for values in batch.values():
+        values[~mask] = 0
     return {**batch, "mask": mask}
 
 

@@ -19,6 +19,9 @@ The folder's ``property`` file is one text line ``num_classes,height,width`` (e.
 ``85742,112,112`` for MS1MV2). It is read when present and checked against the header;
 it is required only for a set without the record-0 header (plain ``im2rec`` output),
 whose class count it gives.
+
+Every error of a file's content is a ``RecordIOError`` (a ``DataError``) naming the file
+and the record (key and byte offset), or a ``CorruptImageError`` naming the record.
 """
 
 import io
@@ -33,6 +36,7 @@ import PIL.Image
 
 from faceloss_jax import errors
 from faceloss_jax.data import images, source
+from faceloss_jax.errors import ConfigError
 
 PROPERTY = "property"
 
@@ -64,16 +68,17 @@ def pack(header: IRHeader, payload: bytes) -> bytes:
     return _IR_HEADER.pack(label.size, 0.0, header.id, header.id2) + label.tobytes() + payload
 
 
-def unpack(record: bytes) -> tuple[IRHeader, bytes]:
-    """Splits a record into its ``IRHeader`` and payload (``mxnet.recordio.unpack``)."""
+def unpack(record: bytes, *, name: str = "record") -> tuple[IRHeader, bytes]:
+    """Splits a record into its ``IRHeader`` and payload (``mxnet.recordio.unpack``);
+    ``name`` (file and record) is for the error."""
     if len(record) < _IR_HEADER.size:
-        raise RecordIOError(f"record of {len(record)} bytes is shorter than an IRHeader")
+        raise RecordIOError(f"{name}: {len(record)} bytes, shorter than an IRHeader")
     flag, label, id_, id2 = _IR_HEADER.unpack_from(record)
     start = _IR_HEADER.size
     if flag > 0:
         end = start + 4 * flag
         if len(record) < end:
-            raise RecordIOError(f"record of {len(record)} bytes is too short for {flag} labels")
+            raise RecordIOError(f"{name}: {len(record)} bytes, too short for {flag} labels")
         label = np.frombuffer(record[start:end], np.float32)
         start = end
     return IRHeader(flag, label, id_, id2), record[start:]
@@ -131,10 +136,18 @@ class IndexedRecordIO:
 
     def read_idx(self, key: int) -> bytes:
         """The record stored under ``key`` (parts joined, padding removed)."""
+        return self._read_at(self.offset(key), key)
+
+    def offset(self, key: int) -> int:
+        """The byte offset of record ``key`` in the ``.rec`` file, from the index."""
         i = np.searchsorted(self.keys, key)
         if i == len(self.keys) or self.keys[i] != key:
-            raise KeyError(f"{self.idx_path} has no record {key}")
-        return self._read_at(int(self._offsets[i]), key)
+            raise RecordIOError(f"{self.idx_path} has no record {key}")
+        return int(self._offsets[i])
+
+    def describe(self, key: int) -> str:
+        """``"<rec file> record <key> (byte <offset>)"``, for errors and warnings."""
+        return f"{self.rec_path} record {key} (byte {self.offset(key)})"
 
     def _read_at(self, offset: int, key: int) -> bytes:
         parts = []
@@ -154,7 +167,8 @@ class IndexedRecordIO:
                 return _MAGIC_BYTES.join(parts)
 
     def _pread(self, n: int, offset: int, key: int) -> bytes:
-        data = os.pread(self._fd, n, offset)
+        # A corrupt length is refused before anything is read (or allocated).
+        data = os.pread(self._fd, n, offset) if offset + n <= self._size else b""
         if len(data) != n:
             raise RecordIOError(
                 f"{self.rec_path} is truncated: record {key} needs bytes "
@@ -168,7 +182,7 @@ class IndexedRecordIOWriter:
 
     def __init__(self, idx_path: str | os.PathLike, rec_path: str | os.PathLike):
         self._rec = open(rec_path, "wb")
-        self._idx = open(idx_path, "w")
+        self._idx = open(idx_path, "w", encoding="utf-8")
 
     def write_idx(self, key: int, record: bytes) -> None:
         self._idx.write(f"{key}\t{self._rec.tell()}\n")
@@ -195,9 +209,11 @@ class Property(NamedTuple):
 
 def read_property(path: str | os.PathLike) -> Property:
     """Parses a ``property`` file; a RecordIOError naming it if it is not 3 integers."""
-    text = pathlib.Path(path).read_text().strip()
     try:
+        text = pathlib.Path(path).read_text(encoding="utf-8").strip()
         values = [int(v) for v in text.split(",")]
+    except UnicodeDecodeError:
+        text, values = "(not UTF-8 text)", []
     except ValueError:
         values = []
     if len(values) != 3 or min(values) < 1:
@@ -255,16 +271,24 @@ def write_insightface_recordio(
         except (OSError, ValueError):  # Not an image: no property; the reader names it.
             (directory / PROPERTY).unlink(missing_ok=True)
             return
-    (directory / PROPERTY).write_text(f"{num_classes},{image_shape[0]},{image_shape[1]}\n")
+    (directory / PROPERTY).write_text(
+        f"{num_classes},{image_shape[0]},{image_shape[1]}\n", encoding="utf-8"
+    )
 
 
 class RecordIOSource:
     """A grain ``RandomAccessDataSource`` over an InsightFace ``train.rec``/``train.idx``.
 
-    Records are ``{"image": uint8 (image_size, image_size, channels), "label": int}``;
-    JPEGs are decoded with Pillow. A set without the record-0 header (plain
-    ``im2rec`` output) is read as all of its keys, and needs the ``property`` file for
-    its ``num_classes``; with the header, ``property`` is optional and must agree.
+    Records are ``{"image": uint8 (image_size, image_size, channels), "label": int,
+    "replaced": bool}``; JPEGs are decoded with Pillow (``images.decode_image``). A set
+    without the record-0 header (plain ``im2rec`` output) is read as all of its keys,
+    and needs the ``property`` file for its ``num_classes``; with the header,
+    ``property`` is optional and must agree.
+
+    A record that cannot be read (bad framing, header or label, an image that does not
+    decode) raises its ``RecordIOError``/``CorruptImageError`` with
+    ``on_error="raise"``; with ``"skip"`` it is replaced by the next readable record,
+    named in a warning and flagged ``"replaced": True`` (``source.read_or_replace``).
 
     Attributes:
       num_classes: identities in the set.
@@ -275,6 +299,7 @@ class RecordIOSource:
       RecordIOError: a truncated ``.rec``, an index of another file, a malformed
         ``property`` or one that disagrees with the header, or a set with neither a
         header nor a ``property`` (each names the file).
+      ConfigError: ``on_error`` is not ``"raise"`` or ``"skip"``.
     """
 
     def __init__(
@@ -284,15 +309,23 @@ class RecordIOSource:
         image_size: int | None = 112,
         channels: int = 3,
         prefix: str = "train",
+        on_error: source.OnError = "raise",
     ):
+        source.check_on_error(on_error)
         directory = pathlib.Path(directory)
         self._rec = IndexedRecordIO(directory / f"{prefix}.idx", directory / f"{prefix}.rec")
         self._image_size, self._channels = image_size, channels
+        self._on_error = on_error
         property_path = directory / PROPERTY
         self.property = read_property(property_path) if property_path.is_file() else None
-        header, _ = unpack(self._rec.read_idx(0))
+        header, _ = self._unpack(0)
         if header.flag > 0:
-            first_identity, end = int(header.label[0]), int(header.label[1])
+            first_identity, end = self._int_labels(header, 0, 2)
+            if not 1 <= first_identity <= end:
+                raise RecordIOError(
+                    f"{self._rec.describe(0)}: header range [{first_identity}, {end}) "
+                    "is not an identity range after the image keys"
+                )
             self._keys = np.arange(1, first_identity)
             self.num_classes = end - first_identity
             if self.property is not None and self.property.num_classes != self.num_classes:
@@ -320,20 +353,36 @@ class RecordIOSource:
         return len(self._keys)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return source.read_or_replace(self._read_record, index, len(self), on_error=self._on_error)
+
+    def _read_record(self, index: int) -> dict[str, Any]:
         key = int(self._keys[index])
-        header, payload = unpack(self._rec.read_idx(key))
-        label = int(np.ravel(header.label)[0])
+        header, payload = self._unpack(key)
+        (label,) = self._int_labels(header, key, 1)
         if not 0 <= label < self.num_classes:
             raise RecordIOError(
-                f"{self._rec.rec_path} record {key}: label {label} outside [0, {self.num_classes})"
+                f"{self._rec.describe(key)}: label {label} outside [0, {self.num_classes})"
             )
         image = images.decode_image(
             payload,
-            name=f"{self._rec.rec_path} record {key}",
+            name=self._rec.describe(key),
             channels=self._channels,
             image_size=self._image_size,
         )
         return {"image": image, "label": label}
+
+    def _unpack(self, key: int) -> tuple[IRHeader, bytes]:
+        return unpack(self._rec.read_idx(key), name=self._rec.describe(key))
+
+    def _int_labels(self, header: IRHeader, key: int, count: int) -> list[int]:
+        """The first ``count`` labels of record ``key``'s header, as integers."""
+        labels = np.ravel(header.label)[:count]
+        if len(labels) < count or not np.all(np.isfinite(labels)) or np.any(labels % 1):
+            raise RecordIOError(
+                f"{self._rec.describe(key)}: expected {count} integer label(s) in the "
+                f"header, got {labels.tolist()}"
+            )
+        return [int(v) for v in labels]
 
     def identity_index(self) -> list[np.ndarray]:
         """Per class, its record indices, from the header's identity records: record
@@ -344,7 +393,7 @@ class RecordIOSource:
           RecordIOError: the set has no identity header (plain ``im2rec`` output), or an
             identity record's range is not within the image keys.
         """
-        header, _ = unpack(self._rec.read_idx(0))
+        header, _ = self._unpack(0)
         if header.flag <= 0:
             raise RecordIOError(
                 f"{self._rec.rec_path} has no identity header in record 0: its images' "
@@ -353,8 +402,8 @@ class RecordIOSource:
         first_identity = int(header.label[0])
         index = []
         for c in range(self.num_classes):
-            bounds, _ = unpack(self._rec.read_idx(first_identity + c))
-            start, end = (int(v) for v in np.ravel(bounds.label)[:2])
+            bounds, _ = self._unpack(first_identity + c)
+            start, end = self._int_labels(bounds, first_identity + c, 2)
             if not 1 <= start <= end <= len(self._keys) + 1:
                 raise RecordIOError(
                     f"{self._rec.rec_path}: identity record {first_identity + c} has the "
@@ -372,32 +421,39 @@ class RecordIOSource:
 def _read_index(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     """Parses ``key<TAB>offset`` lines into key-sorted int64 arrays."""
     try:
-        table = np.loadtxt(path, dtype=np.int64, delimiter="\t", ndmin=2)
-    except ValueError as e:
+        table = np.loadtxt(path, dtype=np.int64, delimiter="\t", ndmin=2, encoding="utf-8")
+    except ValueError as e:  # UnicodeDecodeError included
         raise RecordIOError(f"{path} is not a RecordIO index (key<TAB>offset lines): {e}") from e
     if table.size == 0:
         raise RecordIOError(f"{path} is empty")
     if table.shape[1] != 2:
         raise RecordIOError(f"{path}: expected 2 columns (key, offset), got {table.shape[1]}")
+    if table[:, 1].min() < 0:
+        row = int(np.argmin(table[:, 1]))
+        raise RecordIOError(f"{path}: record {table[row, 0]} has a negative offset")
     order = np.argsort(table[:, 0], kind="stable")
     return table[order, 0], table[order, 1]
 
 
 def _create(config, split: str) -> RecordIOSource:
     if split != "train":
-        raise ValueError(
+        raise ConfigError(
             f"RecordIO sets hold training images only, not {split!r}; evaluate "
             "on .bin pair sets with read_verification_bin"
         )
     return RecordIOSource(
-        source.required(config, "path"), image_size=config.image_size, channels=config.channels
+        source.required(config, "path"),
+        image_size=config.image_size,
+        channels=config.channels,
+        on_error=config.on_error,
     )
 
 
 # path: the folder holding train.rec, train.idx, property and the .bin verification
 # targets (InsightFace's layout); those targets are the default config.eval.val_targets.
+# on_error: "raise" (stop at a bad record) or "skip" (replace it by the next readable one).
 SOURCE = source.Source(
-    fields={"path": None},
+    fields={"path": None, "on_error": source.parameter_default(RecordIOSource, "on_error")},
     create=_create,
     num_classes=lambda config: _create(config, "train").num_classes,
     splits=("train",),
