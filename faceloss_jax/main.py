@@ -13,7 +13,6 @@ checkpoint in the work directory. Multi-host: add ``--multihost`` on every proce
 (see ``faceloss_jax.train``).
 """
 
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -64,15 +63,10 @@ def main(argv: Sequence[str]) -> None:
         jax.process_index(),
         jax.process_count(),
     )
-    try:
-        metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except objectives.ConfigError as error:
-        sys.exit(f"FATAL config error: {error}")
-    except FileNotFoundError as error:
-        sys.exit(f"FATAL missing file: {error}")
+    metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:
         print(reporting.format_report(metrics))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

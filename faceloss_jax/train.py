@@ -660,6 +660,13 @@ def check_config(
         raise objectives.ConfigError(
             f"max_consecutive_skips must be positive; got {config.max_consecutive_skips}"
         )
+    pk = data.sampling.pk_shape(config.dataset, config.batch_size)
+    if pk is not None and pk[1] < 2 and not objectives.has_classifier(config.loss):
+        raise objectives.ConfigError(
+            f"P×K batches of K = {pk[1]} sample(s) per identity hold no positive pair, so "
+            f"the loss {config.loss.name!r} and its gradient are identically 0: set "
+            "dataset.samples_per_identity ≥ 2"
+        )
     if config.batch_size % num_devices:
         raise objectives.ConfigError(
             f"batch_size={config.batch_size} is not divisible by the {num_devices} devices"

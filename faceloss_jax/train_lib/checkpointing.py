@@ -171,7 +171,9 @@ def check_structure(checkpoint: Any, template: Any, *, where: str) -> None:
                 differences.append(f"{name} {theirs} in the checkpoint vs {ours} in the config")
     if differences:
         more = len(differences) - _MAX_DIFFERENCES
-        listed = "; ".join(sorted(differences)[:_MAX_DIFFERENCES]) + (
+        # The parameters first: the optimizer's moments repeat their differences.
+        differences.sort(key=lambda d: (not d.startswith("params/"), d))
+        listed = "; ".join(differences[:_MAX_DIFFERENCES]) + (
             f"; and {more} more" if more > 0 else ""
         )
         raise errors.CheckpointMismatchError(
@@ -202,6 +204,7 @@ def create_checkpoint_manager(
         epath.Path(directory).absolute(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
+            save_interval_steps=0 if read_only else 1,
             create=not read_only,
             cleanup_tmp_directories=not read_only,
             read_only=read_only,

@@ -4,6 +4,7 @@ line, without a traceback, for every error a user can cause (``run``)."""
 
 import functools
 import importlib.util
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -87,10 +88,26 @@ def with_source_variant(argv: Sequence[str]) -> list[str]:
     return result
 
 
+def _check_config_file(spec: str) -> None:
+    """Exits with one line if the config file of ``spec`` is missing or its
+    ``get_config`` fails (config_flags would log a traceback and fail later)."""
+    path = spec.partition(":")[0]
+    if not pathlib.Path(path).is_file():
+        sys.exit(f"FATAL missing file: the config file {path!r} does not exist")
+    try:
+        load_config(spec)
+    except Exception as error:  # noqa: BLE001 -- any failure of the user's config file.
+        sys.exit(
+            fatal_line(error) or f"FATAL config error: {spec}: {type(error).__name__}: {error}"
+        )
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with ``--config.dataset.name`` selecting the data source and
     one clear line (no traceback) for an unknown config key or an invalid config."""
     argv = with_source_variant(argv)
+    for spec in [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]:
+        _check_config_file(spec)
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:

@@ -29,6 +29,7 @@ from etils import epath
 from flax import traverse_util
 
 from faceloss_jax import errors, models
+from faceloss_jax.train_lib import checkpointing
 
 BACKBONE_JSON = "backbone.json"
 BACKBONE_DIR = "backbone"
@@ -144,28 +145,6 @@ def check_backbone_target(directory: epath.PathLike) -> None:
         )
 
 
-def _latest_checkpoint(workdir: epath.PathLike) -> tuple[epath.Path, int]:
-    """The ``state`` folder and step of the newest checkpoint of the run in ``workdir``.
-
-    Raises:
-      errors.CheckpointError: ``<workdir>/checkpoints`` holds no checkpoint.
-    """
-    workdir = epath.Path(workdir)
-    steps = (
-        [
-            int(p.name)
-            for p in (workdir / "checkpoints").iterdir()
-            if p.name.isdigit() and (p / "state").exists()
-        ]
-        if (workdir / "checkpoints").exists()
-        else []
-    )
-    if not steps:
-        raise errors.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
-    step = max(steps)
-    return workdir / "checkpoints" / str(step) / "state", step
-
-
 def _restore(path: epath.Path) -> dict[str, Any]:
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(path)
@@ -190,8 +169,9 @@ def _run_parts(workdir: epath.Path) -> tuple[dict, dict, tuple[float, float], di
     from faceloss_jax.data import config as data_config  # noqa: PLC0415
 
     config = _read_json(workdir / "config.json")
-    state_dir, step = _latest_checkpoint(workdir)
-    tree = _restore(state_dir.absolute())
+    # Verified against the checksums written at save, read-only, falling back past a
+    # damaged checkpoint as training does.
+    tree, step = checkpointing.restore_latest_tree(workdir / "checkpoints")
     variables = {"params": tree["params"]["backbone"], "batch_stats": tree["batch_stats"]}
     normalization = data_config.NORMALIZATIONS[config["dataset"]["normalization"]]
     return variables, dict(config["model"]), normalization, {"source": str(workdir), "step": step}
