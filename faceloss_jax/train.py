@@ -938,7 +938,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write_scalars(step, "eval", eval_metrics)
                 protocol = config.eval.get("threshold", "insightface")
                 progress.write(
-                    reporting.format_targets(eval_metrics, best, step=step, protocol=protocol)
+                    reporting.format_targets(
+                        eval_metrics,
+                        best,
+                        step=step,
+                        protocol=protocol,
+                        n_folds=config.eval.n_folds,
+                    )
                 )
                 logging.info("Evaluation at step %d: %s", step, eval_metrics)
         if start_step >= config.num_train_steps:
