@@ -600,7 +600,7 @@ def evaluate(
     if write:
         eval_dir = epath.Path(workdir) / "eval"
         eval_dir.mkdir(parents=True, exist_ok=True)
-        (eval_dir / f"step_{step}.json").write_text(json.dumps(metrics, indent=2))
+        (eval_dir / f"step_{step}.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return metrics
 
 
@@ -611,7 +611,7 @@ def _previous_best(workdir: epath.Path, names: Sequence[str], *, up_to: int) -> 
     path = workdir / "metrics.jsonl"
     if not names or not path.exists():
         return best
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill
