@@ -1,13 +1,22 @@
 """Test setup: 8 host CPU devices for the sharded paths, a float64 fixture.
 
 XLA_FLAGS must be set before JAX is imported anywhere, so this runs first.
+
+``FACELOSS_TEST_XLA_FLAGS`` adds XLA flags after these (CI's second run sets flags that
+change the order of reductions, e.g. ``--xla_cpu_multi_thread_eigen=false
+--xla_cpu_max_isa=AVX2``, so that a tolerance tuned to one machine's rounding fails
+there too). A ``--xla_force_host_platform_device_count`` in it replaces the default 8;
+tests that need 8 devices skip (``needs_devices``) when there are fewer.
 """
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+DEVICES = 8
+_extra = os.environ.get("FACELOSS_TEST_XLA_FLAGS", "").split()
+_flags = os.environ.get("XLA_FLAGS", "").split()
+if not any(f.startswith("--xla_force_host_platform_device_count") for f in _extra):
+    _flags.append(f"--xla_force_host_platform_device_count={DEVICES}")
+os.environ["XLA_FLAGS"] = " ".join(_flags + _extra)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -22,6 +31,14 @@ from orbax.checkpoint import type_handlers  # noqa: E402
 type_handlers.register_type_handler(
     jax.Array, type_handlers.ArrayHandler(use_replica_parallel=False), override=True
 )
+
+
+def needs_devices(n: int = DEVICES):
+    """Skips a test written for ``n`` devices when FACELOSS_TEST_XLA_FLAGS forces fewer."""
+    return pytest.mark.skipif(
+        jax.device_count() < n,
+        reason=f"needs {n} devices, FACELOSS_TEST_XLA_FLAGS forced {jax.device_count()}",
+    )
 
 
 @pytest.fixture

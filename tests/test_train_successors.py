@@ -6,10 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs_devices
 from test_train import (
     _assert_trees_close,
     make_step,
     mesh_of,
+    rounding_tolerance,
     run_steps,
     tiny_batch,
     tiny_config,
@@ -75,7 +77,9 @@ def test_state_is_updated_first_then_used(loss):
         scale = losses.adacos_dynamic_scale(state["scale"], x, w, y)
         expected_state = {"scale": scale}
         expected = losses.adacos(x, w, y, scale=scale)
-    _assert_trees_close(new_state, expected_state)
+    # The same float32 functions of the same inputs, which XLA may fuse differently:
+    # a few ulp (u = 6e-8) of O(1) values; 1e-6 = 16·u.
+    _assert_trees_close(new_state, expected_state, 1e-6)
     np.testing.assert_allclose(value, expected.mean(), rtol=1e-6)
 
 
@@ -119,6 +123,7 @@ def test_xbm_adds_the_memory_term_then_enqueues():
     np.testing.assert_allclose(value, in_batch + config.weight * cross, rtol=1e-6)
 
 
+@needs_devices(8)
 def test_xbm_memory_holds_the_global_batch_on_eight_devices():
     config = successor_config("xbm")
     batch = tiny_batch()
@@ -129,7 +134,9 @@ def test_xbm_memory_holds_the_global_batch_on_eight_devices():
         states.append(jax.device_get(state.loss_state))
     for field in ("labels", "filled", "pointer"):
         np.testing.assert_array_equal(states[0][field], states[1][field])
-    np.testing.assert_allclose(states[0]["embeddings"], states[1]["embeddings"], atol=1e-5)
+    # Unit vectors from the backbone, whose BatchNorm sums in another order on 8 devices.
+    tol = rounding_tolerance(config)
+    np.testing.assert_allclose(states[0]["embeddings"], states[1]["embeddings"], atol=tol)
     assert states[0]["filled"].sum() == 32
 
 
