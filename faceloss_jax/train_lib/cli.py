@@ -88,6 +88,25 @@ def with_source_variant(argv: Sequence[str]) -> list[str]:
     return result
 
 
+def config_package_on_path(spec: str) -> None:
+    """Puts the directory above a config file's package first on ``sys.path``.
+
+    A config file imports its package (``from configs import default``), which running
+    from the repository root provides; this provides it from anywhere, the package
+    installed from a wheel (``python -m faceloss_jax.main
+    --config=/path/to/repo/configs/arcface.py``). The outermost folder with an
+    ``__init__.py`` is the package (``configs/recipes/x.py`` imports ``configs`` too); a
+    config file outside a package changes nothing.
+    """
+    folder = pathlib.Path(spec.partition(":")[0]).resolve().parent
+    if not (folder / "__init__.py").is_file():
+        return
+    while (folder.parent / "__init__.py").is_file():
+        folder = folder.parent
+    if str(folder.parent) not in sys.path:
+        sys.path.insert(0, str(folder.parent))
+
+
 def _check_config_file(spec: str) -> None:
     """Exits with one line if the config file of ``spec`` is missing or its
     ``get_config`` fails (config_flags would log a traceback and fail later)."""
@@ -107,6 +126,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     one clear line (no traceback) for an unknown config key or an invalid config."""
     argv = with_source_variant(argv)
     for spec in [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]:
+        config_package_on_path(spec)
         _check_config_file(spec)
     try:
         return flags.FLAGS(argv)

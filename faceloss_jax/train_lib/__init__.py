@@ -1,0 +1,1 @@
+"""The parts of the training loop: checkpoints, objectives, optimizers, reports, CLI."""
