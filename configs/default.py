@@ -186,9 +186,11 @@ def get_config(variant: str = "mnist", *, angular: bool = False) -> ml_collectio
     config.optimizer.decay_all = False  # …unless True: every parameter (arcface_torch)
     config.optimizer.grad_clip_norm = config_dict.placeholder(float)  # None: no clipping
     config.optimizer.clip_scope = "global"  # "global" | "backbone" (the head unclipped)
-    # Micro-batches of batch_size per optimizer update (optax.MultiSteps); num_train_steps
-    # counts micro-batches, the schedule (and warmup_steps) optimizer updates.
+    # Micro-batches of batch_size per optimizer update (optax.MultiSteps), clipped once at
+    # the update. num_train_steps, warmup_steps and the schedule count micro-batches, as
+    # arcface_torch's (update u takes the rate of micro-batch (u+1)·k − 1).
     config.optimizer.grad_accum_steps = 1
+    config.optimizer.grad_accum_reduction = "mean"  # "mean" | "sum" (arcface_torch)
     config.optimizer.schedule = "cosine"  # "constant" | "cosine" | "step" | "polynomial"
     config.optimizer.warmup_steps = 0  # linear warmup from 0
     config.optimizer.end_learning_rate_factor = 0.0  # cosine, polynomial: final / peak

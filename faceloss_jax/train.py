@@ -108,7 +108,11 @@ def create_train_state(
     return TrainState.create(
         apply_fn=model.apply,
         params={"backbone": variables["params"], "head": head},
-        tx=optimizers.create_optimizer(config.optimizer, learning_rate_fn),
+        tx=optimizers.create_optimizer(
+            config.optimizer,
+            learning_rate_fn,
+            global_norm=functools.partial(_global_norm, class_sharded=is_class_sharded(config)),
+        ),
         batch_stats=variables.get("batch_stats", {}),
         loss_state=loss_state,
         rng=rng,
@@ -211,22 +215,6 @@ def _global_norm(grads: Any, *, class_sharded: bool) -> jax.Array:
     return jnp.sqrt(sum(jax.tree.leaves(squares)))
 
 
-def _clip(
-    grads: Any, grad_norm: jax.Array, config: ml_collections.ConfigDict, *, class_sharded: bool
-) -> Any:
-    """Scales the gradient to norm ≤ ``grad_clip_norm``: the whole gradient
-    (``clip_scope="global"``), or the backbone's alone, the head unclipped
-    (``"backbone"``, arcface_torch's ``clip_grad_norm_(backbone.parameters(), 5)``).
-    The factor is ``min(1, max_norm / (norm + 1e-6))``, PyTorch's ``clip_grad_norm_``."""
-    backbone_only = config.get("clip_scope", "global") == "backbone"
-    if backbone_only:
-        grad_norm = _global_norm({"backbone": grads["backbone"]}, class_sharded=class_sharded)
-    scale = jnp.minimum(1.0, config.grad_clip_norm / (grad_norm + 1e-6))
-    if backbone_only:
-        return {**grads, "backbone": jax.tree.map(lambda g: g * scale, grads["backbone"])}
-    return jax.tree.map(lambda g: g * scale, grads)
-
-
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -240,10 +228,11 @@ def train_step(
 
     The backbone computes in its dtype (bfloat16 with ``half_precision``); the
     embeddings, the loss and the gradients are float32, as are the master weights.
-    The gradient is clipped to ``config.optimizer.grad_clip_norm`` (global norm) when
-    set. With ``config.nan_policy == "skip"`` a step whose loss, gradient or updated
-    state (parameters, optimizer state, batch statistics) is not finite leaves the
-    state unchanged but for the step counter.
+    The optimizer (``optimizers.create_optimizer``) accumulates micro-batches and clips
+    the accumulated gradient to ``config.optimizer.grad_clip_norm`` at the update.
+    With ``config.nan_policy == "skip"`` a step whose loss, gradient or updated state
+    (parameters, optimizer state, batch statistics) is not finite leaves the state
+    unchanged but for the step counter.
 
     Args:
       state: the replicated train state (the classifier's columns when class-sharded).
@@ -292,17 +281,16 @@ def train_step(
     )(state.params)
     grads = _average_gradients(grads, class_sharded=class_sharded, num_devices=num_devices)
     grad_norm = _global_norm(grads, class_sharded=class_sharded)
-    if config.optimizer.grad_clip_norm is not None:
-        grads = _clip(grads, grad_norm, config.optimizer, class_sharded=class_sharded)
     new_state = state.apply_gradients(
         grads=grads,
         batch_stats=jax.lax.pmean(batch_stats, DATA_AXIS),
         loss_state=loss_state,
     )
 
-    # With gradient accumulation the schedule counts optimizer updates.
-    update = state.step // config.optimizer.get("grad_accum_steps", 1)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate_fn(update)}
+    # The rate of the update this micro-batch goes into (the schedule counts micro-batches).
+    accumulate = config.optimizer.grad_accum_steps
+    rate = optimizers.rate_of_update(learning_rate_fn, accumulate)(state.step // accumulate)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": rate}
     if not class_sharded:
         metrics |= objectives.batch_metrics(
             config.loss, state.params["head"], embeddings, batch["label"]
@@ -840,8 +828,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = data_mesh()
 
     learning_rate_fn = optimizers.create_learning_rate_schedule(
-        config.optimizer,
-        num_train_steps=config.num_train_steps // config.optimizer.get("grad_accum_steps", 1),
+        config.optimizer, num_train_steps=config.num_train_steps
     )
     train_iter = data.create_iterator(
         data.create_source(config.dataset, "train"),

@@ -115,17 +115,46 @@ def test_gradient_accumulation_is_one_big_batch():
 
 
 def test_backbone_clipping_leaves_the_head_alone():
-    config = tiny_config().optimizer
-    config.update(grad_clip_norm=5.0, clip_scope="backbone")
     grads = {"backbone": {"k": jnp.full((4,), 10.0)}, "head": {"weights": jnp.full((3,), 7.0)}}
-    norm = jnp.sqrt(400.0 + 147.0)
-    clipped = train._clip(grads, norm, config, class_sharded=False)
+    clip = optimizers.clip_by_global_norm(5.0, scope="backbone")
+    clipped, _ = clip.update(grads, clip.init(grads))
     np.testing.assert_allclose(jnp.linalg.norm(clipped["backbone"]["k"]), 5.0, rtol=1e-6)
     np.testing.assert_array_equal(clipped["head"]["weights"], grads["head"]["weights"])
-    config.clip_scope = "global"
-    clipped = train._clip(grads, norm, config, class_sharded=False)
-    total = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(clipped)))
-    np.testing.assert_allclose(total, 5.0, rtol=1e-6)
+    clip = optimizers.clip_by_global_norm(5.0, scope="global")
+    clipped, _ = clip.update(grads, clip.init(grads))
+    np.testing.assert_allclose(optax.global_norm(clipped), 5.0, rtol=1e-6)
+    with pytest.raises(objectives.ConfigError, match="unknown optimizer.clip_scope 'head'"):
+        optimizers.clip_by_global_norm(5.0, scope="head")
+
+
+def test_accumulated_gradient_is_clipped_once_at_the_update():
+    """Two micro-batches whose gradients cancel: clipping each (the old order) would
+    shrink them unequally; the accumulated gradient is clipped once, and summed with
+    ``grad_accum_reduction="sum"`` (arcface_torch), averaged by default."""
+    config = tiny_config().optimizer
+    config.update(
+        name="sgd",
+        momentum=0.0,
+        weight_decay=0.0,
+        grad_clip_norm=5.0,
+        clip_scope="backbone",
+        grad_accum_steps=2,
+    )
+    params = {"backbone": {"k": jnp.zeros(2)}, "head": {"w": jnp.zeros(1)}}
+    micro = [jnp.array([30.0, 0.0]), jnp.array([-10.0, 4.0])]
+    for reduction, total in (("mean", jnp.array([10.0, 2.0])), ("sum", jnp.array([20.0, 4.0]))):
+        config.grad_accum_reduction = reduction
+        tx = optimizers.create_optimizer(config, optax.constant_schedule(1.0))
+        state = tx.init(params)
+        for g in micro:
+            grads = {"backbone": {"k": g}, "head": {"w": jnp.ones(1)}}
+            updates, state = tx.update(grads, state, params)
+        expected = total * jnp.minimum(1.0, 5.0 / (jnp.linalg.norm(total) + 1e-6))
+        np.testing.assert_allclose(-updates["backbone"]["k"], expected, rtol=1e-6)
+        np.testing.assert_allclose(-updates["head"]["w"], 2.0 if reduction == "sum" else 1.0)
+    config.grad_accum_reduction = "max"
+    with pytest.raises(objectives.ConfigError, match="grad_accum_reduction 'max'"):
+        optimizers.create_optimizer(config, optax.constant_schedule(1.0))
 
 
 def test_decay_all_decays_every_parameter():
@@ -227,13 +256,17 @@ def _arcface_torch_learning_rates(base: float, warmup: int, total: int, power: f
     return rates
 
 
-def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay):
+def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay, gradient_acc=1):
     """arcface_torch's training loop in float64 PyTorch: backbone → PartialFC_V2 (rate 1:
     normalized embeddings and W (C, d), cosine clamped to [−1, 1]) → CombinedMarginLoss
     (1, m, 0): the target angle moved by m under ``no_grad``, × s → cross-entropy;
-    ``clip_grad_norm_(backbone.parameters(), 5)``; ``SGD(momentum=0.9,
-    weight_decay=wd)`` over backbone and head. Returns the losses, the backbone's
-    gradient norms before clipping, and the final parameters."""
+    ``loss.backward()`` every micro-batch (gradients summed, the loss not divided by
+    ``gradient_acc``); every ``gradient_acc``-th micro-batch
+    ``clip_grad_norm_(backbone.parameters(), 5)``, ``SGD(momentum=0.9,
+    weight_decay=wd)`` over backbone and head, ``zero_grad()``; the scheduler stepped
+    every micro-batch (``rates[i]`` is micro-batch i's). Returns the losses, the
+    backbone's gradient norms before clipping (one per update), and the final
+    parameters."""
     torch = pytest.importorskip("torch")
     as_tensor = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
     backbone = torch.nn.Sequential(
@@ -254,7 +287,7 @@ def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay):
         weight_decay=weight_decay,
     )
     history, norms = [], []
-    for rate, batch in zip(rates, batches):
+    for global_step, (rate, batch) in enumerate(zip(rates, batches), start=1):
         for group in opt.param_groups:
             group["lr"] = rate
         images = as_tensor(batch["image"]).reshape(len(batch["label"]), -1)
@@ -268,10 +301,11 @@ def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay):
             angles[rows, labels] += margin
             logits.copy_(angles.cos())
         loss = torch.nn.functional.cross_entropy(logits * scale, labels)
-        opt.zero_grad()
         loss.backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5.0)))
-        opt.step()
+        if global_step % gradient_acc == 0:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5.0)))
+            opt.step()
+            opt.zero_grad()
         history.append(loss.item())
     final = {name: t.detach().numpy() for name, t in backbone.state_dict().items()}
     final["W"] = weight.detach().numpy().T
@@ -323,7 +357,11 @@ def test_ten_face_recipe_steps_are_arcface_torchs():
     )
     assert max(norms) > 5.0  # the clipping was active
     np.testing.assert_allclose([float(m["loss"]) for m in metrics], expected, rtol=2e-5)
-    params = jax.device_get(state.params)
+    _assert_same_parameters(jax.device_get(state.params), final)
+
+
+def _assert_same_parameters(params, final):
+    """The recipe's parameters equal the PyTorch loop's ``final`` to float32 noise."""
     backbone = params["backbone"]
     pairs = [
         (backbone["Dense_0"]["kernel"], final["0.weight"].T),
@@ -334,3 +372,67 @@ def test_ten_face_recipe_steps_are_arcface_torchs():
     ]
     for actual, reference in pairs:
         np.testing.assert_allclose(actual, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_accumulated_face_recipe_updates_are_arcface_torchs():
+    """3 updates × 2 micro-batches with ``grad_accum_steps=2`` and
+    ``grad_accum_reduction="sum"`` equal arcface_torch's loop with ``gradient_acc=2`` in
+    float64: the micro-batches' gradients summed, the backbone's sum clipped to norm 5
+    once at the update, the scheduler stepped every micro-batch (so the warmup and decay
+    count micro-batches, and update u takes micro-batch (u+1)·2 − 1's rate; step 0's
+    quirk never reaches an update)."""
+    face = importlib.import_module("configs.arcface").get_config("face")
+    config = tiny_config("arcface")
+    config.optimizer = face.optimizer
+    config.optimizer.update(grad_accum_steps=2, grad_accum_reduction="sum", warmup_steps=3)
+    config.loss = face.loss
+    config.loss.straight_through = True
+    config.num_train_steps = 6
+    mesh = mesh_of(1)
+    state, step = make_step(config, mesh)
+    batches = [tiny_batch(16, seed=k) for k in range(config.num_train_steps)]
+    initial = jax.device_get(state.params)
+    metrics = []
+    for batch in batches:
+        state, m = step(state, train.shard_batch(batch, parallelism="shard_map", mesh=mesh))
+        metrics.append(jax.device_get(m))
+
+    opt = config.optimizer
+    rates = _arcface_torch_learning_rates(
+        opt.learning_rate, opt.warmup_steps, config.num_train_steps, power=1.0
+    )
+    # Each micro-batch logs the rate of the update it goes into.
+    np.testing.assert_allclose(
+        [float(m["learning_rate"]) for m in metrics], np.repeat(rates[1::2], 2), rtol=1e-6
+    )
+    expected, norms, final = _arcface_torch_run(
+        initial,
+        batches,
+        scale=config.loss.scale,
+        margin=config.loss.margin,
+        rates=rates,
+        weight_decay=opt.weight_decay,
+        gradient_acc=2,
+    )
+    assert len(norms) == 3 and min(norms) > 5.0  # each update clipped
+    np.testing.assert_allclose([float(m["loss"]) for m in metrics], expected, rtol=2e-5)
+    _assert_same_parameters(jax.device_get(state.params), final)
+
+
+def test_clipping_inside_accumulation_sums_sharded_columns():
+    """Global-scope clipping of the accumulated gradient with the classifier's columns
+    split over 8 devices (the norm sums every device's squares, inside MultiSteps)
+    updates as the dense head on one device."""
+    finals = []
+    for class_sharded, devices in ((False, 1), (True, 8)):
+        config = _partial_fc_config(1.0, class_sharded)
+        # SGD: AdamW would magnify the float32 noise of the bias before BatchNorm (zero).
+        config.optimizer.update(
+            name="sgd", grad_clip_norm=0.1, clip_scope="global", grad_accum_steps=2
+        )
+        mesh = mesh_of(devices)
+        state, step = make_step(config, mesh)
+        batch = tiny_batch(16)
+        state, _ = run_steps(state, step, batch, mesh, "shard_map", 4)
+        finals.append(jax.device_get(state.params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *finals)

@@ -6,10 +6,11 @@ The recipes of the face recognition papers: SGD with momentum 0.9 and weight dec
 experiments.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -20,6 +21,10 @@ SCHEDULES = ("constant", "cosine", "step", "polynomial")
 
 
 CLIP_SCOPES = ("global", "backbone")
+# How optax.MultiSteps combines the micro-batches' gradients: their "mean" (the update of
+# one batch that many times larger) or their "sum" (arcface_torch's train_v2.py, whose
+# loss.backward() accumulates each micro-batch's gradient unscaled).
+ACCUMULATIONS = ("mean", "sum")
 
 
 def decay_mask(params: Any) -> Any:
@@ -107,31 +112,105 @@ def create_learning_rate_schedule(
     return optax.join_schedules([warmup, decay], [config.warmup_steps])
 
 
+def clip_by_global_norm(
+    max_norm: float,
+    *,
+    scope: str = "global",
+    global_norm: Callable[[Any], jax.Array] = optax.global_norm,
+) -> optax.GradientTransformation:
+    """Scales the gradient to norm ≤ ``max_norm``, PyTorch's ``clip_grad_norm_``: the
+    factor is ``min(1, max_norm / (norm + 1e-6))``.
+
+    Args:
+      max_norm: the largest norm let through.
+      scope: "global" (the whole gradient) or "backbone" (the ``"backbone"`` subtree
+        alone, the head unclipped: arcface_torch's
+        ``clip_grad_norm_(backbone.parameters(), 5)``).
+      global_norm: the norm of a gradient pytree; the train step passes one that sums
+        the squares of class-sharded columns over the devices.
+
+    Returns:
+      A stateless optax transformation; chained inside ``optax.MultiSteps`` it clips the
+      accumulated gradient once, at the update.
+
+    Example:
+      >>> tx = clip_by_global_norm(5.0, scope="backbone")
+    """
+    if scope not in CLIP_SCOPES:
+        raise ConfigError(
+            f"unknown optimizer.clip_scope {scope!r}; valid: {', '.join(CLIP_SCOPES)}"
+        )
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple:
+        del params
+        clipped = {"backbone": updates["backbone"]} if scope == "backbone" else updates
+        factor = jnp.minimum(1.0, max_norm / (global_norm(clipped) + 1e-6))
+        clipped = jax.tree.map(lambda g: g * factor, clipped)
+        return ({**updates, **clipped} if scope == "backbone" else clipped), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def rate_of_update(learning_rate: optax.Schedule, accumulate: int) -> optax.Schedule:
+    """The schedule of optimizer updates from one of micro-batches: update ``u`` takes
+    the rate of micro-batch ``(u + 1)·k − 1``, the one that completes it, as
+    arcface_torch's scheduler (stepped every micro-batch) gives it."""
+    if accumulate == 1:
+        return learning_rate
+    return lambda update: learning_rate((update + 1) * accumulate - 1)
+
+
+def _accumulation(config: ml_collections.ConfigDict) -> tuple[int, str]:
+    """``(grad_accum_steps, grad_accum_reduction)``, checked."""
+    accumulate = config.get("grad_accum_steps", 1)
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError(
+            f"config.optimizer.grad_accum_steps = {accumulate!r} is out of range; valid: an "
+            "integer ≥ 1"
+        )
+    reduction = config.get("grad_accum_reduction", "mean")
+    if reduction not in ACCUMULATIONS:
+        raise ConfigError(
+            f"unknown optimizer.grad_accum_reduction {reduction!r}; valid: "
+            f"{', '.join(ACCUMULATIONS)}"
+        )
+    return accumulate, reduction
+
+
 def create_optimizer(
-    config: ml_collections.ConfigDict, learning_rate: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate: optax.Schedule,
+    *,
+    global_norm: Callable[[Any], jax.Array] = optax.global_norm,
 ) -> optax.GradientTransformation:
     """The optimizer that ``config.name`` names, with decay on ``decay_mask`` only
     (every parameter with ``config.decay_all``, as arcface_torch's SGD), accumulating
     ``config.grad_accum_steps`` micro-batches per update (``optax.MultiSteps``: the mean
-    of their gradients, the update of one batch that many times larger).
+    of their gradients, or their sum with ``grad_accum_reduction="sum"``).
 
-    ``sgd``: PyTorch's SGD, ``v ← μv + (g + λw)``, ``w ← w − η·v`` (``nesterov``
-    optional); ``adamw``: decoupled weight decay (Loshchilov & Hutter, ICLR 2019).
-    Gradient clipping (``grad_clip_norm``) is done by the train step, which knows the
-    norm of a gradient whose classifier columns are sharded over devices.
+    The update is arcface_torch's (``train_v2.py``): the accumulated gradient is clipped
+    to ``grad_clip_norm`` (``clip_by_global_norm`` in ``clip_scope``) once, then decayed
+    and stepped; ``sgd``: PyTorch's SGD, ``v ← μv + (g + λw)``, ``w ← w − η·v``
+    (``nesterov`` optional); ``adamw``: decoupled weight decay (Loshchilov & Hutter,
+    ICLR 2019). ``learning_rate`` counts micro-batches (see ``rate_of_update``).
 
     Args:
       config: the optimizer config: ``name`` in ``OPTIMIZERS``, ``weight_decay``,
-        ``decay_all``, ``grad_accum_steps``; ``momentum``, ``nesterov`` (sgd); ``b1``,
-        ``b2``, ``eps`` (adamw).
-      learning_rate: a schedule (see ``create_learning_rate_schedule``).
+        ``decay_all``, ``grad_clip_norm``, ``clip_scope``, ``grad_accum_steps``,
+        ``grad_accum_reduction``; ``momentum``, ``nesterov`` (sgd); ``b1``, ``b2``,
+        ``eps`` (adamw).
+      learning_rate: a schedule of micro-batches (see ``create_learning_rate_schedule``).
+      global_norm: the gradient's norm for clipping (see ``clip_by_global_norm``).
 
     Returns:
       An optax gradient transformation.
 
     Raises:
-      ValueError: for an unknown name.
+      ConfigError: for an unknown name, clip scope or reduction, or a bad
+        ``grad_accum_steps``.
     """
+    accumulate, reduction = _accumulation(config)
+    learning_rate = rate_of_update(learning_rate, accumulate)
     mask = (
         (lambda params: jax.tree.map(lambda _: True, params))
         if config.get("decay_all", False)
@@ -153,10 +232,10 @@ def create_optimizer(
         )
     else:
         raise ConfigError(f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}")
-    accumulate = config.get("grad_accum_steps", 1)
-    if not isinstance(accumulate, int) or accumulate < 1:
-        raise ConfigError(
-            f"config.optimizer.grad_accum_steps = {accumulate!r} is out of range; valid: an "
-            "integer ≥ 1"
-        )
-    return tx if accumulate == 1 else optax.MultiSteps(tx, every_k_schedule=accumulate)
+    if config.get("grad_clip_norm") is not None:
+        scope = config.get("clip_scope", "global")
+        clip = clip_by_global_norm(config.grad_clip_norm, scope=scope, global_norm=global_norm)
+        tx = optax.chain(clip, tx)
+    if accumulate == 1:
+        return tx
+    return optax.MultiSteps(tx, every_k_schedule=accumulate, use_grad_mean=reduction == "mean")
