@@ -42,7 +42,9 @@ def test_a_wheel_from_a_clean_clone_imports_describes_and_trains_one_step(tmp_pa
     python = venv / "bin" / "python"
     site = _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
                 cwd=outside).strip()  # fmt: skip
-    pathlib.Path(site, "_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pathlib.Path(site, "_dependencies.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8"
+    )
     _run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, cwd=tmp_path)
 
     where = _run(python, "-c", "import faceloss_jax.train as t; print(t.__file__)", cwd=outside)
