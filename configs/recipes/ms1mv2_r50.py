@@ -1,0 +1,31 @@
+r"""MS1MV2 (faces_emore), r50, ArcFace (s = 64, m = 0.5).
+
+Mirrors arcface_torch's ``configs/ms1mv2_r50.py``.
+
+8 GPUs × 128 = global batch 1,024; 5,822,653 images // 1,024 = 5,686 steps an
+epoch; 20 epochs = 113,720 steps, 0 of warmup. ``:gpus=N`` re-derives them
+for N devices (see ``configs/recipes/arcface_torch.py``).
+
+    python -m faceloss_jax.main --config=configs/recipes/ms1mv2_r50.py \
+        --config.dataset.path=/data/ms1mv2 --workdir=/runs/ms1mv2_r50
+"""
+
+import ml_collections
+
+from configs.recipes import arcface_torch
+
+RECIPE = arcface_torch.ArcfaceTorch(
+    source="ms1mv2_r50",
+    network="r50",
+    margin_list=(1.0, 0.5, 0.0),
+    num_classes=85742,
+    num_image=5822653,
+    num_epoch=20,
+    warmup_epoch=0,
+    gpus=8,
+)
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """The recipe; ``variant`` as in ``arcface_torch.get_config``."""
+    return arcface_torch.get_config(RECIPE, variant)
