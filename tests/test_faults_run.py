@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from faceloss_jax import errors, train
+from faceloss_jax import errors, evaluate, train
 from faceloss_jax.train_lib import checkpointing, cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -166,6 +166,15 @@ def test_flipped_bytes_in_the_newest_checkpoint_fall_back_to_the_previous(run):
     assert _digest(run / "checkpoints_corrupt" / "4") == corrupt
     assert _digest(run / "checkpoints" / "2") == kept
     assert _train_steps(run) == [2, 4, 4, 6]
+
+
+def test_evaluation_falls_back_past_a_damaged_checkpoint_and_moves_nothing(run):
+    _flip(max((run / "checkpoints" / "4").rglob("*"), key=lambda p: p.stat().st_size))
+    before = _digest(run / "checkpoints")
+    metrics = evaluate.evaluate_checkpoint(run)
+    assert metrics["step"] == 2  # step 4 failed its checksum or did not read
+    assert _digest(run / "checkpoints") == before
+    assert not (run / "checkpoints_corrupt").exists()
 
 
 def test_skip_policy_never_saves_a_broken_state(run):
