@@ -16,5 +16,5 @@ from configs import default
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """Dynamic AdaCos; ``variant`` as in ``configs/default.py``."""
     config = default.get_config(variant, angular=True)
-    config.loss = default.loss_config("adacos", dynamic=True)
+    config.loss = default.loss_config("adacos")
     return config

@@ -18,9 +18,7 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config = default.get_config(variant)
     config.loss = default.loss_config(
         "contrastive",
-        use_bias=True,
-        weight=0.05,  # λ of the verification term (DeepID2)
-        margin=10.0,  # m of the different-pair hinge, in feature units
+        margin=10.0,  # m: the hinge in feature units of unnormalized LeNets++ features
     )
     if default.recipe(variant) == "face":
         # Identity-balanced batches (FaceNet; data.sampling): 4 images of each of

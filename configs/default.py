@@ -12,14 +12,15 @@ of identities (set ``--config.dataset.path``, ``test_path`` and ``openset_path``
 ``"face,source=recordio"`` on an InsightFace folder; ``--config.dataset.name=<source>``
 on the command line selects a source too.
 Any field can be overridden on the command line, e.g.
-``--config.optimizer.learning_rate=0.05``. (Run from the repository root, so that
-``configs`` is importable.)
+``--config.optimizer.learning_rate=0.05``. The CLIs put the folder above ``configs``
+on ``sys.path``, so a config file runs from any directory.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
 from faceloss_jax import data
+from faceloss_jax.errors import ConfigError
 from faceloss_jax.train_lib import objectives
 
 RECIPES = ("mnist", "face")
@@ -89,8 +90,8 @@ def _face(config: ml_collections.ConfigDict) -> None:
 
 def loss_config(name: str, **hyperparameters) -> ml_collections.ConfigDict:
     """The ``loss`` sub-config: ``name``, every hyper-parameter of the loss (those not
-    given at their defaults in ``objectives.OBJECTIVES``) and, for the losses with a
-    classifier, the layout of the classifier W.
+    given at their defaults, which the record reads from the loss function's signature)
+    and, for the losses with a classifier, the layout of the classifier W.
 
     Layout knobs (the first two leave the loss unchanged):
       chunk_size: stream W in blocks of this many classes (None: the dense B×C logits).
@@ -101,7 +102,7 @@ def loss_config(name: str, **hyperparameters) -> ml_collections.ConfigDict:
     defaults = objectives.default_hyperparameters(name)
     unknown = set(hyperparameters) - set(defaults)
     if unknown:
-        raise objectives.ConfigError(
+        raise ConfigError(
             f"loss {name!r} has no hyper-parameter {', '.join(sorted(unknown))}; its "
             f"hyper-parameters: {', '.join(defaults)}"
         )
@@ -134,9 +135,9 @@ def parse_variant(variant: str) -> tuple[str, dict[str, str]]:
         data.sources.SOURCES
     )
     if recipe not in RECIPES or set(arguments) - {"source"}:
-        raise objectives.ConfigError(f"unknown config variant {variant!r}; valid: {valid}")
+        raise ConfigError(f"unknown config variant {variant!r}; valid: {valid}")
     if arguments.get("source", DEFAULT_SOURCES[recipe]) not in data.sources.SOURCES:
-        raise objectives.ConfigError(f"unknown data source in variant {variant!r}; valid: {valid}")
+        raise ConfigError(f"unknown data source in variant {variant!r}; valid: {valid}")
     return recipe, arguments
 
 

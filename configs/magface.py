@@ -23,12 +23,13 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "magface",
+        # MNIST: norms (~2) a tenth of a face network's, so the norm bounds and λ_g are
+        # divided by 10 (see above), margins 0.1–0.3 rad, s = 16; faces: the paper's.
         scale=16.0 if mnist else 64.0,  # s
         lower_norm=1.0 if mnist else 10.0,  # l_a
         upper_norm=11.0 if mnist else 110.0,  # u_a
         lower_margin=0.1 if mnist else 0.45,  # l_m, radians
         upper_margin=0.3 if mnist else 0.8,  # u_m, radians
         lambda_g=3.5 if mnist else 35.0,  # λ_g, weight of the regularizer g(a)
-        easy_margin=True,
     )
     return config

@@ -16,6 +16,8 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "normface",
-        scale=16.0 if default.recipe(variant) == "mnist" else 64.0,
+        scale=16.0
+        if default.recipe(variant) == "mnist"
+        else 64.0,  # s: 64 for faces, the later margin losses' value
     )
     return config

@@ -13,8 +13,5 @@ from configs import default
 def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     """Softmax loss; ``variant`` as in ``configs/default.py``."""
     config = default.get_config(variant)
-    config.loss = default.loss_config(
-        "softmax",
-        use_bias=True,
-    )
+    config.loss = default.loss_config("softmax")
     return config

@@ -19,11 +19,7 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     mnist = default.recipe(variant) == "mnist"
     config.loss = default.loss_config(
         "sphereface",
-        margin=4,  # m, an integer
-        lambda_base=1000.0,
         lambda_gamma=2.0 if mnist else 0.12,  # MNIST: λ_min at step 100
-        lambda_power=1.0,
-        lambda_min=5.0,
     )
     if default.recipe(variant) != "mnist":
         config.optimizer.schedule = "step"

@@ -18,8 +18,9 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     config = default.get_config(variant, angular=True)
     config.loss = default.loss_config(
         "triplet",
-        margin=0.2,  # α (FaceNet)
-        mining="batch_all" if default.recipe(variant) == "mnist" else "semi_hard",
+        mining="batch_all"
+        if default.recipe(variant) == "mnist"
+        else "semi_hard",  # faces: FaceNet's semi-hard
     )
     if default.recipe(variant) == "face":
         # Identity-balanced batches (FaceNet; data.sampling): 4 images of each of

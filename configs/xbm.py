@@ -23,12 +23,8 @@ def get_config(variant: str = "mnist") -> ml_collections.ConfigDict:
     mnist = default.recipe(variant) == "mnist"
     config.loss = default.loss_config(
         "xbm",
-        base="triplet",  # "triplet" | "contrastive": the pair loss
-        margin=0.2,  # α of the triplet loss, m of the contrastive one
-        mining="batch_all",  # in-batch, as configs/triplet.py; the memory term is batch-hard
-        memory_size=1024 if mnist else 16384,  # M slots
-        warmup_steps=50 if mnist else 1000,  # steps before the memory fills
-        weight=1.0,  # of the memory term
+        memory_size=1024 if mnist else 16384,  # M slots: faces, many identities
+        warmup_steps=50 if mnist else 1000,  # MNIST: a 300-step run
     )
     if default.recipe(variant) == "face":
         # Identity-balanced batches (FaceNet; data.sampling): 4 images of each of

@@ -270,7 +270,7 @@ def train_step(
             embeddings,
             batch["label"],
             step=state.step,
-            key=jax.random.fold_in(dropout_key, 1),
+            key=objectives.prng_stream(dropout_key, "loss"),
             axis_name=DATA_AXIS,
             class_axis_name=DATA_AXIS if class_sharded else None,
         )
@@ -458,7 +458,7 @@ def val_target_paths(config: ml_collections.ConfigDict) -> dict[str, epath.Path]
         return {}
     directory = config.eval.get("val_dir") or config.dataset.get("path")
     if not directory:
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             f"config.eval.val_targets={tuple(names)} needs config.eval.val_dir (or "
             "config.dataset.path) to name the folder holding their .bin files"
         )
@@ -628,61 +628,64 @@ def check_config(
 ) -> None:
     """Raises a ValueError naming the first inconsistent setting (given ``num_classes``,
     also a class-sharded W that does not split over the devices)."""
-    objectives.check_loss_config(config.loss, num_classes=num_classes, num_devices=num_devices)
+    objectives.check_loss_config(
+        config.loss,
+        num_classes=num_classes,
+        num_devices=num_devices,
+        batch_size=config.batch_size,
+    )
     if config.parallelism not in PARALLELISMS:
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             f"unknown parallelism {config.parallelism!r}; valid: {', '.join(PARALLELISMS)}"
         )
     if config.nan_policy not in NAN_POLICIES:
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             f"unknown nan_policy {config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}"
         )
     if config.batch_size < 1:
-        raise objectives.ConfigError(f"batch_size must be positive; got {config.batch_size}")
+        raise errors.ConfigError(f"batch_size must be positive; got {config.batch_size}")
     if config.optimizer.learning_rate < 0:
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             f"optimizer.learning_rate must be ≥ 0; got {config.optimizer.learning_rate} "
             "(a negative rate ascends the loss)"
         )
     if config.max_consecutive_skips < 1:
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             f"max_consecutive_skips must be positive; got {config.max_consecutive_skips}"
         )
     pk = data.sampling.pk_shape(config.dataset, config.batch_size)
     if pk is not None and pk[1] < 2 and not objectives.has_classifier(config.loss):
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             f"P×K batches of K = {pk[1]} sample(s) per identity hold no positive pair, so "
             f"the loss {config.loss.name!r} and its gradient are identically 0: set "
             "dataset.samples_per_identity ≥ 2"
         )
     if config.batch_size % num_devices:
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             f"batch_size={config.batch_size} is not divisible by the {num_devices} devices"
         )
     intervals = ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "eval_every_steps")
     for name in intervals:
         if config[name] < 1:
-            raise objectives.ConfigError(f"{name} must be positive; got {config[name]}")
+            raise errors.ConfigError(f"{name} must be positive; got {config[name]}")
     accumulate = config.optimizer.get("grad_accum_steps", 1)
     if isinstance(accumulate, int) and accumulate > 1 and config.num_train_steps % accumulate:
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             f"num_train_steps={config.num_train_steps} is not a multiple of "
             f"optimizer.grad_accum_steps={accumulate} (micro-batches per update)"
         )
     if config.optimizer.get("clip_scope", "global") not in optimizers.CLIP_SCOPES:
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             f"config.optimizer.clip_scope = {config.optimizer.clip_scope!r} is out of range; "
             f"valid: one of {', '.join(map(repr, optimizers.CLIP_SCOPES))}"
         )
     clip = config.optimizer.grad_clip_norm
     if clip is not None and clip <= 0:
-        raise objectives.ConfigError(
-            f"optimizer.grad_clip_norm must be positive or None; got {clip}"
-        )
+        raise errors.ConfigError(f"optimizer.grad_clip_norm must be positive or None; got {clip}")
     if is_class_sharded(config) and (
         config.parallelism != "shard_map" or not objectives.has_classifier(config.loss)
     ):
-        raise objectives.ConfigError(
+        raise errors.ConfigError(
             "loss.class_sharded needs parallelism='shard_map' and a loss with a classifier"
         )
 
@@ -839,7 +842,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         # Offline triplet mining trains on each mined batch until the next refresh.
-        repeat_batches=objectives.held_batches(config.loss, config.batch_size),
+        repeat_batches=objectives.held_batches(config.loss),
     )
     eval_data = load_eval_data(config)
 

@@ -1,13 +1,17 @@
 """The registries: a loss or a data source is one record, checked from the record, and
 every config starts through the command line's own locked-config path."""
 
+import ast
 import dataclasses
 import importlib
+import inspect
+import io
 import json
 import math
 import pathlib
 import subprocess
 import sys
+import tokenize
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +21,9 @@ from test_train import NUM_CLASSES, TinyNet, tiny_config
 
 from configs import default
 from faceloss_jax import data, losses, train
+from faceloss_jax.errors import ConfigError
+from faceloss_jax.losses import hyperparameters as hp
 from faceloss_jax.train_lib import cli, objectives
-from faceloss_jax.train_lib import hyperparameters as hp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__",))
@@ -27,7 +32,7 @@ CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem not i
 # -- A new loss is one function and one record --------------------------------------
 
 
-def toy_margin(embeddings, weights, labels, *, scale, margin, **layout):
+def toy_margin(embeddings, weights, labels, *, scale=16.0, margin=0.2, **layout):
     """A CosFace written on the public engine, as a newcomer would."""
     return losses.margin_softmax(
         embeddings, weights, labels, scale=scale, margin_fn=lambda cos: cos - margin, **layout
@@ -46,7 +51,7 @@ def toy_loss():
         objectives.Objective(
             toy_margin,
             "a test's own loss",
-            {"scale": hp.positive(16.0), "margin": hp.real(0.2, low=0.0, high=1.0)},
+            {"scale": hp.positive(), "margin": hp.real(low=0.0, high=1.0)},
         ),
     )
     yield
@@ -102,6 +107,52 @@ def test_every_record_is_consistent_with_its_config_file():
         assert set(objective.hyperparameters) <= set(config.loss)
 
 
+def _config_overrides(name: str) -> dict[str, str]:
+    """The hyper-parameters that ``configs/<name>.py`` passes to ``default.loss_config``,
+    each with the comments on its lines."""
+    source = (REPO / "configs" / f"{name}.py").read_text(encoding="utf-8")
+    comments = {
+        token.start[0]: token.string
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "loss_config":
+            return {
+                keyword.arg: " ".join(
+                    comments.get(line, "") for line in range(keyword.lineno, keyword.end_lineno + 1)
+                ).strip()
+                for keyword in node.keywords
+            }
+    return {}
+
+
+@pytest.mark.parametrize("name", list(objectives.OBJECTIVES))
+def test_record_function_and_config_agree_on_every_default(name):
+    """A default is declared once: a record's defaults are its functions' and a config
+    file sets a knob only to override it, with a comment that says why."""
+    objective = objectives.OBJECTIVES[name]
+    for key, spec in objective.hyperparameters.items():
+        if spec.argument or spec.read_by is not None:
+            signature = inspect.signature(spec.read_by or objective.fn).parameters
+            assert spec.default == signature[spec.parameter or key].default, key
+    overrides = _config_overrides(name)
+    module = importlib.import_module(f"configs.{name}")
+    variants = [module.get_config(v).loss for v in ("mnist", "face")]
+    for key, spec in objective.hyperparameters.items():
+        for loss in variants:
+            assert loss[key] == spec.default or key in overrides, (
+                f"configs/{name}.py sets loss.{key} = {loss[key]!r} (default {spec.default!r}) "
+                "outside its loss_config call"
+            )
+    for key, comment in overrides.items():
+        assert comment, f"configs/{name}.py overrides loss.{key} without a comment saying why"
+        spec = objective.hyperparameters[key]
+        assert any(loss[key] != spec.default for loss in variants), (
+            f"configs/{name}.py repeats the default of loss.{key} ({spec.default!r})"
+        )
+
+
 # -- Hyper-parameters are checked from the record -----------------------------------
 
 
@@ -136,7 +187,7 @@ def test_every_out_of_range_hyperparameter_is_a_config_error(name, key, spec):
     bad = _out_of_range(spec)
     assert spec.accepts(spec.default) and not spec.accepts(bad)
     config.loss[key] = bad
-    with pytest.raises(hp.ConfigError) as error:
+    with pytest.raises(ConfigError) as error:
         train.check_config(config, num_devices=1)
     message = str(error.value)
     assert f"config.loss.{key} = {bad!r}" in message and spec.valid in message
@@ -155,15 +206,15 @@ def test_the_issue_ranges():
 def test_layouts_the_loss_or_the_devices_cannot_honour():
     config = importlib.import_module("configs.arcface").get_config()
     config.loss.class_sharded = True
-    with pytest.raises(hp.ConfigError, match="class_sharded=True: .*7.*8"):
+    with pytest.raises(ConfigError, match="class_sharded=True: .*7.*8"):
         objectives.check_loss_config(config.loss, num_classes=7, num_devices=8)
     objectives.check_loss_config(config.loss, num_classes=16, num_devices=8)
     config.loss.update(class_sharded=False, chunk_size=0)
-    with pytest.raises(hp.ConfigError, match="chunk_size = 0 is out of range"):
+    with pytest.raises(ConfigError, match="chunk_size = 0 is out of range"):
         objectives.check_loss_config(config.loss)
     circle = importlib.import_module("configs.circle").get_config()
     circle.loss.chunk_size = 4
-    with pytest.raises(hp.ConfigError, match="'circle' does not support config.loss.chunk_size"):
+    with pytest.raises(ConfigError, match="'circle' does not support config.loss.chunk_size"):
         objectives.check_loss_config(circle.loss)
 
 
@@ -171,9 +222,9 @@ def test_a_field_of_another_loss_is_an_error():
     config = importlib.import_module("configs.arcface").get_config()
     with config.loss.unlocked():
         config.loss.name = "cosface"
-    with pytest.raises(hp.ConfigError, match="easy_margin is not a field of loss 'cosface'"):
+    with pytest.raises(ConfigError, match="easy_margin is not a field of loss 'cosface'"):
         objectives.check_loss_config(config.loss)
-    with pytest.raises(hp.ConfigError, match="no hyper-parameter margn"):
+    with pytest.raises(ConfigError, match="no hyper-parameter margn"):
         default.loss_config("arcface", margn=0.1)
 
 
@@ -237,9 +288,9 @@ def test_dataset_name_on_the_command_line_switches_the_source(source, spec):
 def test_variant_arguments_and_their_errors():
     assert default.parse_variant("face,image_folder") == ("face", {"source": "image_folder"})
     assert default.get_config("mnist,source=synthetic").dataset.name == "synthetic"
-    with pytest.raises(hp.ConfigError, match="unknown data source in variant 'face,source=lfw'"):
+    with pytest.raises(ConfigError, match="unknown data source in variant 'face,source=lfw'"):
         default.get_config("face,source=lfw")
-    with pytest.raises(hp.ConfigError, match="unknown config variant 'face,depth=3'"):
+    with pytest.raises(ConfigError, match="unknown config variant 'face,depth=3'"):
         default.get_config("face,depth=3")
 
 

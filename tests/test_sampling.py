@@ -267,11 +267,11 @@ def test_offline_refresh_every_steps_and_resume_re_creates_the_selection(tmp_pat
 
 
 def test_offline_config_errors_and_held_batches():
-    assert objectives.held_batches(default.loss_config("triplet"), 64) == 1
-    assert objectives.held_batches(_offline_config(5, 64), 64) == 5
-    with pytest.raises(ConfigError, match="subset_size = 8 must equal batch_size = 64"):
-        objectives.held_batches(_offline_config(), 64)
-    with pytest.raises(ConfigError, match="set config.loss.subset_size"):
+    assert objectives.held_batches(default.loss_config("triplet")) == 1
+    assert objectives.held_batches(_offline_config(5, 64)) == 5
+    with pytest.raises(ConfigError, match="subset_size = 8 must equal the global batch size 64"):
+        objectives.check_loss_config(_offline_config(), batch_size=64)
+    with pytest.raises(ConfigError, match="subset_size = 0 must equal .*config.batch_size"):
         objectives.check_loss_config(_offline_config(subset_size=0))
     _, state = objectives.init_head(_offline_config(), None, embedding_dim=4, num_classes=4)
     with pytest.raises(ConfigError, match="must equal the global batch size 6"):

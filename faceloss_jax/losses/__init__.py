@@ -44,6 +44,9 @@ from faceloss_jax.losses.partial_fc import class_block_size
 from faceloss_jax.losses.partial_fc import num_sampled
 from faceloss_jax.losses.partial_fc import sample_classes
 
+# Offline mining and the triplet loss as training runs it (mining.py)
+from faceloss_jax.losses.mining import facenet_triplet_loss
+
 # Geometry, schedules (geometry.py, schedules.py)
 from faceloss_jax.losses.geometry import inter_angle
 from faceloss_jax.losses.geometry import intra_angle
@@ -58,6 +61,7 @@ from faceloss_jax.losses.adaptive_margins import AdaFaceStats
 from faceloss_jax.losses.adaptive_margins import adaface
 from faceloss_jax.losses.adaptive_margins import adaface_init_stats
 from faceloss_jax.losses.adaptive_margins import adaface_update_stats
+from faceloss_jax.losses.adaptive_margins import elasticface
 from faceloss_jax.losses.adaptive_margins import elasticface_arc
 from faceloss_jax.losses.adaptive_margins import elasticface_cos
 from faceloss_jax.losses.adaptive_margins import magface
@@ -72,4 +76,5 @@ from faceloss_jax.losses.xbm import CrossBatchMemory
 from faceloss_jax.losses.xbm import xbm_contrastive_loss
 from faceloss_jax.losses.xbm import xbm_enqueue
 from faceloss_jax.losses.xbm import xbm_init
+from faceloss_jax.losses.xbm import xbm_loss
 from faceloss_jax.losses.xbm import xbm_triplet_loss

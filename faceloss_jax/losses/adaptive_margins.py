@@ -7,6 +7,7 @@ adaface            s·(cos(θ_y − m·z) − m·z − m)      (μ, σ) of ‖x�
 magface            s·cos(θ_y + m(a)), a = ‖x‖        –
 elasticface_arc    s·cos(θ_y + m_i), m_i ~ N(m, σ)   PRNG key
 elasticface_cos    s·(cos θ_y − m_i)                 PRNG key
+elasticface        either, as ``variant`` says       PRNG key
 =================  ================================  ==============
 
 Each changes the target logit only, through a per-example margin computed from the
@@ -25,7 +26,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
+from faceloss_jax.errors import ConfigError
 from faceloss_jax.losses import _common, _validation, angular, engine
+from faceloss_jax.losses import hyperparameters as hp
+from faceloss_jax.losses.record import Objective, StateRule
 
 # AdaFace's stability constant: the floor of σ and the distance of θ from 0 and π.
 _ADAFACE_EPS = 1e-3
@@ -438,3 +442,131 @@ def elasticface_cos(
         axis_name=axis_name,
         class_axis_name=class_axis_name,
     )
+
+
+ELASTICFACE_VARIANTS = {"arc": elasticface_arc, "cos": elasticface_cos}
+
+
+def elasticface(
+    embeddings: ArrayLike,
+    weights: ArrayLike,
+    labels: ArrayLike,
+    key: jax.Array,
+    *,
+    variant: str = "arc",
+    scale: float = 64.0,
+    margin: float = 0.5,
+    sigma: float = 0.05,
+    plus: bool = False,
+    **layout,
+) -> jax.Array:
+    """ElasticFace-Arc or -Cos (Boutros et al., CVPR-W 2022), as ``variant`` says.
+
+    The defaults are ``elasticface_arc``'s (the default variant); ``layout`` is
+    ``chunk_size``, ``axis_name`` and ``class_axis_name``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.eye(2)
+      >>> loss = elasticface(x, x, jnp.array([0, 1]), jax.random.key(0), variant="cos",
+      ...                    scale=1.0, margin=0.0, sigma=0.0)
+      >>> [round(float(v), 4) for v in loss]
+      [0.3133, 0.3133]
+    """
+    return ELASTICFACE_VARIANTS[variant](
+        embeddings,
+        weights,
+        labels,
+        key,
+        scale=scale,
+        margin=margin,
+        sigma=sigma,
+        plus=plus,
+        **layout,
+    )
+
+
+# ----------------------------------------------------------------------------------
+# The records (``train_lib.objectives`` collects them; defaults: the signatures above).
+# ----------------------------------------------------------------------------------
+
+_EMA_ALPHA = hp.real(
+    "EMA rate of the norm statistics", low=0.0, high=1.0, read_by=adaface_update_stats
+)
+
+
+def _adaface_init() -> dict[str, jax.Array]:
+    return adaface_init_stats()._asdict()
+
+
+def _adaface_before(*, config, state, embeddings, axis_name):
+    stats = adaface_update_stats(
+        AdaFaceStats(**state), embeddings, alpha=config.alpha, axis_name=axis_name
+    )
+    return stats._asdict(), {"stats": stats}
+
+
+def _check_magface(*, config) -> None:
+    if not config.lower_norm < config.upper_norm:
+        raise ConfigError(
+            f"config.loss.lower_norm = {config.lower_norm} must be < config.loss.upper_norm "
+            f"= {config.upper_norm}"
+        )
+    if not config.lower_margin <= config.upper_margin:
+        raise ConfigError(
+            f"config.loss.lower_margin = {config.lower_margin} must be ≤ "
+            f"config.loss.upper_margin = {config.upper_margin}"
+        )
+
+
+def _check_elasticface(*, config) -> None:
+    if config.plus and config.get("class_sharded"):
+        raise ConfigError(
+            "config.loss.plus=True (ElasticFace+) ranks the batch's target cosines, which a "
+            "class-sharded W cannot: set loss.plus=False or loss.class_sharded=False"
+        )
+
+
+RECORDS = {
+    "adaface": Objective(
+        adaface,
+        "AdaFace (Kim et al., CVPR 2022)",
+        {
+            "scale": hp.SCALE,
+            "margin": hp.real("m", low=0.0, high=hp.HALF_PI),
+            "h": hp.real("concentration of the normalized norm ẑ", low=0.0),
+            "alpha": _EMA_ALPHA,
+        },
+        family="successor",
+        state=StateRule(init=_adaface_init, before=_adaface_before),
+    ),
+    "magface": Objective(
+        magface,
+        "MagFace (Meng et al., CVPR 2021)",
+        {
+            "scale": hp.SCALE,
+            "lower_norm": hp.positive("l_a"),
+            "upper_norm": hp.positive("u_a"),
+            "lower_margin": hp.real("l_m (radians)", low=0.0, high=hp.HALF_PI),
+            "upper_margin": hp.real("u_m (radians)", low=0.0, high=hp.HALF_PI),
+            "lambda_g": hp.real("λ_g, weight of the regularizer g(a)", low=0.0),
+            "easy_margin": hp.EASY_MARGIN,
+        },
+        family="successor",
+        check=_check_magface,
+    ),
+    "elasticface": Objective(
+        elasticface,
+        "ElasticFace (Boutros et al., CVPR-W 2022)",
+        {
+            "variant": hp.choice(tuple(ELASTICFACE_VARIANTS), "ElasticFace-Arc or -Cos"),
+            "scale": hp.SCALE,
+            "margin": hp.real("mean margin m", low=0.0, high=hp.HALF_PI),
+            "sigma": hp.real("σ of the margin", low=0.0),
+            "plus": hp.boolean("ElasticFace+: margins sorted by target cosine"),
+        },
+        family="successor",
+        needs_key=True,
+        check=_check_elasticface,
+    ),
+}

@@ -15,6 +15,8 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from faceloss_jax.losses import _common, _validation, engine
+from faceloss_jax.losses import hyperparameters as hp
+from faceloss_jax.losses.record import Objective, StateRule
 
 
 def adacos_fixed_scale(num_classes: int) -> float:
@@ -149,3 +151,39 @@ def adacos_dynamic_scale(
     theta_med = jnp.median(jnp.arccos(cos_y))
     log_b_avg = lse - math.log(y.shape[0])
     return lax.stop_gradient(log_b_avg / jnp.cos(jnp.minimum(math.pi / 4, theta_med)))
+
+
+# ----------------------------------------------------------------------------------
+# The records (``train_lib.objectives`` collects them; defaults: the signatures above).
+# ----------------------------------------------------------------------------------
+
+
+def _scale_init(*, config, num_classes) -> dict[str, jax.Array]:
+    if not config.dynamic:
+        return {}
+    return {"scale": jnp.asarray(adacos_fixed_scale(num_classes), jnp.float32)}
+
+
+def _scale_before(*, config, state, embeddings, weights, labels, axis_name, class_axis_name):
+    if not config.dynamic:
+        return state, {}
+    scale = adacos_dynamic_scale(
+        state["scale"],
+        embeddings,
+        weights,
+        labels,
+        axis_name=axis_name,
+        class_axis_name=class_axis_name,
+    )
+    return {"scale": scale}, {"scale": scale}
+
+
+RECORDS = {
+    "adacos": Objective(
+        adacos,
+        "AdaCos (Zhang et al., CVPR 2019)",
+        {"dynamic": hp.boolean("the dynamic scale (else fixed)", default=True)},
+        family="successor",
+        state=StateRule(init=_scale_init, before=_scale_before),
+    ),
+}

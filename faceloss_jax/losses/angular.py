@@ -35,7 +35,10 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import engine
+from faceloss_jax.errors import ConfigError
+from faceloss_jax.losses import engine, schedules
+from faceloss_jax.losses import hyperparameters as hp
+from faceloss_jax.losses.record import Objective
 
 # ----------------------------------------------------------------------------------
 # Margin functions: target cosine (B,) -> modified target cosine (B,).
@@ -559,3 +562,95 @@ def sphereface(
         axis_name=axis_name,
         class_axis_name=class_axis_name,
     )
+
+
+# ----------------------------------------------------------------------------------
+# The records (``train_lib.objectives`` collects them; defaults: the signatures above).
+# ----------------------------------------------------------------------------------
+
+_INT_MARGIN = hp.integer("m, the integer angular margin of ψ(θ)")
+STRAIGHT_THROUGH = hp.boolean(
+    "current arcface_torch: no fallback, gradient of s·cos θ_y (see losses.arcface)"
+)
+_LAMBDA = {
+    f"lambda_{name}": hp.real(doc, low=0.0, read_by=schedules.lambda_schedule, parameter=parameter)
+    for name, parameter, doc in (
+        ("base", "base", "λ at step 0"),
+        ("gamma", "gamma", "γ of the λ annealing"),
+        ("power", "power", "power of the λ annealing"),
+        ("min", "lambda_min", "the floor of λ"),
+    )
+}
+
+
+def _lambda_at_step(*, config, step: jax.Array) -> dict[str, jax.Array]:
+    """L-Softmax / SphereFace's annealed λ, ``max(λ_min, base·(1 + γ·step)^−power)``."""
+    schedule = schedules.lambda_schedule(
+        config.lambda_base, config.lambda_gamma, config.lambda_power, config.lambda_min
+    )
+    return {"lambda_": schedule(step)}
+
+
+def check_straight_through(*, config) -> None:
+    """ConfigError for arcface_torch's straight-through margin with an easy margin."""
+    if config.straight_through and config.easy_margin:
+        raise ConfigError(
+            "config.loss.straight_through=True (arcface_torch) has no easy margin: set "
+            "loss.easy_margin=False"
+        )
+
+
+RECORDS = {
+    "softmax": Objective(
+        softmax_cross_entropy,
+        "softmax cross-entropy (DeepFace, Taigman et al. 2014)",
+        {"use_bias": hp.USE_BIAS},
+        classifier="linear",
+        aliases=("softmax_cross_entropy",),
+    ),
+    "lsoftmax": Objective(
+        large_margin_softmax,
+        "L-Softmax (Liu et al., ICML 2016)",
+        {"margin": _INT_MARGIN, **_LAMBDA},
+        classifier="linear",
+        schedule=_lambda_at_step,
+        aliases=("large_margin_softmax",),
+    ),
+    "sphereface": Objective(
+        sphereface,
+        "A-Softmax / SphereFace (Liu et al., CVPR 2017)",
+        {"margin": _INT_MARGIN, **_LAMBDA},
+        schedule=_lambda_at_step,
+        aliases=("asoftmax",),
+    ),
+    "normface": Objective(normface, "NormFace (Wang et al., ACM MM 2017)", {"scale": hp.SCALE}),
+    "cosface": Objective(
+        cosface,
+        "CosFace / AM-Softmax (Wang et al., CVPR 2018)",
+        {"scale": hp.SCALE, "margin": hp.real("m, cosine margin", low=0.0, high=2.0)},
+        aliases=("amsoftmax",),
+    ),
+    "arcface": Objective(
+        arcface,
+        "ArcFace (Deng et al., CVPR 2019)",
+        {
+            "scale": hp.SCALE,
+            "margin": hp.ARC_MARGIN,
+            "easy_margin": hp.EASY_MARGIN,
+            "straight_through": STRAIGHT_THROUGH,
+        },
+        check=check_straight_through,
+    ),
+    "combined": Objective(
+        combined_margin,
+        "combined margin (Deng et al., CVPR 2019, Eq. 4)",
+        {
+            "scale": hp.SCALE,
+            "m1": hp.real("multiplicative angular margin", low=0.0, low_open=True),
+            "m2": hp.real("additive angular margin (radians)", low=0.0, high=hp.HALF_PI),
+            "m3": hp.real("additive cosine margin", low=0.0, high=2.0),
+            "straight_through": STRAIGHT_THROUGH,
+        },
+        aliases=("combined_margin",),
+    ),
+}

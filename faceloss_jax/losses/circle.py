@@ -15,6 +15,8 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from faceloss_jax.losses import _common, _validation, euclidean
+from faceloss_jax.losses import hyperparameters as hp
+from faceloss_jax.losses.record import Objective
 
 
 def _circle_logits(sim: jax.Array, scale: float, margin: float) -> tuple[jax.Array, jax.Array]:
@@ -137,3 +139,30 @@ def circle_pair_loss(
     lse_p = jax.nn.logsumexp(jnp.where(positives, -positive, floor), axis=1)
     lse_n = jax.nn.logsumexp(jnp.where(same, floor, negative), axis=1)
     return jax.nn.softplus(lse_p + lse_n)
+
+
+# ----------------------------------------------------------------------------------
+# The records (``train_lib.objectives`` collects them; defaults: the signatures above).
+# ----------------------------------------------------------------------------------
+
+_CIRCLE = {"scale": hp.positive("γ"), "margin": hp.real("m", low=0.0, high=1.0)}
+
+RECORDS = {
+    "circle": Objective(
+        circle_loss,
+        "Circle loss, class level (Sun et al., CVPR 2020)",
+        _CIRCLE,
+        layouts=frozenset(),
+        family="successor",
+        aliases=("circle_loss",),
+    ),
+    "circle_pair": Objective(
+        circle_pair_loss,
+        "Circle loss, pair level (Sun et al., CVPR 2020)",
+        _CIRCLE,
+        classifier="none",
+        layouts=frozenset({"data_parallel"}),
+        family="successor",
+        aliases=("circle_pair_loss",),
+    ),
+}

@@ -13,6 +13,8 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from faceloss_jax.losses import _common, _validation, angular
+from faceloss_jax.losses import hyperparameters as hp
+from faceloss_jax.losses.record import Objective, StateRule
 
 
 def curricularface(
@@ -108,3 +110,35 @@ def curricularface_update_t(
     total = _common.global_sum(jnp.sum(cos_y), axis_name)
     count = _common.global_sum(jnp.asarray(cos_y.shape[0], cos_y.dtype), axis_name)
     return _common.ema(t, total / count, alpha)
+
+
+# ----------------------------------------------------------------------------------
+# The records (``train_lib.objectives`` collects them; defaults: the signatures above).
+# ----------------------------------------------------------------------------------
+
+
+def _t_init() -> dict[str, jax.Array]:
+    return {"t": jnp.zeros((), jnp.float32)}
+
+
+def _t_before(*, config, state, embeddings, weights, labels, axis_name):
+    t = curricularface_update_t(
+        state["t"], embeddings, weights, labels, alpha=config.alpha, axis_name=axis_name
+    )
+    return {"t": t}, {"t": t}
+
+
+RECORDS = {
+    "curricularface": Objective(
+        curricularface,
+        "CurricularFace (Huang et al., CVPR 2020)",
+        {
+            "scale": hp.SCALE,
+            "margin": hp.ARC_MARGIN,
+            "alpha": hp.real("EMA rate of t", low=0.0, high=1.0, read_by=curricularface_update_t),
+        },
+        layouts=frozenset(),
+        family="successor",
+        state=StateRule(init=_t_init, before=_t_before),
+    ),
+}

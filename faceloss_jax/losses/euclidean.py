@@ -35,7 +35,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from faceloss_jax.losses import _validation, engine
+from faceloss_jax.losses import _validation, angular, engine
+from faceloss_jax.losses import hyperparameters as hp
+from faceloss_jax.losses.record import Objective, StateRule
 
 MININGS = ("batch_all", "batch_hard", "semi_hard")
 
@@ -648,3 +650,63 @@ def update_centers(
     step = (counts[:, None] * old - sums) / (1 + counts[:, None])
     new = old - alpha * step
     return jax.lax.stop_gradient(new.astype(jnp.asarray(centers).dtype))
+
+
+# ----------------------------------------------------------------------------------
+# The records of the joint losses (``train_lib.objectives`` collects them): softmax plus
+# a Euclidean term, each device's own examples (the auxiliary term) or the global batch.
+# ----------------------------------------------------------------------------------
+
+
+def _contrastive_term(*, config, embeddings, labels, axis_name) -> jax.Array:
+    return config.weight * contrastive_loss(
+        embeddings, labels, margin=config.margin, axis_name=axis_name
+    )
+
+
+def _center_term(*, config, embeddings, labels, state) -> jax.Array:
+    # Each device's own examples against the (replicated) centres.
+    return config.weight * jnp.mean(center_loss(embeddings, state["centers"], labels))
+
+
+def _centers_init(*, embedding_dim, num_classes) -> dict[str, jax.Array]:
+    return {"centers": jnp.zeros((num_classes, embedding_dim))}
+
+
+def _centers_after(*, config, state, embeddings, labels, axis_name) -> dict[str, jax.Array]:
+    centers = update_centers(
+        state["centers"], embeddings, labels, alpha=config.alpha, axis_name=axis_name
+    )
+    return {"centers": centers}
+
+
+RECORDS = {
+    "contrastive": Objective(
+        angular.softmax_cross_entropy,
+        "DeepID2: softmax + λ·contrastive (Sun et al., NeurIPS 2014)",
+        {
+            "use_bias": hp.USE_BIAS,
+            "weight": hp.real("λ of the verification term", low=0.0, default=0.05),
+            "margin": hp.positive("m of the different-pair hinge", read_by=contrastive_loss),
+        },
+        classifier="linear",
+        auxiliary=_contrastive_term,
+        aliases=("deepid2",),
+    ),
+    "center": Objective(
+        angular.softmax_cross_entropy,
+        "softmax + λ·center loss (Wen et al., ECCV 2016)",
+        {
+            "use_bias": hp.USE_BIAS,
+            # The paper's λ on MNIST.
+            "weight": hp.real("λ of the center term", low=0.0, default=0.003),
+            "alpha": hp.real(
+                "α, the centre learning rate", low=0.0, high=1.0, read_by=update_centers
+            ),
+        },
+        classifier="linear",
+        state=StateRule(init=_centers_init, after=_centers_after),
+        auxiliary=_center_term,
+        aliases=("center_loss",),
+    ),
+}

@@ -29,7 +29,10 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from faceloss_jax.errors import ConfigError
 from faceloss_jax.losses import _validation, euclidean
+from faceloss_jax.losses import hyperparameters as hp
+from faceloss_jax.losses.record import Objective, StateRule
 
 RULES = ("semi_hard", "hard")
 
@@ -142,3 +145,131 @@ def triplet_statistics(
         "active_fraction": num_active / jnp.maximum(num_valid, 1),
         "anchors_with_positive": jnp.mean(jnp.any(positives, axis=1)),
     }
+
+
+def facenet_triplet_loss(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: float = 0.2,
+    mining: str = "batch_all",
+    offline_rule: str = "semi_hard",
+    axis_name: str | None = None,
+    negative: ArrayLike | None = None,
+    selected: ArrayLike | None = None,
+) -> jax.Array:
+    """FaceNet's triplet loss as training runs it (Schroff et al., CVPR 2015).
+
+    Online in-batch mining (``euclidean.triplet_margin_loss`` with ``mining`` one of
+    ``euclidean.MININGS``), or with ``mining="offline"`` the triplets
+    ``(a, p, negative[a, p])`` that ``select_triplets`` chose (by ``offline_rule``) at the
+    last refresh (``selected``), on the current embeddings (``mined_triplet_loss``).
+
+    Args:
+      embeddings: (b, d) this device's embeddings.
+      labels: (b,) identities.
+      margin: α.
+      mining: "batch_all", "batch_hard", "semi_hard" or "offline".
+      offline_rule: the rule of the refreshes (used by the state rule, not here).
+      axis_name: the data-parallel axis, or None.
+      negative, selected: offline: (N, N) from ``select_triplets``.
+
+    Returns:
+      The scalar loss (this device's share with ``axis_name``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+      >>> float(facenet_triplet_loss(x, jnp.array([0, 0, 1, 1])))
+      0.0
+    """
+    del offline_rule  # read at the refresh (_offline_before)
+    if mining == "offline":
+        return mined_triplet_loss(
+            embeddings,
+            labels,
+            negative=negative,
+            selected=selected,
+            margin=margin,
+            axis_name=axis_name,
+        )
+    return euclidean.triplet_margin_loss(
+        embeddings, labels, margin=margin, mining=mining, axis_name=axis_name
+    )
+
+
+def check_subset_size(subset_size: int, batch_size: int | None) -> None:
+    """ConfigError unless offline mining's subset is the global batch of ``batch_size``
+    (None: not known yet, any subset of at least two images passes)."""
+    if subset_size == batch_size or (batch_size is None and subset_size >= 2):
+        return
+    raise ConfigError(
+        f"config.loss.subset_size = {subset_size} must equal the global batch size "
+        f"{batch_size or 'config.batch_size'}: offline mining mines the global batch"
+    )
+
+
+def _check_offline(*, config, batch_size: int | None) -> None:
+    if config.mining == "offline":
+        check_subset_size(config.subset_size, batch_size)
+
+
+def _offline_init(*, config) -> dict[str, jax.Array]:
+    if config.mining != "offline":
+        return {}
+    n = config.subset_size
+    return {
+        "negative": jnp.zeros((n, n), jnp.int32),
+        "selected": jnp.zeros((n, n), bool),
+        "steps": jnp.zeros((), jnp.int32),
+    }
+
+
+def _offline_before(*, config, state, embeddings, labels, axis_name):
+    """The refresh: every ``every_steps`` steps (``steps`` counts them) the current
+    embeddings of the global batch select the triplets of the next steps."""
+    if config.mining != "offline":
+        return state, {}
+    batch = euclidean.pair_batch(embeddings, labels, axis_name)
+    check_subset_size(config.subset_size, batch.others.shape[0])
+    negative, selected = jax.lax.cond(
+        state["steps"] % config.every_steps == 0,
+        lambda: select_triplets(
+            batch.others, batch.other_labels, margin=config.margin, rule=config.offline_rule
+        ),
+        lambda: (state["negative"], state["selected"]),
+    )
+    new_state = {"negative": negative, "selected": selected, "steps": state["steps"] + 1}
+    return new_state, {"negative": negative, "selected": selected}
+
+
+def _offline_held_batches(*, config) -> int:
+    """Offline mining trains on the mined batch until the next refresh."""
+    return config.every_steps if config.mining == "offline" else 1
+
+
+RECORDS = {
+    "triplet": Objective(
+        facenet_triplet_loss,
+        "triplet loss, online or offline mining (FaceNet, Schroff et al., CVPR 2015)",
+        {
+            "margin": hp.PAIR_MARGIN,
+            "mining": hp.choice(
+                (*euclidean.MININGS, "offline"), "in-batch online, or offline mining"
+            ),
+            "offline_rule": hp.choice(RULES, "offline: FaceNet's semi-hard or the hardest"),
+            "every_steps": hp.integer("offline: steps between refreshes", default=10),
+            "subset_size": hp.integer(
+                "offline: images mined, = batch_size (0: online)", low=0, default=0
+            ),
+        },
+        classifier="none",
+        layouts=frozenset({"data_parallel"}),
+        state=StateRule(
+            init=_offline_init, before=_offline_before, held_batches=_offline_held_batches
+        ),
+        unit_embeddings=True,
+        aliases=("triplet_margin_loss",),
+        check=_check_offline,
+    ),
+}

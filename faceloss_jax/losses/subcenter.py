@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from faceloss_jax.losses import _common, _validation, angular
+from faceloss_jax.losses import hyperparameters as hp
+from faceloss_jax.losses.record import Objective
 
 
 def _check_subcenters(name: str, embeddings, weights, labels) -> None:
@@ -153,3 +155,25 @@ def subcenter_cleanup(
         ..., 0
     ]
     return SubcenterCleanup(keep=keep, dominant=dominant, weights=dominant_weights)
+
+
+# ----------------------------------------------------------------------------------
+# The records (``train_lib.objectives`` collects them; defaults: the signatures above).
+# ----------------------------------------------------------------------------------
+
+RECORDS = {
+    "subcenter_arcface": Objective(
+        subcenter_arcface,
+        "sub-center ArcFace (Deng et al., ECCV 2020)",
+        {
+            "scale": hp.SCALE,
+            "margin": hp.ARC_MARGIN,
+            "easy_margin": hp.EASY_MARGIN,
+            # W's shape (d, C, K) carries K; the paper's K = 3.
+            "num_subcenters": hp.integer("K sub-centres per class", default=3),
+        },
+        classifier="subcenter",
+        layouts=frozenset(),
+        family="successor",
+    ),
+}

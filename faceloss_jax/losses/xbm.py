@@ -28,6 +28,8 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from faceloss_jax.losses import _validation, engine, euclidean
+from faceloss_jax.losses import hyperparameters as hp
+from faceloss_jax.losses.record import Objective, StateRule
 
 
 class CrossBatchMemory(NamedTuple):
@@ -249,3 +251,83 @@ def _axis_size(axis_name: str | None) -> int:
         return 1
     engine.axis_index(axis_name)  # a clear error for an unbound axis
     return lax.axis_size(axis_name)
+
+
+def xbm_loss(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    memory: CrossBatchMemory,
+    base: str = "triplet",
+    margin: float = 0.2,
+    mining: str = "batch_all",
+    weight: float = 1.0,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """XBM's objective: the in-batch pair loss + ``weight`` · the batch against the memory.
+
+    ``base="triplet"``: ``euclidean.triplet_margin_loss`` (with ``mining``) and
+    ``xbm_triplet_loss`` (batch-hard); ``"contrastive"``: ``euclidean.contrastive_loss``
+    and ``xbm_contrastive_loss`` (all pairs); both mined over the global batch under
+    ``axis_name``.
+
+    Example:
+      >>> x = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+      >>> y = jnp.array([0, 0, 1, 1])
+      >>> float(xbm_loss(x, y, memory=xbm_init(8, 2)))
+      0.0
+    """
+    pairs = {"margin": margin, "axis_name": axis_name}
+    if base == "triplet":
+        loss = euclidean.triplet_margin_loss(embeddings, labels, mining=mining, **pairs)
+        cross = xbm_triplet_loss(embeddings, labels, memory, **pairs)
+    else:
+        loss = euclidean.contrastive_loss(embeddings, labels, **pairs)
+        cross = xbm_contrastive_loss(embeddings, labels, memory, **pairs)
+    return loss + weight * cross
+
+
+# ----------------------------------------------------------------------------------
+# The record (``train_lib.objectives`` collects it; defaults: the signatures above).
+# ----------------------------------------------------------------------------------
+
+
+def _memory_init(*, config, embedding_dim) -> dict[str, jax.Array]:
+    return xbm_init(config.memory_size, embedding_dim)._asdict()
+
+
+def _memory_before(*, state):
+    return state, {"memory": CrossBatchMemory(**state)}
+
+
+def _memory_after(*, config, state, embeddings, labels, axis_name) -> dict[str, jax.Array]:
+    memory = xbm_enqueue(
+        CrossBatchMemory(**state),
+        embeddings,
+        labels,
+        warmup_steps=config.warmup_steps,
+        axis_name=axis_name,
+    )
+    return memory._asdict()
+
+
+RECORDS = {
+    "xbm": Objective(
+        xbm_loss,
+        "cross-batch memory (Wang et al., CVPR 2020)",
+        {
+            "base": hp.choice(("triplet", "contrastive"), "the pair loss"),
+            "margin": hp.PAIR_MARGIN,
+            "mining": hp.choice(euclidean.MININGS, "in-batch triplet mining"),
+            "memory_size": hp.integer("M memory slots", default=1024),
+            # The paper starts the memory after 1k iterations (xbm_enqueue: 0).
+            "warmup_steps": hp.integer("steps before the memory fills", low=0, default=1000),
+            "weight": hp.real("weight of the memory term", low=0.0),
+        },
+        classifier="none",
+        layouts=frozenset({"data_parallel"}),
+        family="successor",
+        state=StateRule(init=_memory_init, before=_memory_before, after=_memory_after),
+        unit_embeddings=True,
+    ),
+}
