@@ -21,6 +21,7 @@ model, PyTorch not installed, an import into a training run's workdir) is one ``
 line (``--verbose``: the traceback) and leaves nothing written.
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,12 +106,14 @@ def import_torch_checkpoint(
     weights.check_backbone_target(workdir)
     state_dict = read_torch_state_dict(path)
     variables = weights.torch_to_flax(state_dict, model)
-    embedding_dim = variables["params"]["Dense_0"]["kernel"].shape[1]
+    fan_in, embedding_dim = variables["params"]["Dense_0"]["kernel"].shape
     return weights.save_backbone(
         workdir,
         variables,
         {"name": model, "embedding_dim": int(embedding_dim)},
         source=f"arcface_torch {model} state_dict {epath.Path(path).absolute()}",
+        # The FC reads the last 512-channel g×g map, g = input size / 16 (7 for 112).
+        image_size=16 * math.isqrt(fan_in // 512),
     )
 
 
@@ -145,6 +148,7 @@ def export_torch_checkpoint(workdir: epath.PathLike, path: epath.PathLike) -> st
 
 
 def main(argv: Sequence[str]) -> None:
+    cli.default_to_warnings()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if (FLAGS.from_torch is None) == (FLAGS.to_torch is None):

@@ -6,8 +6,9 @@
 (``faceloss_jax.convert``). With ``--landmarks`` (one line per image: ``x1 y1 … x5 y5``
 — left eye, right eye, nose, left and right mouth corners, in pixels — optionally after
 the image name and followed by a detector score, as IJB's ``*_name_5pts_score.txt``)
-each photo is aligned to the 112×112 ArcFace crop (``data.align_face``); without, the
-images must be aligned crops already (others are resized, with a warning). Each face
+each photo is aligned to the ArcFace crop (``data.align_face``) at the backbone's input
+size (112×112, or the run's ``dataset.image_size``); without, the images must be
+aligned crops already (others are resized, with a warning). Each face
 is embedded with flip TTA (``f(x) + f(mirror(x))``, L2-normalized) and the cosine
 similarity of every pair is printed with the same/different decision at the threshold:
 ``--threshold``, else the LFW threshold stored with ``DIR`` (``evaluate --bins``, or the
@@ -94,9 +95,9 @@ def _is_number(text: str) -> bool:
 def _crops(
     images: Sequence[np.ndarray], landmarks: np.ndarray | None, size: int
 ) -> tuple[np.ndarray, list[str]]:
-    """Aligned (or resized) uint8 crops and the warnings to show."""
+    """Aligned (or resized) uint8 ``size``×``size`` crops and the warnings to show."""
     if landmarks is not None:
-        return data.align_face(list(images), np.asarray(landmarks)), []
+        return data.align_face(list(images), np.asarray(landmarks), output_size=size), []
     crops, notes = [], []
     for index, image in enumerate(images):
         image = np.asarray(image)
@@ -126,15 +127,14 @@ def embed_faces(
       backbone: ``weights.load_backbone(workdir)``.
       images: RGB uint8 photos ``(N, H, W, 3)`` or a list of them (any sizes).
       landmarks: ``(N, 5, 2)`` pixel landmarks to align with, or None for images that
-        are aligned crops already (others are resized).
+        are aligned crops already (others are resized to ``backbone.image_size``).
       flip: embed ``f(x) + f(mirror(x))``.
       batch_size: faces per step.
 
     Returns:
       float32 ``(N, d)`` unit vectors.
     """
-    size = 112
-    crops, _ = _crops(list(images), landmarks, size)
+    crops, _ = _crops(list(images), landmarks, backbone.image_size)
     embed = Partial(functools.partial(backbone.model.apply, train=False), backbone.variables)
     return evaluation.extract_embeddings(
         embed, backbone.preprocess(crops), batch_size=batch_size, flip=flip, normalize=True
@@ -192,13 +192,14 @@ def stored_threshold(workdir: epath.PathLike) -> tuple[float, str] | None:
 
 
 def main(argv: Sequence[str]) -> None:
+    cli.default_to_warnings()
     paths = argv[1:]
     if len(paths) < 2:
         raise app.UsageError("give at least two images: python -m faceloss_jax.embed a.jpg b.jpg")
     images = [load_image(p) for p in paths]
     landmarks = read_landmarks(FLAGS.landmarks, len(paths)) if FLAGS.landmarks else None
     backbone = weights.load_backbone(FLAGS.workdir)
-    _, notes = _crops(images, landmarks, 112)
+    _, notes = _crops(images, landmarks, backbone.image_size)
     for note in notes:
         print(f"warning: {note}")
     emb = embed_faces(backbone, images, landmarks, flip=FLAGS.flip)

@@ -108,9 +108,9 @@ def evaluate_checkpoint(
     """
     config = load_run_config(workdir) if config is None else config
     eval_data = train.load_eval_data(config)
-    model, state = train.restore_run(config, workdir)
+    _, state = train.restore_run(config, workdir)
     step = int(state.step)
-    metrics = train.evaluate(config, model, state, eval_data, workdir=workdir, step=step)
+    metrics = train.evaluate(config, state, eval_data, workdir=workdir, step=step)
     return {"step": step, **metrics}
 
 
@@ -181,7 +181,8 @@ def evaluate_bins(
         size, channels = run_config.dataset.image_size, run_config.dataset.channels
         run_eval = run_config.eval
     else:
-        size, channels = models.input_shape(backbone.model_config["name"])[::2]
+        size = backbone.image_size
+        channels = models.input_shape(backbone.model_config["name"])[2]
         run_eval = ml_collections.ConfigDict()
     batch_size = batch_size or run_eval.get("batch_size", 128)
     n_folds = n_folds or run_eval.get("n_folds", 10)

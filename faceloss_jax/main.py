@@ -8,11 +8,13 @@ the config is an error that lists the valid keys, an out-of-range value one line
 naming the field and its valid range.
 ``configs/<loss>.py:face`` selects a config's face variant, ``:face,source=recordio`` (or
 ``--config.dataset.name=recordio``) its data source; ``--describe`` prints the loss's
-knobs with their values and ranges and exits. Running the same command again resumes from the latest
-checkpoint in the work directory. Multi-host: add ``--multihost`` on every process
-(see ``faceloss_jax.train``).
+knobs with their values and ranges, then the run's (steps, batch, image size,
+optimizer, warmup, cadences; a recipe's step derivation) and exits. Running the same
+command again resumes from the latest checkpoint in the work directory. Multi-host: add
+``--multihost`` on every process (see ``faceloss_jax.train``).
 """
 
+import pathlib
 from collections.abc import Sequence
 
 import jax
@@ -35,9 +37,22 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _DESCRIBE = flags.DEFINE_bool(
-    "describe", False, "Print the loss's knobs (value, default, valid range) and exit."
+    "describe",
+    False,
+    "Print the loss's knobs (value, default, valid range) and the run's, and exit.",
 )
 flags.mark_flags_as_required(["config"])
+
+
+def results_note(workdir: str) -> str:
+    """Where a finished run's results are, for the last lines of its output."""
+    root = pathlib.Path(workdir).absolute()
+    return (
+        f"Results in {root}:\n"
+        f"  metrics.jsonl, eval/step_<N>.json: the training and evaluation metrics\n"
+        f"  eval/*.png: ROC, angle histograms, features; checkpoints/: the train state\n"
+        f"  tensorboard --logdir={root / 'tensorboard'}"
+    )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -46,6 +61,7 @@ def main(argv: Sequence[str]) -> None:
     cli.default_to_warnings()
     if _DESCRIBE.value:
         print(objectives.describe(_CONFIG.value.loss))
+        print(cli.describe_run(_CONFIG.value))
         return
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
@@ -66,6 +82,7 @@ def main(argv: Sequence[str]) -> None:
     metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:
         print(reporting.format_report(metrics))
+        print(results_note(_WORKDIR.value))
 
 
 if __name__ == "__main__":

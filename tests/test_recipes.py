@@ -3,7 +3,11 @@ arcface_torch's, derived as ``train_v2.py`` derives them, and each builds throug
 command-line path."""
 
 import importlib
+import os
 import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -123,7 +127,7 @@ def folder(tmp_path_factory):
         num_identities=8,
         images_per_identity=2,
         held_out_identities=4,
-        num_pairs=8,
+        num_pairs=20,  # ≥ the recipes' 10 folds
         image_size=16,
     )
 
@@ -154,3 +158,77 @@ def test_recipe_builds_through_the_command_line(name, folder):
     models.create_model(recipe.model)
     assert config.loss.to_dict() == recipe.loss.to_dict()
     assert config.recipe.to_dict() == recipe.recipe.to_dict()
+
+
+# -- The README's commands and --describe ---------------------------------------------
+
+_README_COMMAND = re.compile(
+    r"python -m faceloss_jax\.main (--config=configs/recipes/\S+) \\\n\s+"
+    r"(--config\.dataset\.path=\S+) (--workdir=\S+)"
+)
+
+
+def readme_commands() -> list[tuple[str, str, str]]:
+    """``(--config=…, --config.dataset.path=…, --workdir=…)`` of each recipe command in
+    the README's "Training on MS1MV2 / Glint360K / WebFace"."""
+    return _README_COMMAND.findall((REPO / "README.md").read_text(encoding="utf-8"))
+
+
+def test_the_readme_shows_the_recipe_commands():
+    shown = {spec.removeprefix("--config=configs/recipes/") for spec, _, _ in readme_commands()}
+    assert {"ms1mv2_r50.py", "glint360k_r100.py", "wf42m_pfc02_16gpus_r100.py"} <= shown
+    assert {"ms1mv3_r50_onegpu.py"} <= shown
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    for name in RECIPES:  # the table lists every recipe
+        assert f"| `{name}` |" in text
+
+
+def _run_main(*args: str, cwd: pathlib.Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.run(
+        [sys.executable, "-m", "faceloss_jax.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow  # iResNet-18 compiles per command: ~1 minute each on 2 cores
+@pytest.mark.parametrize("command", readme_commands(), ids=lambda c: c[0].rpartition("/")[2])
+def test_readme_recipe_command_runs(command, folder, tmp_path):
+    """The README's command, the folder and workdir replaced, with tiny overrides."""
+    spec, _, _ = command
+    result = _run_main(spec, f"--workdir={tmp_path / 'run'}", *tiny_overrides(folder))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Results in {tmp_path / 'run'}" in result.stdout
+    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+
+
+def test_describe_lists_the_run_knobs_and_the_derivation():
+    result = _run_main("--config=configs/recipes/wf42m_pfc02_16gpus_r100.py", "--describe")
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = importlib.import_module("configs.recipes.wf42m_pfc02_16gpus_r100").get_config()
+    lines = result.stdout.splitlines()
+    described = dict(
+        line.strip().split(" = ", 1) for line in lines if line.startswith("  ") and " = " in line
+    )
+    for key, _ in cli.RUN_KNOBS:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        assert described[key].startswith(repr(value)), (key, described[key])
+    assert described["num_train_steps"].startswith("207380 ")
+    assert described["optimizer.warmup_steps"].startswith("10369 ")
+    assert described["dataset.image_size"].startswith("112 ")
+    assert "  note: optimizer.warmup_steps (10369) must be < num_train_steps (207380)" in (
+        result.stdout
+    )
+    assert "recipe: arcface_torch/configs/wf42m_pfc02_16gpus_r100.py" in lines
+    assert "  global batch 4096 = 256 per device × 16 devices" in lines
+    assert "  steps per epoch 10369 = 42474557 images // 4096" in lines
+    assert "  num_train_steps 207380 = 10369 × 20 epochs; warmup_steps 10369 = 10369 × 1" in (
+        result.stdout
+    )
+    assert "loss 'cosface'" in result.stdout  # the loss's knobs come first

@@ -396,11 +396,22 @@ def _restore_step(
     return restored.state, None
 
 
+def _on_this_device(manager: ocp.CheckpointManager, step: int) -> Any:
+    """The saved state's shapes and dtypes on this process's first device, so that a
+    state written by any number of devices restores here."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step)["state"],
+    )
+
+
 def restore_latest_tree(directory: epath.PathLike) -> tuple[Any, int]:
     """The newest intact state of the run whose checkpoints are in ``directory``, as saved
-    (nested dicts of host arrays, no template needed), and its step; read-only, falling
-    back past checkpoints that cannot be read or fail their checksum, as
-    ``restore_latest(..., quarantine=False)`` does.
+    (nested dicts of arrays on this process's first device, whatever topology wrote
+    them; no template needed), and its step; read-only, falling back past checkpoints
+    that cannot be read or fail their checksum, as ``restore_latest(...,
+    quarantine=False)`` does.
 
     Raises:
       errors.CheckpointError: no intact checkpoint in ``directory``.
@@ -412,7 +423,12 @@ def restore_latest_tree(directory: epath.PathLike) -> tuple[Any, int]:
     try:
         for step in sorted(manager.all_steps(), reverse=True):
             where = f"{directory.absolute() / str(step)}"
-            tree, problem = _restore_step(manager, step, None, None, where=where)
+            try:
+                target = _on_this_device(manager, step)
+            except Exception as error:  # noqa: BLE001 -- unreadable metadata: skipped.
+                tree, problem = None, f"{type(error).__name__}: {error}"
+            else:
+                tree, problem = _restore_step(manager, step, target, None, where=where)
             if tree is not None:
                 return tree, step
             logging.warning(

@@ -198,3 +198,72 @@ def config_from_command_line(args: Sequence[str]) -> ml_collections.ConfigDict:
     )
     flag_values(argv)
     return flag_values.config
+
+
+# The run-level knobs ``--describe`` lists: (dotted key, what it means). Their defaults
+# are declared in configs/default.py, the dataset's in faceloss_jax/data/config.py.
+RUN_KNOBS = (
+    ("num_train_steps", "micro-batches of batch_size; the run's length"),
+    ("batch_size", "global: over all devices and processes"),
+    ("model.name", "the backbone (faceloss_jax.models)"),
+    ("model.embedding_dim", "d"),
+    ("dataset.name", "the data source"),
+    ("dataset.path", "the data folder (image_folder, recordio)"),
+    ("dataset.image_size", "input side in pixels"),
+    ("optimizer.name", "sgd | adamw"),
+    ("optimizer.learning_rate", "the peak, reached at the end of warmup"),
+    ("optimizer.schedule", "constant | cosine | step | polynomial"),
+    ("optimizer.warmup_steps", "micro-batches; must be < num_train_steps"),
+    ("optimizer.weight_decay", ""),
+    ("optimizer.grad_clip_norm", "None: no clipping"),
+    ("optimizer.clip_scope", "global | backbone"),
+    ("optimizer.grad_accum_steps", "micro-batches per update"),
+    ("optimizer.grad_accum_reduction", "mean | sum (arcface_torch)"),
+    ("half_precision", "bfloat16 backbone; float32 head and loss"),
+    ("log_every_steps", ""),
+    ("checkpoint_every_steps", ""),
+    ("eval_every_steps", ""),
+    ("eval.val_targets", ".bin pair sets evaluated every eval_every_steps"),
+    ("init_from", "a converted backbone or a run to start from"),
+)
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str) -> object:
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def describe_run(config: ml_collections.ConfigDict) -> str:
+    """The run's knobs (``RUN_KNOBS``) with their values and where each default is
+    declared, and, for a dataset recipe (``configs/recipes/``), how its steps derive.
+
+    Example:
+      >>> print(describe_run(config_from_command_line(["--config=configs/arcface.py"])))
+      run: (defaults in configs/default.py, dataset.* in faceloss_jax/data/config.py)
+        num_train_steps = 300  micro-batches of batch_size; the run's length
+      ...
+    """
+    lines = ["run: (defaults in configs/default.py, dataset.* in faceloss_jax/data/config.py)"]
+    for key, doc in RUN_KNOBS:
+        lines.append(f"  {key} = {_lookup(config, key)!r}" + (f"  {doc}" if doc else ""))
+    warmup, steps = config.optimizer.warmup_steps, config.num_train_steps
+    lines.append(
+        f"  note: optimizer.warmup_steps ({warmup}) must be < num_train_steps ({steps}); "
+        "a short run sets both, e.g. --config.num_train_steps=100 "
+        "--config.optimizer.warmup_steps=0"
+    )
+    if "recipe" in config:
+        recipe = config.recipe
+        lines += [
+            f"recipe: {recipe.mirrors}",
+            f"  global batch {config.batch_size} = {recipe.per_device_batch} per device × "
+            f"{recipe.devices} devices",
+            f"  steps per epoch {recipe.steps_per_epoch} = {recipe.num_image} images // "
+            f"{recipe.per_device_batch * recipe.devices}",
+            f"  num_train_steps {recipe.steps_per_epoch * recipe.num_epochs} = "
+            f"{recipe.steps_per_epoch} × {recipe.num_epochs} epochs; warmup_steps "
+            f"{recipe.steps_per_epoch * recipe.warmup_epochs} = {recipe.steps_per_epoch} × "
+            f"{recipe.warmup_epochs} epochs (unless overridden)",
+        ]
+    return "\n".join(lines)

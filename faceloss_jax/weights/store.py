@@ -49,6 +49,9 @@ class Backbone:
       model_config: the ``models.create_model`` config it was built from.
       shift, scale: input normalization ``(x − shift)/scale`` of uint8 pixels.
       info: the rest of ``backbone.json`` (or ``{"source": <run workdir>, "step": N}``).
+      image_size: the side of the square inputs it was trained on (a run's
+        ``dataset.image_size``; a converted backbone's ``backbone.json`` ``image_size``,
+        else its model's default, 112 for faces).
     """
 
     model: nn.Module
@@ -57,6 +60,7 @@ class Backbone:
     shift: float
     scale: float
     info: dict[str, Any]
+    image_size: int = 112  # the ArcFace crop
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 (or float 0–255) RGB images → float32 inputs of the backbone."""
@@ -154,18 +158,21 @@ def _read_json(path: epath.Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _converted_parts(workdir: epath.Path) -> tuple[dict, dict, tuple[float, float], dict]:
-    """Variables, model config, normalization and info of a converted backbone."""
+def _converted_parts(workdir: epath.Path) -> tuple[dict, dict, tuple[float, float], int, dict]:
+    """Variables, model config, normalization, input size and info of a converted
+    backbone."""
     meta = _read_json(workdir / BACKBONE_JSON)
     tree = _restore((workdir / BACKBONE_DIR).absolute())
     variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
     model_config = meta.pop("model")
     norm = meta.pop("normalization")
-    return variables, model_config, (norm["shift"], norm["scale"]), meta
+    size = meta.pop("image_size", models.input_shape(model_config["name"])[0])
+    return variables, model_config, (norm["shift"], norm["scale"]), size, meta
 
 
-def _run_parts(workdir: epath.Path) -> tuple[dict, dict, tuple[float, float], dict]:
-    """Variables, model config, normalization and info of a run's newest checkpoint."""
+def _run_parts(workdir: epath.Path) -> tuple[dict, dict, tuple[float, float], int, dict]:
+    """Variables, model config, normalization, input size and info of a run's newest
+    checkpoint."""
     from faceloss_jax.data import config as data_config  # noqa: PLC0415
 
     config = _read_json(workdir / "config.json")
@@ -174,7 +181,9 @@ def _run_parts(workdir: epath.Path) -> tuple[dict, dict, tuple[float, float], di
     tree, step = checkpointing.restore_latest_tree(workdir / "checkpoints")
     variables = {"params": tree["params"]["backbone"], "batch_stats": tree["batch_stats"]}
     normalization = data_config.NORMALIZATIONS[config["dataset"]["normalization"]]
-    return variables, dict(config["model"]), normalization, {"source": str(workdir), "step": step}
+    size = config["dataset"]["image_size"]
+    info = {"source": str(workdir), "step": step}
+    return variables, dict(config["model"]), normalization, size, info
 
 
 def load_backbone(workdir: epath.PathLike) -> Backbone:
@@ -203,13 +212,14 @@ def load_backbone(workdir: epath.PathLike) -> Backbone:
             f"{workdir} is neither a converted backbone ({BACKBONE_JSON}) nor a training "
             "run (config.json + checkpoints/)"
         )
-    variables, model_config, (shift, scale), info = parts
+    variables, model_config, (shift, scale), image_size, info = parts
     return Backbone(
         model=models.create_model(model_config),
         variables=jax.tree.map(np.asarray, variables),
         model_config=model_config,
         shift=float(shift),
         scale=float(scale),
+        image_size=int(image_size),
         info=info,
     )
 
