@@ -236,7 +236,9 @@ def train_step(
 
     Args:
       state: the replicated train state (the classifier's columns when class-sharded).
-      batch: this device's ``"image"`` (B, H, W, C) and ``"label"`` (B,).
+      batch: this device's ``"image"`` (B, H, W, C) and ``"label"`` (B,); uint8 images
+        (the training iterator's) are normalized here, on the device
+        (``config.dataset.normalization``), float ones taken as they are.
       model: the backbone.
       config: the experiment config.
       learning_rate_fn: the schedule, for logging.
@@ -254,10 +256,14 @@ def train_step(
         jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(DATA_AXIS)
     )
 
+    images = batch["image"]
+    if not jnp.issubdtype(images.dtype, jnp.floating):  # uint8 from the input pipeline
+        images = data.normalize(images, config.dataset.normalization)
+
     def loss_fn(params):
         embeddings, updates = model.apply(
             {"params": params["backbone"], "batch_stats": state.batch_stats},
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": dropout_key},
@@ -843,6 +849,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         process_count=jax.process_count(),
         # Offline triplet mining trains on each mined batch until the next refresh.
         repeat_batches=objectives.held_batches(config.loss),
+        normalize_images=False,  # uint8 to the devices; train_step normalizes them
     )
     eval_data = load_eval_data(config)
 

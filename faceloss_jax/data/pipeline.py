@@ -75,11 +75,14 @@ def augment(
     return np.ascontiguousarray(images)
 
 
-def normalize(images: np.ndarray, normalization: str) -> np.ndarray:
+def normalize(images: np.ndarray | jax.Array, normalization: str) -> np.ndarray | jax.Array:
     """uint8 images → float32 in the backbone's range: ``(x − shift) / scale``.
 
     ``"unit"``: ``x / 255`` (MNIST, [0, 1]); ``"symmetric"``: ``(x − 127.5) / 128``
-    (InsightFace's face backbones).
+    (InsightFace's face backbones). A ``jax.Array`` (a traced batch inside the jitted
+    train step, which takes uint8 images) is normalized on its device with the same
+    float32 operations; XLA divides by multiplying with ``1 / scale``, so a value may
+    differ from the host's in its last bit (exact for ``"symmetric"``, scale 128).
     """
     if normalization not in config_lib.NORMALIZATIONS:
         raise ValueError(
@@ -87,6 +90,8 @@ def normalize(images: np.ndarray, normalization: str) -> np.ndarray:
             f"{', '.join(config_lib.NORMALIZATIONS)}"
         )
     shift, scale = config_lib.NORMALIZATIONS[normalization]
+    if isinstance(images, jax.Array):
+        return (images.astype(np.float32) - np.float32(shift)) / np.float32(scale)
     return (np.asarray(images, np.float32) - shift) / scale
 
 
@@ -101,6 +106,7 @@ def create_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     repeat_batches: int = 1,
+    normalize_images: bool = True,
 ) -> grain.DatasetIterator:
     """A checkpointable iterator of this process's batches.
 
@@ -124,7 +130,9 @@ def create_iterator(
     ``"mask": bool (B,)`` in evaluation, and ``"replaced": uint8 (B,)`` from a source
     whose records carry it (those with ``on_error``: 1 where a bad record was replaced,
     ``source.read_or_replace``; to count, not to feed to the model),
-    ``B = global_batch_size / P``. Images are normalized (``config.normalization``).
+    ``B = global_batch_size / P``. Images are normalized (``config.normalization``),
+    or left uint8 with ``normalize_images=False`` (a quarter of the bytes to move; the
+    train step normalizes them on the device).
     The iterator has ``get_state()`` / ``set_state()``; with orbax, save it through
     ``grain.checkpoint.CheckpointSave``.
 
@@ -140,6 +148,8 @@ def create_iterator(
       repeat_batches: training: each global batch's examples are served for this many
         consecutive steps (augmented afresh each step): offline triplet mining trains
         on a mined batch until its next refresh (``losses.mining``).
+      normalize_images: float32 images normalized on the host (True) or the uint8
+        images as decoded (False, for a step that calls ``normalize`` on the device).
 
     Returns:
       A ``grain.DatasetIterator``.
@@ -166,7 +176,9 @@ def create_iterator(
     if repeat_batches < 1:
         raise ValueError(f"repeat_batches must be ≥ 1; got {repeat_batches}")
     local_batch_size = global_batch_size // process_count
-    model_input = functools.partial(_model_input, normalization=config.normalization)
+    model_input = functools.partial(
+        _model_input, normalization=config.normalization if normalize_images else None
+    )
     block = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
     if train:
         pk = sampling.pk_shape(config, global_batch_size)
@@ -303,5 +315,9 @@ def _read_padded(source, indices: np.ndarray) -> dict[str, np.ndarray]:
     return {**batch, "mask": mask}
 
 
-def _model_input(batch: dict[str, np.ndarray], *, normalization: str) -> dict[str, np.ndarray]:
+def _model_input(
+    batch: dict[str, np.ndarray], *, normalization: str | None
+) -> dict[str, np.ndarray]:
+    if normalization is None:  # uint8 to the device, normalized there
+        return batch
     return {**batch, "image": normalize(batch["image"], normalization)}
