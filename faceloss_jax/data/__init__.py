@@ -28,6 +28,7 @@ from faceloss_jax.data.pipeline import reshape_for_pmap
 from faceloss_jax.data.recordio import RecordIOError
 from faceloss_jax.data.recordio import RecordIOSource
 from faceloss_jax.data.recordio import write_insightface_recordio
+from faceloss_jax.data import hard_faces
 from faceloss_jax.data import sources
 from faceloss_jax.data.source import Source
 from faceloss_jax.data.sources import SOURCES
