@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import test_faults_training
+from test_train import tiny_batch
 
 from faceloss_jax import errors, evaluate, train
 from faceloss_jax.train_lib import checkpointing, cli
@@ -208,10 +210,26 @@ def test_skip_policy_never_saves_a_broken_state(run):
     assert skipped == {2: 0, 4: 0, 6: 1}  # step 8 ends the run before it is logged
 
 
+def test_skip_policy_skips_a_step_whose_update_alone_is_not_finite():
+    """The step's loss and gradient are finite, its update (a rate of +inf) is not: with
+    ``nan_policy="skip"`` the state stays as it was."""
+    config = test_faults_training.tiny_config("softmax")
+    config.nan_policy = "skip"
+    config.optimizer.update(name="sgd", learning_rate=float("inf"), momentum=0.0)
+    state, step, mesh = test_faults_training.make_step(config, test_faults_training.TinyNet(), 8)
+    before = jax.device_get(state.params)
+    batch = train.shard_batch(tiny_batch(), parallelism="shard_map", mesh=mesh)
+    state, metrics = step(state, batch)
+    assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
+    assert metrics["finite"] == 0
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before)
+    assert int(state.step) == 1
+
+
 def test_a_negative_learning_rate_is_refused_and_leaves_no_files(tmp_path):
     workdir = tmp_path / "new"
     result = _main(workdir, "--config.optimizer.learning_rate=-1")
-    _assert_one_fatal_line(result, "config error", "optimizer.learning_rate must be ≥ 0")
+    _assert_one_fatal_line(result, "config error", "optimizer.learning_rate must be finite and ≥ 0")
     assert not workdir.exists()
 
 

@@ -77,7 +77,7 @@ FAULTS = [
         TRAIN,
         "        & _is_finite(new_state.params, new_state.opt_state, new_state.batch_stats)\n",
         "",
-        [f"{RUN}::test_skip_policy_never_saves_a_broken_state"],
+        [f"{RUN}::test_skip_policy_skips_a_step_whose_update_alone_is_not_finite"],
     ),
     (
         "10 skipping never stops",
@@ -89,8 +89,8 @@ FAULTS = [
     (
         "11 a negative learning rate trains",
         TRAIN,
-        "    if config.optimizer.learning_rate < 0:",
-        "    if config.optimizer.learning_rate < -1e9:",
+        "    if not 0 <= config.optimizer.learning_rate",
+        "    if not -1e9 <= config.optimizer.learning_rate",
         [f"{RUN}::test_a_negative_learning_rate_is_refused_and_leaves_no_files"],
     ),
     (
