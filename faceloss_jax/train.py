@@ -650,10 +650,10 @@ def check_config(
         )
     if config.batch_size < 1:
         raise errors.ConfigError(f"batch_size must be positive; got {config.batch_size}")
-    if config.optimizer.learning_rate < 0:
+    if not 0 <= config.optimizer.learning_rate < float("inf"):
         raise errors.ConfigError(
-            f"optimizer.learning_rate must be ≥ 0; got {config.optimizer.learning_rate} "
-            "(a negative rate ascends the loss)"
+            f"optimizer.learning_rate must be finite and ≥ 0; got "
+            f"{config.optimizer.learning_rate} (a negative rate ascends the loss)"
         )
     if config.max_consecutive_skips < 1:
         raise errors.ConfigError(
