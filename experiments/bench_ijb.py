@@ -4,7 +4,7 @@ Synthetic face embeddings stand in for a model's (the embedding pass is the mode
 cost, not the protocol's): 469,375 faces, 23,124 templates of 3,531 subjects,
 15,658,489 template pairs of which 19,557 mated — the counts of IJB-C's 1:1 protocol.
 Times ``evaluation.ijb.pool_templates`` (media then template pooling, detector-score
-weights), ``score_pairs`` (chunked cosines), ``roc_curve`` + ``tar_at_far``, and reports
+weights), ``score_pairs`` (chunked cosines), ``roc_curve`` + ``tar_at_nearest_far``, and reports
 the peak memory allocated by them beside the embeddings (tracemalloc, which sees
 NumPy's and SciPy's arrays) and the process' peak RSS:
 
@@ -21,6 +21,7 @@ import tracemalloc
 import numpy as np
 from absl import app, flags
 
+from faceloss_jax import evaluation
 from faceloss_jax.evaluation import ijb
 
 _FACES = flags.DEFINE_integer("num_faces", 469_375, "Faces (IJB-C: 469,375).")
@@ -87,8 +88,8 @@ def main(argv):
     )
     timings["score_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    fpr, tpr, _ = ijb.roc_curve(meta["labels"], scores)
-    tars = ijb.tar_at_far(fpr, tpr)
+    fpr, tpr, _ = evaluation.roc_curve(scores, meta["labels"], drop_intermediate=True)
+    tars = ijb.tar_at_nearest_far(fpr, tpr)
     timings["roc_s"] = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

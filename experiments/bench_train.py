@@ -80,7 +80,7 @@ def time_jax_step(config, *, image_shape, num_classes: int, batch_size: int) -> 
     config.optimizer.warmup_steps = 0
     num_devices = jax.device_count()
     mesh = jax.make_mesh((num_devices,), (train.DATA_AXIS,))
-    model = train.create_model(config)
+    model = train.training_model(config)
     lr_fn = optimizers.create_learning_rate_schedule(config.optimizer, num_train_steps=10**6)
     state = train.create_train_state(
         config,

@@ -143,7 +143,7 @@ def _compiled(setting: Setting, steps: int, recipe: tuple[tuple[str, Any], ...])
     """The model, its jitted train step (library's), triplet statistics and embedding,
     compiled once per loss setting (uniform and P×K batches share them) for all seeds."""
     config = make_config(setting, 0, steps=steps, recipe=dict(recipe))
-    model = train.create_model(config)
+    model = train.training_model(config)
     learning_rate_fn = optimizers.create_learning_rate_schedule(
         config.optimizer, num_train_steps=steps
     )

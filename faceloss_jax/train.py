@@ -77,9 +77,10 @@ class NonFiniteLossError(errors.UserError, FloatingPointError):
 # ------------------------------------------------------------------------------------
 
 
-def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """The backbone of ``config.model``, computing in bfloat16 with ``half_precision``
-    and with BatchNorm synchronized over the data axis with ``sync_batch_norm``."""
+def training_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The backbone of ``config.model`` as training runs it (``models.create_model``):
+    computing in bfloat16 with ``half_precision`` and with BatchNorm synchronized over
+    the data axis with ``sync_batch_norm`` (``evaluation_model``: in float32)."""
     # An unlocked copy: the CLI's config is locked, and dtype/bn_axis_name may be new keys.
     model_config = ml_collections.ConfigDict(config.model.to_dict())
     if config.half_precision:
@@ -133,13 +134,13 @@ def restore_run(
     directory = epath.Path(workdir) / "checkpoints"
     if not directory.exists():
         raise errors.CheckpointError(f"no checkpoint in {directory}: is {workdir} a run?")
-    model = create_model(config)
+    model = training_model(config)
     template = create_train_state(
         config,
         model,
         jax.random.PRNGKey(config.seed),
         num_classes=data.num_classes(config.dataset),
-        image_shape=input_shape(config),
+        image_shape=image_shape(config),
         learning_rate_fn=optimizers.create_learning_rate_schedule(
             config.optimizer, num_train_steps=config.num_train_steps
         ),
@@ -432,7 +433,7 @@ def _inference_apply(model: nn.Module) -> Callable:
     return functools.partial(model.apply, train=False)
 
 
-def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     """The (H, W, C) of the backbone's inputs: ``config.dataset``'s image size and channels."""
     size = config.dataset.image_size
     return (size, size, config.dataset.channels)
@@ -505,10 +506,12 @@ def load_eval_data(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def evaluation_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """The backbone in float32 for the verification targets, as arcface_torch evaluates
-    (outside autocast) and as ``faceloss_jax.evaluate --bins`` rebuilds it from the
-    run's ``config.json``."""
-    return models.create_model(config.model.to_dict())
+    """The training backbone in float32, as arcface_torch evaluates (outside autocast):
+    every evaluation (closed and open set, the verification targets) embeds with it."""
+    float32 = ml_collections.ConfigDict(config.to_dict())
+    float32.half_precision = False
+    float32.sync_batch_norm = False  # inference uses the running statistics
+    return training_model(float32)
 
 
 def evaluate_targets(
@@ -529,7 +532,7 @@ def evaluate_targets(
             pairs.issame,
             preprocess=preprocess,
             n_folds=config.eval.n_folds,
-            threshold=config.eval.get("threshold", "insightface"),
+            threshold=config.eval.threshold,
             batch_size=config.eval.batch_size,
         )
         metrics |= {f"{name}_{key}": report[key] for key in TARGET_KEYS}
@@ -542,7 +545,6 @@ TARGET_KEYS = ("accuracy", "accuracy_std", "xnorm", "val", "far")
 
 def evaluate(
     config: ml_collections.ConfigDict,
-    model: nn.Module,
     state: TrainState,
     eval_data: Mapping[str, Any],
     *,
@@ -557,7 +559,8 @@ def evaluate(
     runs on every process (each on its local devices, from a host copy of the
     variables); process 0 writes the figures and ``<workdir>/eval/step_<step>.json``.
     Closed-set accuracy uses the classifier (cosine for the normalized losses), or
-    nearest class centres for the triplet loss.
+    nearest class centres for the triplet loss. Every embedding comes from the float32
+    ``evaluation_model``.
     """
     host = multihost_utils.process_allgather(
         {"params": state.params, "batch_stats": state.batch_stats}, tiled=True
@@ -566,20 +569,20 @@ def evaluate(
     write = workdir is not None and jax.process_index() == 0
     metrics = {}
     if "test" in eval_data:
-        head, weights = host["params"]["head"], None
+        head, classifier = host["params"]["head"], None
         if objectives.has_classifier(config.loss):
-            weights = np.asarray(objectives.classifier_weights(config.loss, head))
+            classifier = np.asarray(objectives.classifier_weights(config.loss, head))
         (test_images, test_labels), (open_images, open_labels) = (
             eval_data["test"],
             eval_data["open"],
         )
         metrics |= evaluation.evaluate_run(
-            Partial(_inference_apply(model), variables),
+            Partial(_inference_apply(evaluation_model(config)), variables),
             test_images=test_images,
             test_labels=test_labels,
             open_images=open_images,
             open_labels=open_labels,
-            weights=weights,
+            weights=classifier,
             workdir=str(workdir) if write else None,
             step=step,
             seed=config.seed,
@@ -674,13 +677,13 @@ def check_config(
     for name in intervals:
         if config[name] < 1:
             raise errors.ConfigError(f"{name} must be positive; got {config[name]}")
-    accumulate = config.optimizer.get("grad_accum_steps", 1)
+    accumulate = config.optimizer.grad_accum_steps
     if isinstance(accumulate, int) and accumulate > 1 and config.num_train_steps % accumulate:
         raise errors.ConfigError(
             f"num_train_steps={config.num_train_steps} is not a multiple of "
             f"optimizer.grad_accum_steps={accumulate} (micro-batches per update)"
         )
-    if config.optimizer.get("clip_scope", "global") not in optimizers.CLIP_SCOPES:
+    if config.optimizer.clip_scope not in optimizers.CLIP_SCOPES:
         raise errors.ConfigError(
             f"config.optimizer.clip_scope = {config.optimizer.clip_scope!r} is out of range; "
             f"valid: one of {', '.join(map(repr, optimizers.CLIP_SCOPES))}"
@@ -853,18 +856,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     eval_data = load_eval_data(config)
 
-    model = create_model(config)
+    model = training_model(config)
     state = create_train_state(
         config,
         model,
         jax.random.PRNGKey(config.seed),
         num_classes=num_classes,
-        image_shape=input_shape(config),
+        image_shape=image_shape(config),
         learning_rate_fn=learning_rate_fn,
     )
     # config.init_from: start from a converted or trained backbone (fresh head/optimizer);
     # a checkpoint of this run, restored below, takes precedence.
-    if config.get("init_from"):
+    if config.init_from:
         state = weights.init_from(state, config.init_from)
         logging.info("Initialized the backbone from %s.", config.init_from)
     state_specs = state_partition_specs(state, class_sharded=is_class_sharded(config))
@@ -930,10 +933,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 checkpointing.save_checkpoint(manager, step, state, train_iter)
                 last_checkpoint = step
             if run_eval:
-                eval_metrics = evaluate(config, model, state, eval_data, workdir=workdir, step=step)
+                eval_metrics = evaluate(config, state, eval_data, workdir=workdir, step=step)
                 _update_best(eval_metrics, best)
                 writer.write_scalars(step, "eval", eval_metrics)
-                protocol = config.eval.get("threshold", "insightface")
+                protocol = config.eval.threshold
                 progress.write(
                     reporting.format_targets(
                         eval_metrics,
@@ -945,9 +948,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 logging.info("Evaluation at step %d: %s", step, eval_metrics)
         if start_step >= config.num_train_steps:
-            eval_metrics = evaluate(
-                config, model, state, eval_data, workdir=workdir, step=start_step
-            )
+            eval_metrics = evaluate(config, state, eval_data, workdir=workdir, step=start_step)
             _update_best(eval_metrics, best)
     finally:
         progress.close()

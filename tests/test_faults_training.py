@@ -323,7 +323,7 @@ def test_corrupt_checkpoint_fallback_ends_like_an_uninterrupted_run(tmp_path, mo
     """Fault 8: falling back from a corrupt checkpoint must restore the state *and* the data
     iterator of the previous one: the resumed run's final state (parameters, optimizer,
     AdaFace's scalar μ/σ, PRNG key, step) equals an uninterrupted run's, bit for bit."""
-    monkeypatch.setattr(train, "create_model", lambda config: TinyNet())
+    monkeypatch.setattr(train, "training_model", lambda config: TinyNet())
     config = tiny_config("adaface")
     config.update(num_train_steps=6, eval_every_steps=100)
     train.train_and_evaluate(config, str(tmp_path / "uninterrupted"))

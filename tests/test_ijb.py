@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceloss_jax import data, weights
+from faceloss_jax import data, evaluation, weights
 from faceloss_jax.evaluation import ijb
 from faceloss_jax.weights import arcface_torch
 
@@ -147,7 +147,7 @@ def test_hand_computed_scores_roc_and_tar_at_far(tmp_path):
     np.testing.assert_allclose(
         sorted(scores, reverse=True)[:4], [0.9954, 0.9899, 0.9140, 0.8560], atol=1e-4
     )
-    fpr, tpr, _ = ijb.roc_curve(release.pair_labels, scores)
+    fpr, tpr, _ = evaluation.roc_curve(scores, release.pair_labels, drop_intermediate=True)
     np.testing.assert_allclose(fpr, [0, 0, 0.125, 0.125, 1])
     np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
     # FAR 1e-6 … 1e-2: nearest ROC FAR is 0 → TAR .5; FAR 1e-1: nearest is 1/8, where
@@ -185,7 +185,7 @@ def test_roc_equals_sklearn_and_pooling_equals_the_loops():
     rng = np.random.default_rng(0)
     labels = rng.random(3000) < 0.1
     scores = np.round(rng.normal(labels * 1.5, 1.0), 2)  # many ties
-    fpr, tpr, thresholds = ijb.roc_curve(labels, scores)
+    fpr, tpr, thresholds = evaluation.roc_curve(scores, labels, drop_intermediate=True)
     ref_fpr, ref_tpr, ref_thresholds = sklearn_metrics.roc_curve(labels, scores)
     np.testing.assert_allclose(fpr, ref_fpr)
     np.testing.assert_allclose(tpr, ref_tpr)
@@ -205,15 +205,15 @@ def test_roc_equals_sklearn_and_pooling_equals_the_loops():
     np.testing.assert_allclose(gram, reference, atol=1e-5)
 
 
-def test_tar_at_far_takes_the_nearest_far_and_the_highest_tar():
+def test_tar_at_nearest_far_takes_the_nearest_far_and_the_highest_tar():
     fpr = np.array([0, 0, 2e-6, 1e-3, 0.2, 1])
     tpr = np.array([0, 0.3, 0.6, 0.7, 0.9, 1])
-    got = ijb.tar_at_far(fpr, tpr, (1e-4, 1e-1))
+    got = ijb.tar_at_nearest_far(fpr, tpr, (1e-4, 1e-1))
     # 1e-4: nearest 2e-6 (TAR .6); 1e-1: |1e-3 − .1| = .099 < |.2 − .1| = .1, so TAR .7.
     assert got["tar_at_far_1e-4"] == 0.6 and got["tar_at_far_1e-1"] == 0.7
     # An exact tie (FAR .25 between 0 and .5): the highest TAR among the nearest points.
     fpr, tpr = np.array([0, 0, 0.5, 0.5, 1]), np.array([0, 0.3, 0.6, 0.8, 1])
-    assert ijb.tar_at_far(fpr, tpr, (0.25,)) == {"tar_at_far_2.5e-1": 0.8}
+    assert ijb.tar_at_nearest_far(fpr, tpr, (0.25,)) == {"tar_at_far_2.5e-1": 0.8}
 
 
 def test_reader_errors_name_the_problem(tmp_path):

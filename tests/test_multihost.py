@@ -83,7 +83,7 @@ def multihost_config(loss: str, *, num_steps: int = NUM_STEPS):
 
 
 def use_tiny_model():
-    train.create_model = lambda config: test_train.TinyNet(config.model.embedding_dim)
+    train.training_model = lambda config: test_train.TinyNet(config.model.embedding_dim)
 
 
 def worker(root: str, losses: str, steps: str = str(NUM_STEPS), delay: str = "0") -> None:
@@ -209,12 +209,12 @@ def steps_of(workdir: pathlib.Path, split: str) -> list[int]:
 
 def run_in_process(loss: str, workdir: pathlib.Path, *, num_steps: int = NUM_STEPS) -> dict:
     """``train_and_evaluate`` of ``loss`` on the 8 devices of this process."""
-    create_model = train.create_model
+    create_model = train.training_model
     use_tiny_model()
     try:
         return train.train_and_evaluate(multihost_config(loss, num_steps=num_steps), str(workdir))
     finally:
-        train.create_model = create_model
+        train.training_model = create_model
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ def toy_margin(embeddings, weights, labels, *, scale=16.0, margin=0.2, **layout)
 
 @pytest.fixture
 def tiny_net(monkeypatch):
-    monkeypatch.setattr(train, "create_model", lambda config: TinyNet(config.model.embedding_dim))
+    monkeypatch.setattr(train, "training_model", lambda config: TinyNet(config.model.embedding_dim))
 
 
 @pytest.fixture
@@ -350,7 +350,7 @@ def test_every_face_config_builds_its_model_and_state_from_the_cli():
             [f"--config=configs/{name}.py:face", *TINY_FACE[1:]]  # bfloat16, the recipe's
         )
         train.check_config(config, num_devices=jax.device_count())
-        model = train.create_model(config)
+        model = train.training_model(config)
         assert model.bn_axis_name == "data" and model.dtype == jnp.bfloat16, name
         objectives.init_head(config.loss, jax.random.key(0), embedding_dim=16, num_classes=8)
 

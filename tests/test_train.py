@@ -286,7 +286,7 @@ def test_check_config_names_the_problem():
 
 @pytest.fixture
 def tiny_model(monkeypatch):
-    monkeypatch.setattr(train, "create_model", lambda config: TinyNet(config.model.embedding_dim))
+    monkeypatch.setattr(train, "training_model", lambda config: TinyNet(config.model.embedding_dim))
 
 
 def _read_metrics(workdir):
@@ -372,7 +372,7 @@ _RUN_SCRIPT = textwrap.dedent("""
     sys.path[:0] = [{tests!r}, {repo!r}]
     import test_train
     from faceloss_jax import train
-    train.create_model = lambda config: test_train.TinyNet(config.model.embedding_dim)
+    train.training_model = lambda config: test_train.TinyNet(config.model.embedding_dim)
     shard_batch = train.shard_batch
     def slow_shard_batch(batch, **kwargs):
         time.sleep(0.05)  # so that the parent can kill the run mid-way
@@ -437,14 +437,17 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert train_steps.count(3) == 1 and train_steps[-1] == 30  # resumed, not restarted
 
 
-def test_create_model_sets_precision_and_batch_norm_axis():
+def test_training_model_sets_precision_and_batch_norm_axis():
     config = importlib.import_module("configs.arcface").get_config("face")
     config.update(half_precision=True, sync_batch_norm=True)
     config.lock()  # as the command line builds it: dtype, bn_axis_name are not its keys
-    model = train.create_model(config)
+    model = train.training_model(config)
     assert model.dtype == jnp.bfloat16 and model.bn_axis_name == "data"
+    # Every evaluation (open set and .bin targets alike) embeds in float32.
+    evaluation_model = train.evaluation_model(config)
+    assert evaluation_model.dtype == jnp.float32 and evaluation_model.bn_axis_name is None
     config.update(half_precision=False, sync_batch_norm=False)
-    model = train.create_model(config)
+    model = train.training_model(config)
     assert model.dtype == jnp.float32 and model.bn_axis_name is None
-    lenet = train.create_model(tiny_config())  # no batch norm: no axis to set
+    lenet = train.training_model(tiny_config())  # no batch norm: no axis to set
     assert lenet.dtype == jnp.float32

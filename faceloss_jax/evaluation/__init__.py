@@ -21,10 +21,8 @@ from faceloss_jax.evaluation.verification import kfold_val_at_far_insightface
 from faceloss_jax.evaluation.verification import make_pairs
 from faceloss_jax.evaluation.verification import pair_distances
 from faceloss_jax.evaluation.verification import pair_scores
-from faceloss_jax.evaluation.verification import pool_templates
 from faceloss_jax.evaluation.verification import roc_curve
 from faceloss_jax.evaluation.verification import tar_at_far
-from faceloss_jax.evaluation.verification import template_verification
 from faceloss_jax.evaluation.verification import threshold_at_far
 from faceloss_jax.evaluation.verification import threshold_at_far_insightface
 from faceloss_jax.evaluation.verification import THRESHOLD_MODES

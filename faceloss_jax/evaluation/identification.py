@@ -66,7 +66,7 @@ def probe_ranks(
     rank = 1 + #{gallery entries of other identities and distractors whose cosine
     similarity to the probe is strictly above the genuine one}: ties count in the
     probe's favour. The gallery holds one embedding per identity (pool several
-    images with ``pool_templates``); distractors are identities outside the probe
+    images with ``ijb.pool_templates``); distractors are identities outside the probe
     set (MegaFace's 10^6 Flickr faces, Kemelmacher-Shlizerman et al., CVPR 2016).
 
     Candidates are streamed in chunks of ``chunk_size`` rows, so that only a

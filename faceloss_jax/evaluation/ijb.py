@@ -45,7 +45,7 @@ from faceloss_jax.data import align
 from faceloss_jax.evaluation import plots
 from faceloss_jax.evaluation.extract import extract_embeddings, l2_normalize
 from faceloss_jax.evaluation.identification import probe_ranks
-from faceloss_jax.evaluation.verification import auc, far_key
+from faceloss_jax.evaluation.verification import auc, far_key, roc_curve
 
 IJB_SETS = ("IJBB", "IJBC")
 IJB_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -393,42 +393,12 @@ def score_pairs(
     return scores
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``sklearn.metrics.roc_curve(labels, scores)`` (``drop_intermediate=True``), in NumPy.
-
-    The ROC of ``eval_ijbc.py``: one point per distinct score, collinear points dropped,
-    starting at ``(0, 0)`` with threshold ``+inf``.
-
-    Returns:
-      ``(fpr, tpr, thresholds)``, fpr and tpr non-decreasing.
-    """
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores)
-    if labels.shape != scores.shape or labels.ndim != 1:
-        raise ValueError(
-            f"need labels and scores of one shape (P,); got {labels.shape}, {scores.shape}"
-        )
-    if labels.all() or not labels.any():
-        raise ValueError("the ROC needs both mated (1) and non-mated (0) pairs")
-    order = np.argsort(scores, kind="mergesort")[::-1]
-    sorted_scores = scores[order]
-    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
-    tps = np.cumsum(labels[order], dtype=np.int64)[last]
-    del order
-    fps = 1 + last - tps
-    thresholds = sorted_scores[last].astype(np.float64)
-    if len(fps) > 2:
-        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
-        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
-    fps, tps = np.r_[0, fps], np.r_[0, tps]
-    return fps / fps[-1], tps / tps[-1], np.r_[np.inf, thresholds]
-
-
-def tar_at_far(
+def tar_at_nearest_far(
     fpr: np.ndarray, tpr: np.ndarray, fars: Sequence[float] = IJB_FARS
 ) -> dict[str, float]:
     """TAR at each FAR as ``eval_ijbc.py`` reads it from the ROC: the point whose FAR
-    is nearest the target, the highest TAR among equally near points.
+    is nearest the target (above it or not), the highest TAR among equally near points
+    (``verification.tar_at_far`` reads the largest FAR not above the target).
 
     Returns:
       ``{"tar_at_far_1e-6": …, …}``.
@@ -518,9 +488,9 @@ def evaluate_ijb(
         normalize_faces=normalize_faces,
     )
     scores = score_pairs(unique, pooled, release.pair_a, release.pair_b)
-    fpr, tpr, _ = roc_curve(release.pair_labels, scores)
+    fpr, tpr, _ = roc_curve(scores, release.pair_labels, drop_intermediate=True)
     metrics = {
-        **tar_at_far(fpr, tpr, fars),
+        **tar_at_nearest_far(fpr, tpr, fars),
         "auc": auc(fpr, tpr),
         "num_pairs": len(scores),
         "use_detector_score": use_detector_score,

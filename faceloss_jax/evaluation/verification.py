@@ -284,8 +284,14 @@ def kfold_val_at_far_insightface(
     return np.array(vals), np.array(fars)
 
 
-def roc_curve(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ROC curve at every distinct score (as sklearn's with ``drop_intermediate=False``).
+def roc_curve(
+    scores: np.ndarray, issame: np.ndarray, *, drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ROC curve at every distinct score, as ``sklearn.metrics.roc_curve(issame,
+    scores, drop_intermediate=...)``.
+
+    ``drop_intermediate=True`` drops the points collinear with their neighbours (the
+    curve of InsightFace's ``eval_ijbc.py``, read by ``ijb.tar_at_nearest_far``).
 
     Returns:
       ``(fpr, tpr, thresholds)``: a pair is accepted when ``score >= threshold``;
@@ -294,12 +300,21 @@ def roc_curve(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.nd
     scores, issame = _check_pairs(scores, issame)
     order = np.argsort(-scores, kind="stable")
     scores, issame = scores[order], issame[order]
-    last_of_each_score = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    true_accepts = np.cumsum(issame)[last_of_each_score]
-    false_accepts = last_of_each_score + 1 - true_accepts
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_accepts = np.cumsum(issame, dtype=np.int64)[last]
+    false_accepts = last + 1 - true_accepts
+    thresholds = scores[last]
+    if drop_intermediate and len(last) > 2:
+        bends = np.logical_or(np.diff(false_accepts, 2), np.diff(true_accepts, 2))
+        keep = np.flatnonzero(np.r_[True, bends, True])
+        true_accepts, false_accepts, thresholds = (
+            true_accepts[keep],
+            false_accepts[keep],
+            thresholds[keep],
+        )
     tpr = np.r_[0.0, true_accepts / issame.sum()]
     fpr = np.r_[0.0, false_accepts / (~issame).sum()]
-    return fpr, tpr, np.r_[np.inf, scores[last_of_each_score]]
+    return fpr, tpr, np.r_[np.inf, thresholds]
 
 
 def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
@@ -320,11 +335,12 @@ def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
 def tar_at_far(
     scores: np.ndarray, issame: np.ndarray, *, fars: Sequence[float] = (1e-4, 1e-5, 1e-6)
 ) -> dict[str, float]:
-    """True-accept rate at fixed false-accept rates, on all pairs at once (IJB-B/C).
+    """True-accept rate at fixed false-accept rates, on all pairs at once.
 
     TAR is read at the largest ROC false-accept rate not above the target, so the
     operating point never accepts more impostors than asked. A target below
-    ``1 / #negatives`` cannot be measured and gives NaN.
+    ``1 / #negatives`` cannot be measured and gives NaN. (InsightFace's IJB tables read
+    the nearest ROC point instead: ``ijb.tar_at_nearest_far``.)
 
     Returns:
       ``{"tar_at_far_1e-4": ..., ...}``.
@@ -339,60 +355,6 @@ def tar_at_far(
             float(tpr[np.searchsorted(fpr, far, side="right") - 1]) if measurable else np.nan
         )
     return result
-
-
-def pool_templates(
-    embeddings: np.ndarray, template_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Template pooling (IJB): the mean of the normalized embeddings of each
-    template, normalized again.
-
-    Returns:
-      ``(templates, pooled)``: the sorted distinct template ids ``(T,)`` and their
-      embeddings ``(T, d)``.
-    """
-    embeddings, template_ids = np.asarray(embeddings), np.asarray(template_ids)
-    if embeddings.ndim != 2 or template_ids.shape != embeddings.shape[:1]:
-        raise ValueError(
-            f"need embeddings (N, d) and template_ids (N,), "
-            f"got {embeddings.shape} and {template_ids.shape}"
-        )
-    templates, index = np.unique(template_ids, return_inverse=True)
-    sums = np.zeros((len(templates), embeddings.shape[1]), np.float64)
-    np.add.at(sums, index, l2_normalize(embeddings))
-    return templates, l2_normalize(sums)
-
-
-def template_verification(
-    embeddings: np.ndarray,
-    template_ids: np.ndarray,
-    template_a: np.ndarray,
-    template_b: np.ndarray,
-    issame: np.ndarray,
-    *,
-    fars: Sequence[float] = (1e-4, 1e-5, 1e-6),
-) -> dict[str, float]:
-    """IJB-style 1:1 verification between pooled templates: TAR@FAR and AUC.
-
-    Args:
-      embeddings: ``(N, d)`` embeddings of all images.
-      template_ids: ``(N,)`` the template of each image.
-      template_a, template_b: ``(P,)`` template ids of each pair.
-      issame: ``(P,)`` booleans.
-      fars: false-accept rates of the reported TARs.
-    """
-    templates, pooled = pool_templates(embeddings, template_ids)
-    rows = []
-    for side in (template_a, template_b):
-        side = np.asarray(side)
-        row = np.searchsorted(templates, side).clip(0, len(templates) - 1)
-        if not np.array_equal(templates[row], side):
-            missing = np.setdiff1d(side, templates)[:5]
-            raise ValueError(f"pairs name templates without images, e.g. {missing.tolist()}")
-        rows.append(row)
-    scores = pair_scores(pooled[rows[0]], pooled[rows[1]])
-    fpr, tpr, _ = roc_curve(scores, issame)
-    return {**tar_at_far(scores, issame, fars=fars), "auc": auc(fpr, tpr)}
 
 
 def verification_report(
