@@ -81,7 +81,8 @@ class Objective:
       classifier: one of ``CLASSIFIERS``.
       layouts: the subset of ``LAYOUTS`` the loss supports (dense only: empty);
         "data_parallel" for a pair loss: it mines over the global batch (``axis_name``).
-      family: "core" (DESIGN.md's losses) or "successor".
+      family: "core" (the README's "The losses") or "successor" (its "Successors of
+        ArcFace").
       state: the state rule of a stateful loss.
       auxiliary: ``(config, embeddings, labels, state, axis_name) -> term`` added to the
         mean loss (the joint losses), or None.

@@ -78,8 +78,8 @@ _RECORDS = {
     **circle.RECORDS,
     **xbm.RECORDS,
 }
-# The table in DESIGN.md's order (the README's table of losses): the baseline and the
-# Euclidean losses, the angular family, then the successors.
+# The table in the README's order: the baseline and the Euclidean losses, the angular
+# family, then the successors.
 OBJECTIVES: dict[str, Objective] = {
     **{name: _RECORDS[name] for name in ("softmax", "contrastive", "triplet", "center")},
     **_RECORDS,
@@ -174,13 +174,13 @@ def _check_layout(config, objective, *, num_classes, num_devices) -> None:
     rate = config.get("sample_rate", 1.0)
     if not hp.real(1.0, low=0.0, high=1.0, low_open=True).accepts(rate):
         raise ConfigError(f"config.loss.sample_rate = {rate!r} is out of range; valid: (0, 1]")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
+    try:
+        losses.engine.check_chunk_size(chunk_size)
+    except ValueError:
         raise ConfigError(
             f"config.loss.chunk_size = {chunk_size!r} is out of range; valid: None or an "
             "integer ≥ 1"
-        )
+        ) from None
     for knob, used, layout in (
         ("chunk_size", chunk_size is not None, "chunked"),
         ("class_sharded", class_sharded, "class_sharded"),
