@@ -30,7 +30,7 @@ from faceloss_jax.data.recordio import RecordIOSource
 from faceloss_jax.data.recordio import write_insightface_recordio
 from faceloss_jax.data import hard_faces
 from faceloss_jax.data import sources
-from faceloss_jax.data.source import Source
+from faceloss_jax.data.source_base import Source
 from faceloss_jax.data.sources import SOURCES
 from faceloss_jax.data.sources import create_source
 from faceloss_jax.data.sources import num_classes

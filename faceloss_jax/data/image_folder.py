@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from faceloss_jax.data import images, sampling, source
+from faceloss_jax.data import images, sampling, source_base
 from faceloss_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -51,7 +51,7 @@ class ScanReport:
 
 
 def list_identities(
-    root: str | os.PathLike, *, on_error: source.OnError
+    root: str | os.PathLike, *, on_error: source_base.OnError
 ) -> tuple[list[str], list[list[str]], tuple[str, ...]]:
     """Lists the identity folders of ``root`` and their image files (no decoding).
 
@@ -69,7 +69,7 @@ def list_identities(
       DataError: ``root`` has no identity folder with images, or (``"raise"``)
         an identity folder is empty.
     """
-    source.check_on_error(on_error)
+    source_base.check_on_error(on_error)
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {root} is not a directory")
@@ -108,7 +108,7 @@ class ImageFolderSource:
     ``CorruptImageError`` naming the file. A file that fails to decode when it is
     read (without validation, or changed since) raises that error with ``"raise"``;
     with ``"skip"`` it is replaced by the next readable image, named in a warning
-    and flagged ``"replaced": True`` (``source.read_or_replace``).
+    and flagged ``"replaced": True`` (``source_base.read_or_replace``).
 
     Args:
       root: the folder of identity folders.
@@ -138,7 +138,7 @@ class ImageFolderSource:
         *,
         image_size: int | None = 112,
         channels: int = 3,
-        on_error: source.OnError = "skip",
+        on_error: source_base.OnError = "skip",
         validate: bool = True,
         num_threads: int = 8,
         identities: Sequence[str] | None = None,
@@ -199,7 +199,9 @@ class ImageFolderSource:
         return len(self._paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return source.read_or_replace(self._read_record, index, len(self), on_error=self._on_error)
+        return source_base.read_or_replace(
+            self._read_record, index, len(self), on_error=self._on_error
+        )
 
     def identity_index(self) -> list[np.ndarray]:
         """Per label, its record indices, from the listing (no image is decoded); an
@@ -229,7 +231,7 @@ def _labels_by_name(
 
 def _create(config, split: str) -> ImageFolderSource:
     field = {"train": "path", "test": "test_path", "openset": "openset_path"}[split]
-    root = source.required(config, field)  # before the training folder is listed
+    root = source_base.required(config, field)  # before the training folder is listed
     return ImageFolderSource(
         root,
         image_size=config.image_size,
@@ -241,7 +243,7 @@ def _create(config, split: str) -> ImageFolderSource:
 
 
 def _training_identities(config) -> list[str]:
-    names, _, _ = list_identities(source.required(config, "path"), on_error=config.on_error)
+    names, _, _ = list_identities(source_base.required(config, "path"), on_error=config.on_error)
     return names
 
 
@@ -251,15 +253,15 @@ def _num_classes(config) -> int:
 
 # path: the train root/<identity>/<image>; test_path, openset_path: the same layout
 # (optional); on_error: "skip" or "raise"; validate: decode every image once up front.
-SOURCE = source.Source(
+SOURCE = source_base.Source(
     fields={
         "path": None,
         "test_path": None,
         "openset_path": None,
-        "on_error": source.parameter_default(ImageFolderSource, "on_error"),
-        "validate": source.parameter_default(ImageFolderSource, "validate"),
+        "on_error": source_base.parameter_default(ImageFolderSource, "on_error"),
+        "validate": source_base.parameter_default(ImageFolderSource, "validate"),
     },
     create=_create,
     num_classes=_num_classes,
-    identity_index=source.identity_index_method,
+    identity_index=source_base.identity_index_method,
 )

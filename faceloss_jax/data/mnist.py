@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from faceloss_jax.data import sampling, source
+from faceloss_jax.data import sampling, source_base
 
 DEFAULT_HELD_OUT = (7, 8, 9)
 NUM_DIGITS = 10
@@ -204,14 +204,14 @@ def _identity_index(data_source) -> list:
     """Per label, its record indices: the labels read in one batched pass (2,800 records
     of 784 bytes, no decoding)."""
     if not hasattr(data_source, "__getitems__"):
-        return source.identity_index_method(data_source)
+        return source_base.identity_index_method(data_source)
     records = data_source.__getitems__(list(range(len(data_source))))
     return sampling.identity_index_from_labels([r["label"] for r in records])
 
 
 # data_dir: TFDS data dir (None: TFDS's default); held_out_classes: digits kept out of
 # training for the open set.
-SOURCE = source.Source(
+SOURCE = source_base.Source(
     fields={"data_dir": None, "held_out_classes": DEFAULT_HELD_OUT},
     create=_create,
     num_classes=_num_classes,

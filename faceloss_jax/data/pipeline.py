@@ -129,7 +129,7 @@ def create_iterator(
     Batches are ``{"image": float32 (B, H, W, C), "label": int32 (B,)}`` plus
     ``"mask": bool (B,)`` in evaluation, and ``"replaced": uint8 (B,)`` from a source
     whose records carry it (those with ``on_error``: 1 where a bad record was replaced,
-    ``source.read_or_replace``; to count, not to feed to the model),
+    ``source_base.read_or_replace``; to count, not to feed to the model),
     ``B = global_batch_size / P``. Images are normalized (``config.normalization``),
     or left uint8 with ``normalize_images=False`` (a quarter of the bytes to move; the
     train step normalizes them on the device).

@@ -35,7 +35,7 @@ import numpy as np
 import PIL.Image
 
 from faceloss_jax import errors
-from faceloss_jax.data import images, source
+from faceloss_jax.data import images, source_base
 from faceloss_jax.errors import ConfigError
 
 PROPERTY = "property"
@@ -288,7 +288,7 @@ class RecordIOSource:
     A record that cannot be read (bad framing, header or label, an image that does not
     decode) raises its ``RecordIOError``/``CorruptImageError`` with
     ``on_error="raise"``; with ``"skip"`` it is replaced by the next readable record,
-    named in a warning and flagged ``"replaced": True`` (``source.read_or_replace``).
+    named in a warning and flagged ``"replaced": True`` (``source_base.read_or_replace``).
 
     Attributes:
       num_classes: identities in the set.
@@ -309,9 +309,9 @@ class RecordIOSource:
         image_size: int | None = 112,
         channels: int = 3,
         prefix: str = "train",
-        on_error: source.OnError = "raise",
+        on_error: source_base.OnError = "raise",
     ):
-        source.check_on_error(on_error)
+        source_base.check_on_error(on_error)
         directory = pathlib.Path(directory)
         self._rec = IndexedRecordIO(directory / f"{prefix}.idx", directory / f"{prefix}.rec")
         self._image_size, self._channels = image_size, channels
@@ -353,7 +353,9 @@ class RecordIOSource:
         return len(self._keys)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return source.read_or_replace(self._read_record, index, len(self), on_error=self._on_error)
+        return source_base.read_or_replace(
+            self._read_record, index, len(self), on_error=self._on_error
+        )
 
     def _read_record(self, index: int) -> dict[str, Any]:
         key = int(self._keys[index])
@@ -442,7 +444,7 @@ def _create(config, split: str) -> RecordIOSource:
             "on .bin pair sets with read_verification_bin"
         )
     return RecordIOSource(
-        source.required(config, "path"),
+        source_base.required(config, "path"),
         image_size=config.image_size,
         channels=config.channels,
         on_error=config.on_error,
@@ -452,11 +454,11 @@ def _create(config, split: str) -> RecordIOSource:
 # path: the folder holding train.rec, train.idx, property and the .bin verification
 # targets (InsightFace's layout); those targets are the default config.eval.val_targets.
 # on_error: "raise" (stop at a bad record) or "skip" (replace it by the next readable one).
-SOURCE = source.Source(
-    fields={"path": None, "on_error": source.parameter_default(RecordIOSource, "on_error")},
+SOURCE = source_base.Source(
+    fields={"path": None, "on_error": source_base.parameter_default(RecordIOSource, "on_error")},
     create=_create,
     num_classes=lambda config: _create(config, "train").num_classes,
     splits=("train",),
     val_targets=("lfw", "cfp_fp", "agedb_30"),
-    identity_index=source.identity_index_method,
+    identity_index=source_base.identity_index_method,
 )

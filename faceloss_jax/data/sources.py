@@ -6,14 +6,14 @@ hold the training identities (labels ``0 … num_classes(config) − 1``);
 ``"openset"`` holds identities never trained on, for verification pairs (its labels
 only tell identities apart: MNIST's digits, synthetic ids ≥ num_identities).
 
-A new source is its module, defining ``SOURCE = source.Source(...)``, and one line in
+A new source is its module, defining ``SOURCE = source_base.Source(...)``, and one line in
 ``SOURCES``.
 """
 
 import ml_collections
 
 from faceloss_jax.data import image_folder, mnist, recordio, synthetic
-from faceloss_jax.data.source import Source
+from faceloss_jax.data.source_base import Source
 
 SPLITS = ("train", "test", "openset")
 SOURCES: dict[str, Source] = {

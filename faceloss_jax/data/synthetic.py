@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from faceloss_jax.data import images, recordio, source, verification_bin
+from faceloss_jax.data import images, recordio, source_base, verification_bin
 
 _GRID = 10  # prototype detail: a 10×10 grid of random values per channel
 _VIEW = 6  # a sample shows about 6×6 cells of it, so jitter never reaches the border
@@ -261,7 +261,7 @@ def _create(config, split: str) -> SyntheticFaces:
 
 # num_identities: train classes; held_out_identities: open-set identities;
 # images_per_identity: train; test_images_per_identity: test and open set.
-SOURCE = source.Source(
+SOURCE = source_base.Source(
     fields={
         "seed": 0,
         "num_identities": 100,
@@ -271,5 +271,5 @@ SOURCE = source.Source(
     },
     create=_create,
     num_classes=lambda config: config.num_identities,
-    identity_index=source.identity_index_method,
+    identity_index=source_base.identity_index_method,
 )

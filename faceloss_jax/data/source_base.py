@@ -1,8 +1,9 @@
-"""The record of a data source: what the rest of the system needs to know about it.
+"""What every data source is and shares: its record (``Source``), required fields, and
+the replacement of bad records (``on_error``).
 
 Each source module (``mnist``, ``synthetic``, ``image_folder``, ``recordio``) defines one
-``SOURCE = Source(...)``; ``data.sources.SOURCES`` maps names to them. Adding a source is
-its module and one line there.
+``SOURCE = Source(...)``; ``data.sources.SOURCES`` (the table) maps names to them. Adding
+a source is its module and one line there.
 """
 
 import dataclasses
