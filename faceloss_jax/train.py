@@ -842,8 +842,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     learning_rate_fn = optimizers.create_learning_rate_schedule(
         config.optimizer, num_train_steps=config.num_train_steps
     )
+    train_source = data.create_source(config.dataset, "train")
+    if jax.process_index() == 0:
+        plan = reporting.format_plan(
+            config,
+            num_images=len(train_source),
+            num_classes=num_classes,
+            num_devices=num_devices,
+            num_processes=jax.process_count(),
+        )
+        print(plan, flush=True)
     train_iter = data.create_iterator(
-        data.create_source(config.dataset, "train"),
+        train_source,
         config.dataset,
         global_batch_size=config.batch_size,
         seed=config.seed,

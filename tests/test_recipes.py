@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from faceloss_jax import data, models, train
-from faceloss_jax.train_lib import cli
+from faceloss_jax.train_lib import cli, reporting
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = sorted(
@@ -203,6 +203,7 @@ def test_readme_recipe_command_runs(command, folder, tmp_path):
     result = _run_main(spec, f"--workdir={tmp_path / 'run'}", *tiny_overrides(folder))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Results in {tmp_path / 'run'}" in result.stdout
+    assert "plan: 16 images of 8 identities (recordio, " in result.stdout
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
 
 
@@ -232,3 +233,20 @@ def test_describe_lists_the_run_knobs_and_the_derivation():
         result.stdout
     )
     assert "loss 'cosface'" in result.stdout  # the loss's knobs come first
+
+
+def test_the_plan_of_a_recipe_on_its_published_machine():
+    config = importlib.import_module("configs.recipes.ms1mv2_r50").get_config()
+    config.dataset.path = "/data/faces_emore"
+    plan = reporting.format_plan(
+        config, num_images=5822653, num_classes=85742, num_devices=8, num_processes=1
+    ).splitlines()
+    assert plan == [
+        "plan: 5,822,653 images of 85,742 identities (recordio, /data/faces_emore)",
+        "  batch 1,024 global = 128 per device × 8 device(s), 1 process(es); "
+        "1 micro-batch(es) per update",
+        "  5,686 steps per epoch; 113,720 steps (20.00 epochs), 0 of warmup",
+        "  precision: bfloat16 backbone, float32 head, loss and master weights",
+        "  head: W 512 × 85,742, replicated, Partial FC rate 1.0: 167.5 MiB a device, "
+        "334.9 MiB with the optimizer's 1 moment(s)",
+    ]

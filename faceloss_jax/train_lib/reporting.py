@@ -161,3 +161,42 @@ def format_report(metrics: Mapping[str, float]) -> str:
             line += f", best {metrics[f'{name}_best']:.4f}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def format_plan(
+    config: Any, *, num_images: int, num_classes: int, num_devices: int, num_processes: int
+) -> str:
+    """The plan of a run, printed at its start: data, batch, steps and epochs, devices,
+    precision, and the classifier's layout and memory per device.
+
+    Args:
+      config: the experiment config.
+      num_images, num_classes: of the training source.
+      num_devices, num_processes: of the run.
+    """
+    batch, steps = config.batch_size, config.num_train_steps
+    accumulate = config.optimizer.grad_accum_steps
+    per_epoch = max(1, num_images // batch)
+    path = config.dataset.get("path")
+    where = config.dataset.name + (f", {path}" if path else "")
+    lines = [
+        f"plan: {num_images:,} images of {num_classes:,} identities ({where})",
+        f"  batch {batch:,} global = {batch // num_devices:,} per device × {num_devices} "
+        f"device(s), {num_processes} process(es); {accumulate} micro-batch(es) per update",
+        f"  {per_epoch:,} steps per epoch; {steps:,} steps ({steps / per_epoch:.2f} epochs), "
+        f"{config.optimizer.warmup_steps:,} of warmup",
+        f"  precision: {'bfloat16' if config.half_precision else 'float32'} backbone, "
+        "float32 head, loss and master weights",
+    ]
+    if "sample_rate" in config.loss:
+        sharded = config.loss.class_sharded
+        columns = num_classes // num_devices if sharded else num_classes
+        moments = {"sgd": 1, "adamw": 2}.get(config.optimizer.name, 0)
+        size = config.model.embedding_dim * columns * 4 / 2**20
+        lines.append(
+            f"  head: W {config.model.embedding_dim} × {num_classes:,}, "
+            f"{'split over the devices' if sharded else 'replicated'}, Partial FC rate "
+            f"{config.loss.sample_rate}: {size:,.1f} MiB a device, "
+            f"{size * (1 + moments):,.1f} MiB with the optimizer's {moments} moment(s)"
+        )
+    return "\n".join(lines)
