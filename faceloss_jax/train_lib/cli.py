@@ -228,8 +228,15 @@ RUN_KNOBS = (
 )
 
 
+_ABSENT = object()  # a knob the config does not have
+
+
 def _lookup(config: ml_collections.ConfigDict, key: str) -> object:
+    """``config``'s value at the dotted ``key``, or ``_ABSENT`` (a source's own field,
+    e.g. ``dataset.path``, exists only for the sources that read it)."""
     for part in key.split("."):
+        if part not in config:
+            return _ABSENT
         config = config[part]
     return config
 
@@ -246,7 +253,8 @@ def describe_run(config: ml_collections.ConfigDict) -> str:
     """
     lines = ["run: (defaults in configs/default.py, dataset.* in faceloss_jax/data/config.py)"]
     for key, doc in RUN_KNOBS:
-        lines.append(f"  {key} = {_lookup(config, key)!r}" + (f"  {doc}" if doc else ""))
+        if (value := _lookup(config, key)) is not _ABSENT:
+            lines.append(f"  {key} = {value!r}" + (f"  {doc}" if doc else ""))
     warmup, steps = config.optimizer.warmup_steps, config.num_train_steps
     lines.append(
         f"  note: optimizer.warmup_steps ({warmup}) must be < num_train_steps ({steps}); "
