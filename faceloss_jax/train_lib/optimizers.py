@@ -87,7 +87,8 @@ def create_learning_rate_schedule(
         rate as a fraction of the base rate), ``power`` (polynomial), ``boundaries``
         (step: absolute steps) and ``decay_factor`` (step: the rate is multiplied by it
         at each boundary).
-      num_train_steps: the length of the run; the decay ends there.
+      num_train_steps: the length of the run in micro-batches (as ``warmup_steps``);
+        the decay ends there. With accumulation, ``rate_of_update`` maps updates to it.
 
     Returns:
       An optax schedule ``step -> learning rate``.
