@@ -275,8 +275,10 @@ def test_augment_crop_is_a_shift_and_flip_a_mirror():
 
 def test_normalize_ranges():
     pixels = np.array([0, 255], np.uint8)
-    np.testing.assert_allclose(data.normalize(pixels, "unit"), [0.0, 1.0])
-    np.testing.assert_allclose(data.normalize(pixels, "symmetric"), [-127.5 / 128, 127.5 / 128])
+    # Exact: 0/255 and 255/255 are, and x − 127.5 and its division by 128 are exact in
+    # float32 (IEEE division is correctly rounded).
+    np.testing.assert_array_equal(data.normalize(pixels, "unit"), [0.0, 1.0])
+    np.testing.assert_array_equal(data.normalize(pixels, "symmetric"), [-127.5 / 128, 127.5 / 128])
     with pytest.raises(ValueError, match="unknown normalization 'imagenet'"):
         data.normalize(pixels, "imagenet")
 
