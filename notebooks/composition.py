@@ -26,7 +26,12 @@ from faceloss_jax import losses
 
 FAST = os.environ.get("FACELOSS_NB_FAST") == "1"  # set by the tests: fewer steps
 NUM_STEPS = 60 if FAST else 600
-print("faceloss_jax from", os.path.dirname(faceloss_jax.__file__), "| steps:", NUM_STEPS)
+print(
+    "faceloss_jax from",
+    os.path.relpath(os.path.dirname(faceloss_jax.__file__)),
+    "| steps:",
+    NUM_STEPS,
+)
 
 # %% [markdown]
 # ## Joint losses, one training loop

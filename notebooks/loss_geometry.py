@@ -33,7 +33,7 @@ import numpy as np
 import faceloss_jax
 from faceloss_jax import losses
 
-print("faceloss_jax from", os.path.dirname(faceloss_jax.__file__))
+print("faceloss_jax from", os.path.relpath(os.path.dirname(faceloss_jax.__file__)))
 
 # %% [markdown]
 # ## Target logit against θ

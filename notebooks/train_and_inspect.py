@@ -40,7 +40,12 @@ from configs import arcface  # noqa: E402
 from faceloss_jax import evaluation, train  # noqa: E402
 from faceloss_jax.train_lib import objectives  # noqa: E402
 
-print("faceloss_jax from", os.path.dirname(faceloss_jax.__file__), "| devices:", jax.device_count())
+print(
+    "faceloss_jax from",
+    os.path.relpath(os.path.dirname(faceloss_jax.__file__)),
+    "| devices:",
+    jax.device_count(),
+)
 
 # %%
 config = arcface.get_config()
