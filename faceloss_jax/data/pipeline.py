@@ -69,10 +69,13 @@ def augment(
         windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
         top, left = rng.integers(0, 2 * p + 1, size=(2, num_rows))[:, rows]
         images = windows[np.arange(b), top, left].transpose(0, 2, 3, 1)  # (B, C, h, w) → NHWC
+    images = np.array(images, order="C")  # a copy: the caller's array stays as it is
     if flip:
         flipped = (rng.random(num_rows) < 0.5)[rows]
-        images = np.where(flipped[:, None, None, None], images[:, :, ::-1], images)
-    return np.ascontiguousarray(images)
+        # In place, image by image: half the batch moves, not all of it twice (np.where).
+        for i in np.flatnonzero(flipped):
+            images[i] = images[i, :, ::-1]
+    return images
 
 
 def normalize(images: np.ndarray | jax.Array, normalization: str) -> np.ndarray | jax.Array:
