@@ -7,7 +7,7 @@ config checks, head initialization, the state updates, the objective of a step, 
 predicted class.
 
 Adding a loss is its function and its record in ``faceloss_jax.losses`` and one config
-file in ``configs/`` (see the README's "Adding a loss"); ``register`` (or, for the
+file in ``configs/`` (see the README's "Registries"); ``register`` (or, for the
 duration of a block, ``registered``) adds a record from outside the package.
 
 The scalar objective of a device's batch is ``mean_i fn(x_i, …)``, plus a weighted
