@@ -231,7 +231,9 @@ def test_convert_cli_in_and_out(tmp_path):
     )
     meta = json.loads((workdir / "backbone.json").read_text(encoding="utf-8"))
     assert meta["model"] == {"name": "iresnet18", "embedding_dim": 512}
+    assert meta["image_size"] == SIZE  # from the FC's 512·g² inputs, g = size / 16
     backbone = weights.load_backbone(workdir)
+    assert backbone.image_size == SIZE
     images = _images(seed=4)
     flax_out = _flax_forward("iresnet18", backbone.variables, images)
     assert _rel(flax_out, _torch_forward(model, images)) < rtol("iresnet18")
