@@ -77,7 +77,7 @@ class HardFacesConfig:
     held_out_identities: int = 400
     latent_dim: int = 16
     min_distance: float = 1.0
-    identity_contrast: float = 0.05
+    identity_contrast: float = 0.08
     min_images: int = 4
     max_images: int = 60
     tail: float = 1.5
