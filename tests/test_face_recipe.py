@@ -10,7 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_train import NUM_CLASSES, make_step, mesh_of, run_steps, tiny_batch, tiny_config
+from test_train import (
+    NUM_CLASSES,
+    make_step,
+    mesh_of,
+    rounding_tolerance,
+    run_steps,
+    tiny_batch,
+    tiny_config,
+)
 
 from faceloss_jax import losses, train
 from faceloss_jax.train_lib import objectives, optimizers
@@ -41,6 +49,9 @@ def test_sample_rate_one_is_the_dense_head():
     )
     value, _ = objectives.compute_loss(dense.loss, head, state, x, y, step=0)
     expected = losses.arcface(x, head["weights"], y, scale=8.0, margin=0.2).mean()
+    # The same float32 operations on the same inputs (rate 1 samples nothing; the config
+    # adds the mean): equal to the last bit here. rtol 1e-6 (17·u) allows the mean of 8
+    # losses summed in another order (8·u) and is far below a wrong s or m (O(1)).
     np.testing.assert_allclose(value, expected, rtol=1e-6)
 
 
@@ -57,6 +68,7 @@ def test_partial_fc_scores_the_sampled_columns():
     classes, sampled = losses.sample_classes(jax.random.fold_in(key, 2), y, 16, sample_rate=0.5)
     assert classes.shape == (8,)
     w = head["weights"][:, classes]
+    # As above: the same float32 operations on the same 8 columns, equal to the last bit.
     np.testing.assert_allclose(
         value, losses.arcface(x, w, sampled, scale=8.0, margin=0.2).mean(), rtol=1e-6
     )
@@ -108,6 +120,10 @@ def test_gradient_accumulation_is_one_big_batch():
     for g in grads:
         updates, state = tx.update(g, state, current)
         current = optax.apply_updates(current, updates)
+    # float32: the mean of two gradients (≤ 1) formed in another order is ≤ 2·u off, the
+    # update lr = 0.1 times that, and rounding the new parameter adds ≤ u·|p|: ≤ 0.2·u +
+    # u·|p|, below rtol·|p| = 17·u·|p| for the smallest |p| here (0.077); equal to the last
+    # bit as measured. A second update, or a sum for the mean, is ≥ 1e-2 off.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), current, expected)
     config.grad_accum_steps = 0
     with pytest.raises(objectives.ConfigError, match="grad_accum_steps = 0"):
@@ -118,6 +134,8 @@ def test_backbone_clipping_leaves_the_head_alone():
     grads = {"backbone": {"k": jnp.full((4,), 10.0)}, "head": {"weights": jnp.full((3,), 7.0)}}
     clip = optimizers.clip_by_global_norm(5.0, scope="backbone")
     clipped, _ = clip.update(grads, clip.init(grads))
+    # float32: a norm of n ≤ 7 squares (≤ n/2·u after the root), the factor 5/(‖g‖ + 1e-6)
+    # and the products, ≤ (7/2 + 3)·u ≈ 4e-7 relative; 1e-6. Unclipped is 4× off.
     np.testing.assert_allclose(jnp.linalg.norm(clipped["backbone"]["k"]), 5.0, rtol=1e-6)
     np.testing.assert_array_equal(clipped["head"]["weights"], grads["head"]["weights"])
     clip = optimizers.clip_by_global_norm(5.0, scope="global")
@@ -150,8 +168,11 @@ def test_accumulated_gradient_is_clipped_once_at_the_update():
             grads = {"backbone": {"k": g}, "head": {"w": jnp.ones(1)}}
             updates, state = tx.update(grads, state, params)
         expected = total * jnp.minimum(1.0, 5.0 / (jnp.linalg.norm(total) + 1e-6))
+        # float32, the same formula on a sum of two exact gradients: a norm of 2 squares,
+        # a quotient and a product, ≤ 4·u relative; 1e-6. Clipping each micro-batch is
+        # ≥ 10% off. The head's sum or mean of ones is exact.
         np.testing.assert_allclose(-updates["backbone"]["k"], expected, rtol=1e-6)
-        np.testing.assert_allclose(-updates["head"]["w"], 2.0 if reduction == "sum" else 1.0)
+        np.testing.assert_array_equal(-updates["head"]["w"], 2.0 if reduction == "sum" else 1.0)
     config.grad_accum_reduction = "max"
     with pytest.raises(objectives.ConfigError, match="grad_accum_reduction 'max'"):
         optimizers.create_optimizer(config, optax.constant_schedule(1.0))
@@ -167,6 +188,8 @@ def test_decay_all_decays_every_parameter():
         tx = optimizers.create_optimizer(config, optax.constant_schedule(1.0))
         updates, _ = tx.update(zero, tx.init(params), params)
         new = optax.apply_updates(params, updates)
+        # float32's 1 − 0.1·1 is 0.9 rounded, within u ≈ 6e-8 of it: the default rtol
+        # 1e-7; a missing decay is 0.1 off.
         np.testing.assert_allclose(new["bias"], bias_after)
         np.testing.assert_allclose(new["kernel"], 0.9)
 
@@ -201,12 +224,17 @@ def test_straight_through_arcface_is_current_arcface_torch(x64):
     def total(x, w):
         return losses.arcface(x, w, y, scale=s, margin=m, straight_through=True).sum()
 
+    # float64: the d + C = 12 products and exponentials of a row in other orders, ×(1 + s):
+    # 12·u·17 ≈ 2e-14 of a loss and of the largest gradient element (measured 3e-16).
+    # Row 5 takes arccos at −1, where δc becomes δθ ≈ √(2·δc): it holds to 1e-9 because
+    # both sides round that cosine to exactly −1 (w = −x). A margin under the gradient
+    # (not straight through) moves the gradients by O(1).
     np.testing.assert_allclose(
         losses.arcface(x, w, y, scale=s, margin=m, straight_through=True), loss, rtol=1e-9
     )
     gx, gw = jax.grad(total, argnums=(0, 1))(x, w)
-    np.testing.assert_allclose(gx, dx, rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(gw, dw, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(gx, dx, rtol=1e-9, atol=1e-9 * np.abs(dx).max())
+    np.testing.assert_allclose(gw, dw, rtol=1e-9, atol=1e-9 * np.abs(dw).max())
     # The default (InsightFace/PML) is unchanged: it falls back past π − m.
     default = losses.arcface(x, w, y, scale=s, margin=m)
     np.testing.assert_allclose(default[:5], loss[:5], rtol=1e-9)
@@ -229,6 +257,7 @@ def test_the_face_recipe_carries_arcface_torch_knobs():
     assert (arcface.scale, arcface.margin) == (64.0, 0.5)
     combined = importlib.import_module("configs.combined").get_config("face").loss
     assert (combined.m1, combined.m2, combined.m3) == (1.0, 0.3, 0.2)
+    # Exact (127.5² is a float64); isclose's default rel_tol 1e-9.
     assert math.isclose(
         np.asarray(
             importlib.import_module("faceloss_jax.data.config").NORMALIZATIONS["arcface_torch"]
@@ -265,8 +294,8 @@ def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay, g
     ``clip_grad_norm_(backbone.parameters(), 5)``, ``SGD(momentum=0.9,
     weight_decay=wd)`` over backbone and head, ``zero_grad()``; the scheduler stepped
     every micro-batch (``rates[i]`` is micro-batch i's). Returns the losses, the
-    backbone's gradient norms before clipping (one per update), and the final
-    parameters."""
+    backbone's gradient norms before clipping (one per update), the final parameters,
+    and each parameter's path length ``Σ_updates |Δ|``."""
     torch = pytest.importorskip("torch")
     as_tensor = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
     backbone = torch.nn.Sequential(
@@ -287,6 +316,12 @@ def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay, g
         weight_decay=weight_decay,
     )
     history, norms = [], []
+
+    def parameters():
+        values = {name: t.detach().numpy().copy() for name, t in backbone.state_dict().items()}
+        return {**values, "W": weight.detach().numpy().T.copy()}
+
+    path = {name: np.zeros_like(value) for name, value in parameters().items()}
     for global_step, (rate, batch) in enumerate(zip(rates, batches), start=1):
         for group in opt.param_groups:
             group["lr"] = rate
@@ -304,12 +339,13 @@ def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay, g
         loss.backward()
         if global_step % gradient_acc == 0:
             norms.append(float(torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5.0)))
+            before = parameters()
             opt.step()
             opt.zero_grad()
+            for name, value in parameters().items():
+                path[name] += np.abs(value - before[name])
         history.append(loss.item())
-    final = {name: t.detach().numpy() for name, t in backbone.state_dict().items()}
-    final["W"] = weight.detach().numpy().T
-    return history, norms, final
+    return history, norms, parameters(), path
 
 
 def test_ten_face_recipe_steps_are_arcface_torchs():
@@ -344,10 +380,10 @@ def test_ten_face_recipe_steps_are_arcface_torchs():
         opt.learning_rate, opt.warmup_steps, config.num_train_steps, power=1.0
     )
     recipe_rates = [float(m["learning_rate"]) for m in metrics]
-    np.testing.assert_allclose(recipe_rates[1:], rates[1:], rtol=1e-6)
+    np.testing.assert_allclose(recipe_rates[1:], rates[1:], rtol=RATE_RTOL)
     assert recipe_rates[0] == 0.0 and rates[0] == opt.learning_rate
     rates[0] = 0.0
-    expected, norms, final = _arcface_torch_run(
+    expected, norms, final, path = _arcface_torch_run(
         initial,
         batches,
         scale=config.loss.scale,
@@ -356,22 +392,63 @@ def test_ten_face_recipe_steps_are_arcface_torchs():
         weight_decay=opt.weight_decay,
     )
     assert max(norms) > 5.0  # the clipping was active
-    np.testing.assert_allclose([float(m["loss"]) for m in metrics], expected, rtol=2e-5)
-    _assert_same_parameters(jax.device_get(state.params), final)
+    np.testing.assert_allclose([float(m["loss"]) for m in metrics], expected, rtol=LOSS_RTOL)
+    _assert_same_parameters(jax.device_get(state.params), final, path, config, updates=10)
 
 
-def _assert_same_parameters(params, final):
-    """The recipe's parameters equal the PyTorch loop's ``final`` to float32 noise."""
+# The recipe's float32 rates against Python's float64: a warmup k/W·base or a decay
+# base·(1 − (k − W)/(T − W))^p is a few roundings, the subtraction's cancellation (down to
+# 1/7 here) magnifying the quotient's by ≤ 6: ≲ 10·u ≈ 6e-7 relative. A step off by one
+# moves a rate by ≥ 1/7 of it.
+RATE_RTOL = 1e-6
+
+
+def _step_rounding(config) -> float:
+    """The relative float32 error of one step's gradient of the tiny ArcFace model.
+
+    A cosine of unit vectors in d = 4 dimensions is within ~√(d + 2)·u of exact, and
+    ArcFace multiplies it by s = 64 in the logits, so in the softmax weights and the
+    gradient; backpropagation through the backbone's sums (64 pixels, 32 hidden units,
+    BatchNorm's 16 rows) adds Σ√n·u. √n, not the worst case n: Higham & Mary's
+    probabilistic bound ("A new approach to probabilistic rounding error analysis",
+    2019), since the worst case 2·n·(1 + s)·u of ``test_train.rounding_tolerance``
+    (8320·u here) is above the faults these comparisons catch (a missing weight decay
+    moves a parameter by ≥ 600·u of its leaf's largest, below).
+    """
+    d, s = config.model.embedding_dim, config.loss.scale
+    return (s * np.sqrt(d + 2) + np.sqrt(64) + np.sqrt(32) + np.sqrt(16)) * 2.0**-24
+
+
+# A loss is the log-sum-exp of s·cos minus the target's: the parameters, within
+# ``_step_rounding`` (≈ 1e-5) of the reference's, move a cosine by about as much and the
+# logits by s = 64 times that, ≲ 7e-4, which is ≤ 2e-5 of the losses (≥ 37); measured
+# 1.5e-7. (A missing weight decay moves the losses by 1.7e-5–1.2e-4: the parameters
+# below are the check that sees it.)
+LOSS_RTOL = 2e-5
+
+
+def _assert_same_parameters(params, final, path, config, *, updates):
+    """The recipe's parameters equal the PyTorch loop's ``final`` to float32 noise.
+
+    Both start from the same (float32) values, so they differ only through the updates:
+    each update's float32 rounding, ``_step_rounding`` of its size, adds up to that of
+    the parameter's path length ``Σ|Δ|`` (``path``), and each update rounds the
+    parameter to float32 (u·|p|). Measured: ≤ 20·u of a leaf's largest parameter, a
+    tenth to a quarter of this bound; a missing weight decay (5e-4) is 600–45000·u off,
+    ≥ 3.4× the bound.
+    """
     backbone = params["backbone"]
     pairs = [
-        (backbone["Dense_0"]["kernel"], final["0.weight"].T),
-        (backbone["Dense_1"]["kernel"], final["3.weight"].T),
-        (backbone["BatchNorm_0"]["scale"], final["1.weight"]),
-        (backbone["BatchNorm_0"]["bias"], final["1.bias"]),
-        (params["head"]["weights"], final["W"]),
+        (backbone["Dense_0"]["kernel"], final["0.weight"].T, path["0.weight"].T),
+        (backbone["Dense_1"]["kernel"], final["3.weight"].T, path["3.weight"].T),
+        (backbone["BatchNorm_0"]["scale"], final["1.weight"], path["1.weight"]),
+        (backbone["BatchNorm_0"]["bias"], final["1.bias"], path["1.bias"]),
+        (params["head"]["weights"], final["W"], path["W"]),
     ]
-    for actual, reference in pairs:
-        np.testing.assert_allclose(actual, reference, rtol=1e-4, atol=1e-6)
+    for actual, reference, length in pairs:
+        atol = _step_rounding(config) * np.abs(length).max()
+        atol += updates * 2.0**-24 * np.abs(reference).max()
+        np.testing.assert_allclose(actual, reference, rtol=0, atol=atol)
 
 
 def test_accumulated_face_recipe_updates_are_arcface_torchs():
@@ -403,9 +480,9 @@ def test_accumulated_face_recipe_updates_are_arcface_torchs():
     )
     # Each micro-batch logs the rate of the update it goes into.
     np.testing.assert_allclose(
-        [float(m["learning_rate"]) for m in metrics], np.repeat(rates[1::2], 2), rtol=1e-6
+        [float(m["learning_rate"]) for m in metrics], np.repeat(rates[1::2], 2), rtol=RATE_RTOL
     )
-    expected, norms, final = _arcface_torch_run(
+    expected, norms, final, path = _arcface_torch_run(
         initial,
         batches,
         scale=config.loss.scale,
@@ -415,8 +492,8 @@ def test_accumulated_face_recipe_updates_are_arcface_torchs():
         gradient_acc=2,
     )
     assert len(norms) == 3 and min(norms) > 5.0  # each update clipped
-    np.testing.assert_allclose([float(m["loss"]) for m in metrics], expected, rtol=2e-5)
-    _assert_same_parameters(jax.device_get(state.params), final)
+    np.testing.assert_allclose([float(m["loss"]) for m in metrics], expected, rtol=LOSS_RTOL)
+    _assert_same_parameters(jax.device_get(state.params), final, path, config, updates=3)
 
 
 def test_clipping_inside_accumulation_sums_sharded_columns():
@@ -433,6 +510,20 @@ def test_clipping_inside_accumulation_sums_sharded_columns():
         mesh = mesh_of(devices)
         state, step = make_step(config, mesh)
         batch = tiny_batch(16)
-        state, _ = run_steps(state, step, batch, mesh, "shard_map", 4)
-        finals.append(jax.device_get(state.params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *finals)
+        params = jax.device_get(state.params)
+        path = jax.tree.map(np.zeros_like, params)  # Σ over the updates of |Δ|
+        for _ in range(4):
+            state, _ = run_steps(state, step, batch, mesh, "shard_map", 1)
+            new = jax.device_get(state.params)
+            path = jax.tree.map(lambda s, a, b: s + np.abs(a - b), path, new, params)
+            params = new
+        finals.append(params)
+    # The runs start equal, so they differ through their 2 updates only: each is off by
+    # ``test_train.rounding_tolerance`` (8 devices vs 1, float32, s = 8) of its largest
+    # element, which adds up to that of the largest path length Σ|Δ|, and each rounds
+    # the parameters to float32 (u·|p|): ≈ 3e-7; measured 1.5e-8. The parameters are
+    # not the scale: the clipped updates are 1e-3 of them, and a norm that misses the
+    # other devices' columns moves them by 1e-6–5e-6 (in Dense_0, Dense_1, BatchNorm).
+    atol = rounding_tolerance(config) * max(float(np.max(leaf)) for leaf in jax.tree.leaves(path))
+    atol += 2 * 2.0**-24 * max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(finals[0]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=atol), *finals)
