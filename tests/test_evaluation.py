@@ -30,10 +30,12 @@ def _linear_embed_fn(projection):
 
 @pytest.mark.parametrize("batch_size", [8, 37, 100])
 @pytest.mark.parametrize("flip,normalize", [(True, True), (False, True), (False, False)])
-def test_extract_matches_direct_computation(batch_size, flip, normalize):
+def test_extract_matches_direct_computation(x64, batch_size, flip, normalize):
     rng = np.random.default_rng(0)
-    images = rng.normal(size=(37, 4, 5, 1)).astype(np.float32)
-    projection = rng.normal(size=(20, 3)).astype(np.float32)
+    # float64 images and projection (the test enables x64): the embed function and the
+    # flip sum compute in float64, as the reference does.
+    images = rng.normal(size=(37, 4, 5, 1))
+    projection = rng.normal(size=(20, 3))
     expected = images.reshape(37, -1) @ projection
     if flip:
         expected += images[:, :, ::-1].reshape(37, -1) @ projection
@@ -43,23 +45,33 @@ def test_extract_matches_direct_computation(batch_size, flip, normalize):
         _linear_embed_fn(projection), images, batch_size=batch_size, flip=flip, normalize=normalize
     )
     assert got.shape == (37, 3) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Extraction's float32 steps: the cast (≤ u/2 relative) and the normalization (a norm
+    # of 3 squares, ≤ 2.5·u, and a division, u): ≤ 4·u of the largest element (1 when
+    # normalized); 8·u. A row of another batch, or a missed flip, is O(1) off.
+    tol = 8 * 2.0**-24
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * np.abs(expected).max())
 
 
-def test_flip_tta_on_flip_symmetric_and_asymmetric_functions():
-    images = np.random.default_rng(1).normal(size=(6, 3, 4, 2)).astype(np.float32)
+def test_flip_tta_on_flip_symmetric_and_asymmetric_functions(x64):
+    # float64 images (x64): the sums are float64, and extraction rounds them to float32,
+    # so that equal float64 values (to ~1e-15) land at most one float32 ulp (2⁻²³
+    # relative) apart; the float32 normalization adds ≤ 4·u of the unit vector (see
+    # test_extract_matches_direct_computation). A missed or doubled flip is 2× off.
+    ulp, unit_tol = 2.0**-23, 8 * 2.0**-24
+    images = np.random.default_rng(1).normal(size=(6, 3, 4, 2))
     symmetric = lambda x: x.sum(axis=2).reshape(len(x), -1)  # Invariant to the mirror.
     no_flip = evaluation.extract_embeddings(symmetric, images, flip=False, normalize=False)
     with_flip = evaluation.extract_embeddings(symmetric, images, flip=True, normalize=False)
-    np.testing.assert_allclose(with_flip, 2 * no_flip, rtol=1e-6, atol=1e-6)
+    atol = 1e-13 * np.abs(no_flip).max()  # a sum that cancels to ~0
+    np.testing.assert_allclose(with_flip, 2 * no_flip, rtol=ulp, atol=atol)
     np.testing.assert_allclose(
-        evaluation.extract_embeddings(symmetric, images), _unit(no_flip), rtol=1e-5
+        evaluation.extract_embeddings(symmetric, images), _unit(no_flip), atol=unit_tol
     )
     # The left column plus, through the mirror, the right column.
     left_column = lambda x: x[:, :, 0, :].reshape(len(x), -1)
     got = evaluation.extract_embeddings(left_column, images, flip=True, normalize=False)
     expected = (images[:, :, 0, :] + images[:, :, -1, :]).reshape(6, -1)
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=ulp, atol=1e-13 * np.abs(expected).max())
 
 
 @needs_devices(8)
@@ -109,7 +121,7 @@ def test_partial_embed_fn_reuses_the_compiled_function():
     size = extract._embed_batch._cache_size()
     second = evaluation.extract_embeddings(Partial(apply, 3 * jnp.eye(4)), images, normalize=False)
     assert extract._embed_batch._cache_size() == size
-    np.testing.assert_allclose(second, 3 * first)
+    np.testing.assert_allclose(second, 3 * first)  # exact: ones times 3·I
 
 
 @needs_devices(8)
@@ -128,6 +140,12 @@ def test_extract_rejects_bad_input():
 
 
 # --------------------------------------------------------------------------- verification
+
+# The verification metrics below are float64 functions of the scores: fractions k/n of
+# decisions, their means and standard deviations, and linear interpolations between
+# ROC points or sorted scores. They round by a few u ≈ 1e-16 of their O(1) values, while
+# one decision counted otherwise moves a fraction by ≥ 1/n (≥ 1e-4 here): the default
+# rtol 1e-7 of assert_allclose (pytest.approx: 1e-6) lies between, and is not restated.
 
 
 def test_kfold_accuracy_hand_computed():
@@ -265,6 +283,7 @@ def test_template_pooling_and_template_verification():
         embeddings, np.array([7, 7, 9]), np.arange(3), normalize_faces=True
     )
     np.testing.assert_array_equal(templates, [7, 9])
+    # float32 features: a mean of two unit vectors and its normalization, ≤ 4·u ≈ 2.4e-7.
     np.testing.assert_allclose(pooled, [[0.5**0.5, 0.5**0.5], [1.0, 0.0]], rtol=1e-6)
 
     rng = np.random.default_rng(5)
@@ -403,6 +422,10 @@ def test_probe_ranks_reject_bad_gallery():
 
 # -------------------------------------------------------------------------------- geometry
 
+# float64 geometry: arccos of cosines of exact (or cos/sin-made) vectors, a few u, its
+# condition 1/sin θ ≤ 2 at the hand-made angles away from 0 and π; pytest.approx's
+# default rel 1e-6 (the means of 10 rows: ≤ 10·u of Σ|x|, assert_allclose's 1e-7).
+
 
 def test_intra_and_inter_angle_hand_computed():
     assert evaluation.inter_angle(np.eye(3)) == pytest.approx(-0.5)
@@ -434,6 +457,8 @@ def test_inter_angle_in_blocks_equals_all_pairs(monkeypatch):
         / np.pi
     )
     monkeypatch.setattr(geometry, "_BLOCK_ELEMENTS", 50)  # Blocks of 2 rows.
+    # float64: 4-d cosines (≤ 4·u) through arccos, whose condition 1/sin θ is O(1) for
+    # random directions, and a mean of 506 in another order: ~1e-14; 1e-12.
     assert evaluation.inter_angle(weights) == pytest.approx(expected, rel=1e-12)
 
 
@@ -451,6 +476,7 @@ def test_class_centers_norms_and_pair_angles():
         np.array([[1.0, 1.0], [1.0, 0.0], [3.0, 0.0]]),
         np.array([[2.0, 2.0], [1.0, 1.0], [-1.0, 0.0]]),
     )
+    # At 0 and π, arccos turns a cosine's float64 rounding δ ≈ 2·u into √(2δ) ≈ 3e-8.
     np.testing.assert_allclose(angles, [0.0, np.pi / 4, np.pi], atol=1e-7)
 
 
@@ -524,8 +550,11 @@ def test_evaluate_run_on_perfect_2d_features(tmp_path):
     assert metrics["l_intra"] < 0.01
     # The 5 seen classes are 40° apart: L_Inter = −mean pairwise angle / π.
     pairwise = [40 * abs(i - j) for i in range(5) for j in range(5) if i != j]
+    # Statistical: a centre averages 60 angles of σ = 0.02 rad, so it is ~0.003 rad off
+    # and L_Inter (/π) ~0.001; 0.01. Classes a slot (40°) apart would be 0.05 off.
     assert metrics["l_inter"] == pytest.approx(-np.mean(pairwise) / 180, abs=0.01)
     assert metrics["positive_angle_deg"] < 5 and metrics["negative_angle_deg"] > 35
+    # Norms ~ U(1, 2) (σ = 0.29): 5 class means of 60, σ ≈ 0.29/√300 ≈ 0.017; 0.1 ≈ 6σ.
     assert metrics["feature_norm_mean"] == pytest.approx(1.5, abs=0.1)
     assert all(isinstance(v, float) for v in metrics.values())
     files = sorted(os.listdir(tmp_path / "eval"))
@@ -564,6 +593,8 @@ def test_evaluate_run_with_weights_3d_and_a_mesh(tmp_path):
     # order: n·u ≈ 120 · 6e-8 ≈ 7e-6 of the O(1) metrics (angles, norms, rates).
     for key in metrics:
         assert metrics[key] == pytest.approx(sharded[key], rel=1e-5, abs=1e-5), key
+    # The identity embedding is exact, so these are the same features through the same
+    # float64 functions: equal to a few u; pytest.approx's default rel 1e-6.
     features = test_images.reshape(-1, 3)
     expected_accuracy = np.mean(np.argmax(features @ weights, axis=1) == test_labels)
     assert metrics["closed_set_accuracy"] == pytest.approx(expected_accuracy)
@@ -588,5 +619,6 @@ def test_closed_set_accuracy_by_leave_one_out_centers():
         others = np.arange(60) != i
         centers = [_unit(embeddings[others & (labels == c)].mean(axis=0)) for c in range(3)]
         correct += np.argmax([embeddings[i] @ c for c in centers]) == labels[i]
+    # A fraction of counted decisions: exact up to its rounding, approx's default.
     assert evaluation.closed_set_accuracy(embeddings, labels) == pytest.approx(correct / 60)
     assert 0.5 < correct / 60 < 1.0  # Neither trivial nor random.
