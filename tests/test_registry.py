@@ -84,6 +84,9 @@ def test_a_registered_loss_trains_by_name_in_every_layout(
     y = np.arange(6) % NUM_CLASSES
     value, _ = objectives.compute_loss(config.loss, head, state, x, y, step=0)
     expected = losses.cosface(x, head["weights"], y, scale=16.0, margin=0.3).mean()
+    # The same float32 operations on the same inputs (the objective adds the mean): equal
+    # to the last bit here; rtol 1e-6 (17·u) allows the mean of 6 losses summed in
+    # another order (6·u) and is far below another margin or scale (O(1e-1)).
     np.testing.assert_allclose(value, expected, rtol=1e-6)
 
 
@@ -387,5 +390,6 @@ def test_evaluation_of_a_subsample_that_misses_classes():
         batch_size=8,
     )
     # Nearest of the 4 present centres (leave-one-out; class 9's lone sample cannot be).
+    # A fraction of counted decisions: exact up to rounding, approx's default rel 1e-6.
     assert metrics["closed_set_accuracy"] == pytest.approx(7 / 8)
     assert np.isfinite(metrics["l_inter"]) and np.isfinite(metrics["feature_norm_mean"])
