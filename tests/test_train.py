@@ -164,6 +164,8 @@ def test_lambda_is_annealed_by_the_step(loss):
         expected = fn(
             embeddings, head["weights"], labels, margin=config.margin, lambda_=schedule(step)
         ).mean()
+        # The same float32 function of the same inputs (the objective adds the mean of
+        # 6): a few ulp of the O(1) loss, ≤ 16·u = 1e-6; λ at another step is O(0.1) off.
         np.testing.assert_allclose(value, expected, rtol=1e-6)
         values.append(float(value))
     assert values[1] > values[0]  # the margin bites once λ has decayed
@@ -264,6 +266,9 @@ def test_gradient_clipping_bounds_the_update():
     state, (metrics,) = run_steps(state, step, tiny_batch(), mesh_of(1), "shard_map", 1)
     delta = jax.tree.map(np.subtract, jax.device_get(state.params), before)
     assert metrics["grad_norm"] > 1e-2
+    # new − old recovers the update to the float32 rounding of the new parameters, ≤ u·|p|
+    # each: ‖error‖ ≤ u·‖p‖ = 6e-8 · 8.8 ≈ 5e-7, 5e-4 of the clipped norm 1e-3 (plus
+    # the clip's 1e-6/‖g‖ ≈ 4e-7); measured 2e-6. Unclipped, the update is ‖g‖ ≈ 2.9.
     np.testing.assert_allclose(optax.global_norm(delta), 1e-3, rtol=1e-3)
 
 
@@ -305,6 +310,7 @@ def test_train_and_evaluate_logs_checkpoints_and_evaluates(tiny_model, tmp_path)
     assert train_steps == [2, 4, 6]
     assert {"loss", "learning_rate", "grad_norm", "accuracy", "intra_angle"} <= set(records[0])
     assert [r["step"] for r in records if r["split"] == "eval"] == [6]
+    # JSON writes floats with repr, which reads back exactly; approx's default 1e-6.
     assert json.loads(
         (tmp_path / "eval" / "step_6.json").read_text(encoding="utf-8")
     ) == pytest.approx(metrics)

@@ -73,6 +73,7 @@ def test_state_is_updated_first_then_used(loss):
             x, w, y, stats, scale=config.scale, margin=config.margin, h=config.h
         )
     else:
+        # √2·log(C − 1) in float32 against float64: ≤ 3 roundings, 3·u ≈ 2e-7; 1e-6.
         np.testing.assert_allclose(state["scale"], losses.adacos_fixed_scale(8), rtol=1e-6)
         scale = losses.adacos_dynamic_scale(state["scale"], x, w, y)
         expected_state = {"scale": scale}
@@ -91,6 +92,8 @@ def test_elasticface_draws_margins_from_the_key():
     expected = losses.elasticface_arc(
         x, head["weights"], y, key, scale=config.scale, margin=config.margin, sigma=config.sigma
     )
+    # The same float32 function of the same inputs and key (the objective adds the mean of
+    # 16): a few ulp of the O(1) loss, ≤ 16·u = 1e-6; another key's margins are O(1e-2) off.
     np.testing.assert_allclose(value, expected.mean(), rtol=1e-6)
     other, _ = objectives.compute_loss(config, head, {}, x, y, step=0, key=jax.random.PRNGKey(4))
     assert other != value
@@ -109,6 +112,8 @@ def test_xbm_adds_the_memory_term_then_enqueues():
     config.update(memory_size=32, warmup_steps=1)
     x, y, _ = _inputs()
     unit = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    # Below, the objective calls the same float32 functions on the same inputs: a few ulp
+    # of O(1) values, ≤ 16·u = 1e-6 (rtol); the memory term, when it counts, is O(0.1).
     in_batch = losses.triplet_margin_loss(unit, y, margin=config.margin, mining=config.mining)
     state = _head_state(config)
     value, state = objectives.compute_loss(config, {}, state, x, y, step=0)
@@ -173,11 +178,15 @@ def test_subcenter_head_is_d_c_k_and_scored_by_its_best_subcenter():
     metrics = objectives.batch_metrics(config, head, x, y)
     unit_w = np.asarray(head["weights"]) / np.linalg.norm(head["weights"], axis=0)
     per_subcenter = np.einsum("bd,dck->bck", np.asarray(x), unit_w)
+    # A fraction of counted decisions: exact up to rounding (the default rtol 1e-7).
     np.testing.assert_allclose(
         metrics["accuracy"], np.mean(per_subcenter.max(-1).argmax(-1) == np.asarray(y))
     )
     unit_x = np.asarray(x) / np.linalg.norm(x, axis=-1, keepdims=True)
     own = per_subcenter[np.arange(16), np.asarray(y)].max(-1) / np.linalg.norm(x, axis=-1)
+    # float32 cosines of 4-d vectors (≲ 8·u absolute either side) through arccos, whose
+    # condition 1/sin θ is ≤ 4.6 for these features: ≲ 2·8·4.6·u ≈ 4e-6 of the mean
+    # angle (0.3·π); measured equal.
     np.testing.assert_allclose(metrics["intra_angle"], np.mean(np.arccos(own)) / np.pi, rtol=1e-5)
     accuracy = evaluation.closed_set_accuracy(unit_x, np.asarray(y), weights=unit_w)
     np.testing.assert_allclose(accuracy, metrics["accuracy"])
