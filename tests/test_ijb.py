@@ -112,8 +112,11 @@ def test_reader_reads_the_release_layout(tmp_path):
     # The folder above IJBC/ works too.
     release = ijb.read_ijb(tmp_path, "IJBC")
     assert release.image_names.tolist() == [f"{i}.jpg" for i in range(1, 9)]
+    # The landmarks are written with 4 decimals (±0.5e-4) and read as float32 (≤ u·100
+    # ≈ 6e-6 at these coordinates): ≤ 5.6e-5. The scores' decimals are exact, read as
+    # float32: ≤ u/2 relative.
     np.testing.assert_allclose(release.landmarks[0], REF, atol=1e-4)
-    np.testing.assert_allclose(release.detector_scores, SCORES, rtol=1e-6)
+    np.testing.assert_allclose(release.detector_scores, SCORES, rtol=2.0**-24)
     assert release.templates.tolist() == TEMPLATES and release.medias.tolist() == MEDIAS
     assert release.pair_labels.tolist() == [bool(p[2]) for p in PAIRS]
     assert release.gallery is None
@@ -125,7 +128,12 @@ def test_hand_computed_scores_roc_and_tar_at_far(tmp_path):
     features = ijb.face_features(release, mean_colour, preprocess=preprocess, batch_size=4)
     # Mean colour of a uniform crop, flip TTA adds the mirror: 2 (c − 127.5) / 127.5.
     expected_features = 2 * (np.array(COLOURS) - 127.5) / 127.5
-    np.testing.assert_allclose(features, expected_features, atol=1e-5)
+    # float32 means of n = 112² equal values (PNG is lossless, the warp of a uniform
+    # colour is that colour), each off by ≤ √n·u of its value (Higham & Mary's
+    # probabilistic bound; measured 4e-7), two of them (the flip): √n·u·|feature|.
+    # A wrong colour is ≥ 2/127.5 off.
+    atol = 112 * 2.0**-24 * np.abs(expected_features).max()
+    np.testing.assert_allclose(features, expected_features, atol=atol)
 
     metrics = ijb.evaluate_ijb(release, features, out_dir=tmp_path / "out")
     # Pair scores by eval_ijbc.py's loops (detector-score weights, media means, sums):
@@ -136,8 +144,12 @@ def test_hand_computed_scores_roc_and_tar_at_far(tmp_path):
         features, release.templates, release.medias, weights=release.detector_scores
     )
     scores = ijb.score_pairs(unique, pooled, release.pair_a, release.pair_b)
+    # The loops on the same features in float64: the float32 pooling (≤ 3 faces weighted,
+    # media means, their sum and its normalization) and a 3-term dot round by ≲ 12·u ≈
+    # 7e-7 of the unit cosines. The hand-computed scores are given to 4 decimals
+    # (±0.5e-4), the features within 3e-5 of the exact colours (above).
     reference = eval_ijbc_reference(
-        expected_features,
+        features.astype(np.float64),
         np.array(TEMPLATES),
         np.array(MEDIAS),
         np.array(SCORES),
@@ -148,6 +160,8 @@ def test_hand_computed_scores_roc_and_tar_at_far(tmp_path):
         sorted(scores, reverse=True)[:4], [0.9954, 0.9899, 0.9140, 0.8560], atol=1e-4
     )
     fpr, tpr, _ = evaluation.roc_curve(scores, release.pair_labels, drop_intermediate=True)
+    # Fractions of counted pairs and TARs read off them: exact up to float64 rounding,
+    # the default tolerances (rtol 1e-7, approx's 1e-6); one pair is ≥ 1/8.
     np.testing.assert_allclose(fpr, [0, 0, 0.125, 0.125, 1])
     np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
     # FAR 1e-6 … 1e-2: nearest ROC FAR is 0 → TAR .5; FAR 1e-1: nearest is 1/8, where
@@ -187,6 +201,8 @@ def test_roc_equals_sklearn_and_pooling_equals_the_loops():
     scores = np.round(rng.normal(labels * 1.5, 1.0), 2)  # many ties
     fpr, tpr, thresholds = evaluation.roc_curve(scores, labels, drop_intermediate=True)
     ref_fpr, ref_tpr, ref_thresholds = sklearn_metrics.roc_curve(labels, scores)
+    # Fractions of counts and the scores themselves: equal to float64 rounding, the
+    # default rtol 1e-7; one pair counted otherwise is ≥ 1/2700.
     np.testing.assert_allclose(fpr, ref_fpr)
     np.testing.assert_allclose(tpr, ref_tpr)
     np.testing.assert_allclose(thresholds[1:], ref_thresholds[1:])
@@ -201,6 +217,10 @@ def test_roc_equals_sklearn_and_pooling_equals_the_loops():
     gather = ijb.score_pairs(unique, pooled, a, b, method="gather", chunk_size=64)
     gram = ijb.score_pairs(unique, pooled, a, b, method="gram", block_size=7)
     reference = eval_ijbc_reference(features, templates, medias, weights_, pairs)
+    # float32 against the float64 loops: pooling sums ≤ 14 weighted faces (≤ 14·u of
+    # Σ|w·f|), the normalization (≤ 10·u) and a 16-term dot of unit vectors (16·u):
+    # ≲ 40·u·Σ|w·f|/‖Σ w·f‖ ≈ 1e-5 of a cosine at worst, ~√n·u in practice (measured
+    # below 1e-6). A face in the wrong template or media moves a cosine by ≥ 1e-2.
     np.testing.assert_allclose(gather, reference, atol=1e-5)
     np.testing.assert_allclose(gram, reference, atol=1e-5)
 
@@ -320,6 +340,8 @@ def test_evaluate_ijb_bins_and_embed_commands(tmp_path):
     assert f"threshold {threshold:.4f}" in result.stdout
     emb = np.load(out)
     assert emb.shape == (2, 64)
+    # float32 unit vectors of 64 elements: the normalization's norm and this one each
+    # ≤ (64/2 + 1)·u: 66·u ≈ 4e-6.
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, rtol=1e-5)
     similarity = float(emb[0] @ emb[1])
     decision = "same" if similarity >= threshold else "different"
@@ -378,12 +400,17 @@ def test_embed_library_functions_align_and_compare():
     # The red photo at twice the scale, aligned by its landmarks; the green one is a crop.
     emb = embed.embed_faces(backbone, [red, green], np.stack([2 * REF, REF]))
     expected = 2 * (np.array([[250, 0, 0], [0, 250, 0]]) - 127.5) / 127.5
+    # float32 means of 112² equal values, ≤ √n·u = 112·u of each (Higham & Mary's
+    # probabilistic bound), and the normalization: ≤ 2·112·u ≈ 1.3e-5 of a unit vector.
+    # The wrong colour or scale is ≥ 1e-2 off.
     np.testing.assert_allclose(
-        emb, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6
+        emb, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=2 * 112 * 2.0**-24
     )
     result = embed.compare_faces(
         backbone, red, green, landmarks_a=2 * REF, landmarks_b=REF, threshold=0.0
     )
+    # The same embeddings (same inputs, same function), a 3-term float32 dot either
+    # side: ≤ 2·3·u ≈ 4e-7.
     assert result["similarity"] == pytest.approx(float(emb[0] @ emb[1]), abs=1e-6)
     assert result["same"] is (result["similarity"] >= 0.0)
     with pytest.raises(ValueError, match="both faces or for neither"):
