@@ -131,6 +131,7 @@ def evaluate_ijb(
         preprocess=backbone.preprocess,
         batch_size=batch_size,
         log=lambda message: print(message, flush=True),
+        image_size=backbone.image_size,
     )
     return evaluation.evaluate_ijb(
         release,

@@ -27,6 +27,7 @@ pairs) takes seconds and a few hundred MB beside the embeddings
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -247,14 +248,16 @@ def read_ijb(root: epath.PathLike, name: str = "IJBC") -> IJBRelease:
     )
 
 
-def load_aligned_face(path: epath.PathLike, landmarks: np.ndarray) -> np.ndarray:
-    """The 112×112 uint8 RGB ArcFace crop of one photo (decoded by its content)."""
+def load_aligned_face(
+    path: epath.PathLike, landmarks: np.ndarray, image_size: int = align.ARCFACE_SIZE
+) -> np.ndarray:
+    """The ``image_size``² uint8 RGB ArcFace crop of one photo (decoded by its content)."""
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
     except (OSError, ValueError) as error:
         raise IJBFormatError(f"cannot decode {path}: {error}") from None
-    return align.align_face(rgb, landmarks)
+    return align.align_face(rgb, landmarks, output_size=image_size)
 
 
 def face_features(
@@ -267,8 +270,10 @@ def face_features(
     flip: bool = True,
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
+    image_size: int = align.ARCFACE_SIZE,
 ) -> np.ndarray:
-    """The unnormalized embedding of every face: aligned, ``f(x) + f(mirror(x))``.
+    """The unnormalized embedding of every face: aligned to ``image_size``² (the
+    backbone's input), ``f(x) + f(mirror(x))``.
 
     Faces are decoded and aligned by a thread pool ``chunk_size`` at a time, so memory
     holds one chunk of crops.
@@ -284,7 +289,13 @@ def face_features(
         for start in range(0, len(paths), chunk_size):
             stop = min(start + chunk_size, len(paths))
             crops = np.stack(
-                list(pool.map(load_aligned_face, paths[start:stop], release.landmarks[start:stop]))
+                list(
+                    pool.map(
+                        functools.partial(load_aligned_face, image_size=image_size),
+                        paths[start:stop],
+                        release.landmarks[start:stop],
+                    )
+                )
             )
             outputs.append(
                 extract_embeddings(
