@@ -106,6 +106,9 @@ def test_psi_matches_piecewise_definition(x64, m):
 
 
 def test_reductions(x64):
+    # float64: the same logits by other formulas (cos(arccos c + 0), m1·θ with m1 = 1, a
+    # normalization of w): a few u each, × s = 30, plus the log-sum-exp's 7 terms:
+    # ≲ 10·u·31 ≈ 3e-14 relative; the default rtol 1e-7 (and 1e-6) leave ≥ 3e6×.
     x, w, y = _data(16, 5, 7)
     wn = w / np.linalg.norm(w, axis=0)
     softmax = losses.softmax_cross_entropy(x, w, y)
@@ -227,7 +230,7 @@ def test_chunked_check_grads(x64, name, hp):
         (x, w),
         order=1,
         modes=["rev"],
-        atol=1e-5,
+        atol=1e-5,  # float64 central differences, as in test_check_grads
         rtol=1e-5,
     )
 
@@ -241,6 +244,10 @@ def test_chunked_bfloat16_is_finite_and_close():
     assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
     assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads)
     ref = losses.arcface(xb.astype(jnp.float32), wb.astype(jnp.float32), y).sum()
+    # bfloat16 (u_b = 2⁻⁹): the normalized x̂ and ŵ are rounded to it, ≤ u_b each, so a
+    # cosine (Σ|x̂_k ŵ_k| ≤ 1, accumulated in float32) is ≤ 2·u_b off; × s = 64 in every
+    # logit, and a loss (log-sum-exp minus the target) moves ≤ 2·64·2·u_b = 0.5, ≤ 1.3e-2
+    # of each example's (≥ 38 here) and so of the sum; measured 1.2e-4.
     np.testing.assert_allclose(float(loss), float(ref), rtol=2e-2)
 
 
@@ -291,6 +298,8 @@ def test_bad_hyper_parameters():
 
 
 def test_geometry_matches_reference(x64):
+    # float64 cosines of 5-d vectors (≤ 7·u) through arccos (condition 1/sin θ, O(1) for
+    # random directions) and means: ~1e-14; assert_allclose's default rtol 1e-7.
     x, w, y = _data(20, 5, 7)
     cos = (x * w[:, y].T).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(w[:, y], axis=0)
     np.testing.assert_allclose(losses.intra_angle(x, w, y), np.arccos(cos).mean() / np.pi)
@@ -308,9 +317,12 @@ def test_geometry_matches_reference(x64):
 def test_lambda_schedule_papers_settings():
     sphere = losses.lambda_schedule()
     assert float(sphere(0)) == 1000.0
+    # float32: 0.12 rounded, 1 + 120 exact, one division rounded: ≤ u = 6e-8 < 1e-7.
     np.testing.assert_allclose(float(sphere(1000)), max(5.0, 1000 / (1 + 0.12 * 1000)))
     assert float(sphere(10**7)) == 5.0
     lsoftmax = losses.lambda_schedule(1000.0, 2.5e-5, 35.0, 0.0)
+    # float32 power with exponent 35: the base's rounding times 35 (its condition) plus
+    # the pow's own few ulp, ≲ 40·u ≈ 2.4e-6; 1e-5.
     np.testing.assert_allclose(float(lsoftmax(10_000)), 1000 * (1.25) ** -35, rtol=1e-5)
     steps = jnp.arange(0, 20_000, 500)
     assert np.all(np.diff(np.asarray(jax.vmap(lsoftmax)(steps))) <= 0)
@@ -320,6 +332,8 @@ def test_lambda_from_schedule_traces_under_jit():
     x, w, y = _data(4, 3, 5, dtype=np.float32)
     sched = losses.lambda_schedule()
     f = jax.jit(lambda step: losses.sphereface(x, w, y, lambda_=sched(step)).sum())
+    # float32, jitted or eager (other fusions): a cosine (d = 3) ≤ 5·u off, × ‖x‖ ≤ 1.8 in
+    # a logit, ≤ 2 logit errors a loss: ≤ 4·18·u on a sum of 6.7, 6e-7 relative; 1e-6.
     np.testing.assert_allclose(
         f(10), losses.sphereface(x, w, y, lambda_=float(sched(10))).sum(), rtol=1e-6
     )
