@@ -206,6 +206,9 @@ def test_reductions_to_the_core_losses(x64):
     x = rng.normal(size=(12, 4))
     x *= 20.0 / np.linalg.norm(x, axis=1, keepdims=True)  # every ‖x‖ = 20
     w, y = rng.normal(size=(4, 9)), rng.integers(0, 9, size=12)
+    # float64: the same logits by other formulas (a margin written another way, a norm
+    # folded in), a few u each, × s = 30 (or ‖x‖ = 20), plus the log-sum-exp's 9 terms:
+    # ≲ 12·u·31 ≈ 4e-14 relative; rtol 1e-9 leaves ≥ 1e4×.
     arc = losses.arcface(x, w, y, scale=30.0, margin=0.4)
     np.testing.assert_allclose(
         losses.subcenter_arcface(x, w[:, :, None], y, scale=30.0, margin=0.4), arc
@@ -400,6 +403,9 @@ def test_adacos_traced_scale_in_chunked_jit():
 def test_state_updates_match_reference(x64):
     case = next(c for c in CASES if c.id == "adaface")
     x, w, y = _data(case, 10, 4, 7, seed=8)
+    # float64 statistics of 10 examples (means, a standard deviation, the median and
+    # log-sum-exp of ≤ 70 cosines × s ≤ 6) against the reference's: ≲ 70·u·(1 + s) ≈ 5e-14
+    # relative; rtol 1e-12. (√2·log(C − 1): a few roundings, the default rtol 1e-7.)
     np.testing.assert_allclose(
         losses.curricularface_update_t(0.2, x, w, y), ref.curricularface_t(0.2, x, w, y), rtol=1e-12
     )
@@ -431,6 +437,8 @@ def test_state_updates_under_pmap_use_the_global_batch(x64):
         )
 
     t, stats, scale = updates(x.reshape(devices, 3, 4), y.reshape(devices, 3), w)
+    # float64, the psum adds the devices' partial sums in another order: as above,
+    # ≲ 5e-14 relative; rtol 1e-12. A per-device statistic is O(0.1) off.
     np.testing.assert_allclose(t, ref.curricularface_t(0.2, x, w, y), rtol=1e-12)
     np.testing.assert_allclose(stats, ref.adaface_stats(15.0, 8.0, x), rtol=1e-12)
     np.testing.assert_allclose(scale, ref.adacos_dynamic_scale(6.0, x, w, y), rtol=1e-12)
@@ -449,6 +457,8 @@ def test_adacos_scale_with_class_sharded_weights(x64):
         in_specs=(P("c"), P(None, "c"), P("c")),
         out_specs=P(),
     )
+    # float64, sums over the class shards in another order: ≲ 5e-14 relative (see
+    # test_state_updates_match_reference); rtol 1e-12.
     np.testing.assert_allclose(fn(x, w, y), expected, rtol=1e-12)
 
 
@@ -527,6 +537,8 @@ def test_xbm_losses_match_reference(x64):
         memory = losses.xbm_enqueue(memory, rng.normal(size=(3, 3)), rng.integers(0, 3, size=3))
     x, y = rng.normal(size=(4, 3)), np.array([0, 1, 2, 5])  # label 5: no positive
     expected = _numpy_memory(memory)
+    # float64 squared distances of 3-d points (≤ 5·u of (‖a‖ + ‖b‖)²) through hinges and
+    # means: ~1e-14 relative while no hinge sits within 1e-2 of its margin; rtol 1e-12.
     np.testing.assert_allclose(
         losses.xbm_contrastive_loss(x, y, memory, margin=2.0),
         ref.xbm_contrastive(x, y, expected, margin=2.0),
