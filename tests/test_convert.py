@@ -153,6 +153,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 @needs_torch
 @pytest.mark.parametrize("name", ["iresnet18", "iresnet50"])
+@pytest.mark.slow
 def test_torch_to_flax_to_torch_equals_the_pytorch_forward(name):
     model = _torch_model(name)
     images = _images()
@@ -208,6 +209,7 @@ def test_features_weight_other_than_one_is_rejected():
 
 
 @needs_torch
+@pytest.mark.slow
 def test_convert_cli_in_and_out(tmp_path):
     """The documented commands: --from_torch writes a backbone directory that loads,
     --to_torch writes a state_dict that PyTorch loads strictly."""
@@ -281,6 +283,7 @@ def test_convert_cli_in_and_out(tmp_path):
 
 
 @needs_torch
+@pytest.mark.slow
 def test_unbiased_bn_variance_matches_pytorch_running_var():
     """One training-mode forward updates the running statistics as PyTorch does."""
     name = "iresnet18"
@@ -311,6 +314,7 @@ def test_unbiased_bn_variance_matches_pytorch_running_var():
             assert close if unbiased or is_mean else not close, path
 
 
+@pytest.mark.slow
 def test_arcface_torch_init_statistics():
     """Convolutions ~ N(0, 0.1²) (He-normal by default: std √(2/(9·512)) ≈ 0.021 here),
     the FC as nn.Linear (U(±1/√fan_in)), PReLU 0.25."""
@@ -365,6 +369,7 @@ def test_init_from_a_different_backbone_lists_the_differences(tmp_path):
 
 
 @needs_torch
+@pytest.mark.slow
 def test_check_conversion_script():
     """The README's measurement command, at the tests' input size."""
     result = subprocess.run(

@@ -16,6 +16,8 @@ from experiments import (
 )
 from faceloss_jax import data
 
+pytestmark = pytest.mark.slow
+
 # Small evaluation sets and batches: a run costs its compilation and little else.
 TINY = [
     "--steps=2",

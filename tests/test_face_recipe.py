@@ -213,6 +213,7 @@ def _straight_through_reference(x, w, y, s, m):
     return loss, dx, dw
 
 
+@pytest.mark.slow
 def test_straight_through_arcface_is_current_arcface_torch(x64):
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(6, 5)), rng.normal(size=(5, 7))

@@ -145,6 +145,7 @@ def test_evaluate_without_a_run_is_one_line_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_traceback(tmp_path):
     result = _run("faceloss_jax.evaluate", f"--workdir={tmp_path}", "--verbose")
     assert result.returncode != 0 and "Traceback" in result.stderr, result.stderr
@@ -152,6 +153,7 @@ def test_verbose_shows_the_traceback(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_evaluate_bins_with_a_missing_bin_leaves_the_run_unchanged(run_dir, tmp_path):
     before = _snapshot(run_dir)
     missing = tmp_path / "lfw.bin"
@@ -160,6 +162,7 @@ def test_evaluate_bins_with_a_missing_bin_leaves_the_run_unchanged(run_dir, tmp_
     assert _snapshot(run_dir) == before  # no eval/
 
 
+@pytest.mark.slow
 def test_convert_with_a_missing_pth_creates_no_directory(tmp_path):
     missing, workdir = tmp_path / "backbone.pth", tmp_path / "r18"
     result = _run(
@@ -172,6 +175,7 @@ def test_convert_with_a_missing_pth_creates_no_directory(tmp_path):
     assert sorted(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_convert_into_a_training_run_is_refused_and_changes_no_byte(run_dir, tmp_path):
     source = tmp_path / "backbone.pth"
     source.write_bytes(b"not read: the workdir is refused first")
@@ -188,6 +192,7 @@ def test_convert_into_a_training_run_is_refused_and_changes_no_byte(run_dir, tmp
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["run"]  # no staging folder
 
 
+@pytest.mark.slow
 def test_evaluate_ijb_with_an_empty_pair_list_is_one_line(run_dir, tmp_path):
     write_release(tmp_path / "IJBC", pairs="")
     before = _snapshot(run_dir)
@@ -197,6 +202,7 @@ def test_evaluate_ijb_with_an_empty_pair_list_is_one_line(run_dir, tmp_path):
     assert _snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_embed_with_a_missing_image_is_one_line(run_dir, tmp_path):
     before = _snapshot(run_dir)
     missing = tmp_path / "a.jpg"
@@ -210,6 +216,7 @@ def test_embed_with_a_missing_image_is_one_line(run_dir, tmp_path):
 # ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ijb_pair_lists_are_refused_before_any_face_is_embedded(run_dir, tmp_path, monkeypatch):
     """``evaluate``'s main reads (and refuses) the release before loading the backbone
     or embedding a face."""
@@ -235,6 +242,7 @@ def test_ijb_pair_lists_are_refused_before_any_face_is_embedded(run_dir, tmp_pat
         assert "ijbc_template_pair_label.txt" in str(error.value)
 
 
+@pytest.mark.slow
 def test_all_zero_detector_scores_warn_naming_the_file_and_are_not_used(tmp_path, caplog):
     write_release(tmp_path, score=0.0)
     with caplog.at_level(logging.WARNING):
@@ -253,6 +261,7 @@ def test_all_zero_detector_scores_warn_naming_the_file_and_are_not_used(tmp_path
     assert metrics["use_detector_score"] is True and not caplog.records
 
 
+@pytest.mark.slow
 def test_a_workdir_with_both_a_run_and_a_backbone_is_refused(run_dir, tmp_path):
     workdir = tmp_path / "both"
     workdir.mkdir()
@@ -267,6 +276,7 @@ def test_a_workdir_with_both_a_run_and_a_backbone_is_refused(run_dir, tmp_path):
         weights.save_backbone(run_dir, {"params": {}, "batch_stats": {}}, {"name": "lenet_pp"})
 
 
+@pytest.mark.slow
 def test_evaluate_with_config_but_no_checkpoint_creates_nothing(tmp_path):
     config = cli.config_from_command_line(["--config=configs/arcface.py"])
     (tmp_path / "config.json").write_text(config.to_json(), encoding="utf-8")
@@ -275,6 +285,7 @@ def test_evaluate_with_config_but_no_checkpoint_creates_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no checkpoints/
 
 
+@pytest.mark.slow
 def test_a_failed_save_leaves_no_backbone_directory(tmp_path, monkeypatch):
     """A save that fails half-way (a full disk) leaves neither the directory nor the
     staging folder; an existing backbone is left whole."""
@@ -295,6 +306,7 @@ def test_a_failed_save_leaves_no_backbone_directory(tmp_path, monkeypatch):
     assert _snapshot(tmp_path / "old") == before
 
 
+@pytest.mark.slow
 def test_evaluate_bins_prints_the_step_as_training_logs_targets(run_dir, tmp_path):
     path, run = tmp_path / "lfw.bin", tmp_path / "run"
     write_bin(path)
@@ -314,6 +326,7 @@ def test_evaluate_bins_prints_the_step_as_training_logs_targets(run_dir, tmp_pat
     assert saved["lfw"]["step"] == STEP
 
 
+@pytest.mark.slow
 def test_unknown_model_names_and_missing_torch_are_user_errors(monkeypatch, tmp_path):
     with pytest.raises(errors.ConfigError, match="unknown model name 'resnet9'"):
         models.create_model({"name": "resnet9"})

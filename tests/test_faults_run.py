@@ -23,6 +23,8 @@ from test_train import tiny_batch
 from faceloss_jax import errors, evaluate, train
 from faceloss_jax.train_lib import checkpointing, cli
 
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = (
     "--config.batch_size=8",

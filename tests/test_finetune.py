@@ -8,9 +8,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from test_convert import SIZE, _env, _random_iresnet18
 
 from faceloss_jax import weights
+
+pytestmark = pytest.mark.slow
 
 
 def test_fine_tune_command_starts_from_the_converted_backbone(tmp_path):

@@ -285,6 +285,7 @@ def _random_backbone(directory) -> None:
     weights.save_backbone(directory, variables, {"name": "iresnet18", "embedding_dim": 64})
 
 
+@pytest.mark.slow
 def test_evaluate_ijb_bins_and_embed_commands(tmp_path):
     """``evaluate --ijb --bins`` and ``embed`` as documented, on a backbone directory."""
     release, backbone = tmp_path / "IJB_release" / "IJBC", tmp_path / "r18"
@@ -348,6 +349,7 @@ def test_evaluate_ijb_bins_and_embed_commands(tmp_path):
     assert f"cosine {similarity:.4f}  {decision}" in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_ijb_script_runs_at_small_counts(tmp_path):
     out = tmp_path / "bench.md"
     result = subprocess.run(

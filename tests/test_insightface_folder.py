@@ -126,6 +126,7 @@ def _env(tmp_path: pathlib.Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_recordio_folder_trains_logs_targets_resumes_and_evaluate_bins_agrees(tmp_path):
     folder = write_folder(tmp_path / "ms1m")
     assert (folder / "property").read_text(encoding="utf-8").strip() == f"{NUM_TRAIN},{SIZE},{SIZE}"

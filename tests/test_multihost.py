@@ -40,7 +40,7 @@ from conftest import needs_devices
 from faceloss_jax import data, train
 from faceloss_jax.train_lib import checkpointing, optimizers
 
-pytestmark = needs_devices(8)  # the 1 × 8 references
+pytestmark = [needs_devices(8), pytest.mark.slow]  # the 1 × 8 references
 # What the survivor of a killed peer says: the coordination service's verdict, or gloo's.
 PEER_LOST = re.compile(r"another task died|Connection closed by peer|Connection reset by peer")
 NUM_STEPS = 6

@@ -13,8 +13,11 @@ import pathlib
 import sys
 
 import nbformat
+import pytest
 
 import faceloss_jax
+
+pytestmark = pytest.mark.slow
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("loss_geometry", "euclidean_vs_angular", "composition", "train_and_inspect")

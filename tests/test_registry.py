@@ -334,6 +334,7 @@ def _start(spec: str, extra: list[str], tmp_path) -> dict:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.slow
 def test_every_config_starts_from_the_command_line(name, tmp_path):
     metrics = _start(f"configs/{name}.py", [], tmp_path)
     assert 0.0 <= metrics["verification_accuracy"] <= 1.0

@@ -278,6 +278,7 @@ def test_offline_config_errors_and_held_batches():
         objectives.compute_loss(_offline_config(), {}, state, np.ones((6, 4)), np.arange(6), step=0)
 
 
+@pytest.mark.slow
 def test_triplet_run_on_many_identities_has_active_triplets_only_with_pk_batches():
     from experiments import pxk_mining
 

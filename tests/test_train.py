@@ -135,6 +135,7 @@ def mesh_of(num_devices: int) -> Mesh:
 
 
 @pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.slow
 def test_every_loss_trains(loss):
     config = tiny_config(loss)
     mesh = mesh_of(1)
@@ -418,6 +419,7 @@ def _launch(script, workdir):
     )
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
     script = _RUN_SCRIPT.format(tests=str(REPO / "tests"), repo=str(REPO))
     uninterrupted = _launch(script, tmp_path / "uninterrupted")

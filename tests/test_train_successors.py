@@ -29,6 +29,7 @@ def successor_config(loss: str):
 
 
 @pytest.mark.parametrize("loss", objectives.loss_names("successor"))
+@pytest.mark.slow
 def test_every_successor_trains(loss):
     config = successor_config(loss)
     state, step = make_step(config, mesh_of(1))
