@@ -2,8 +2,12 @@
 chunked head's temporaries free of B×C terms (C = 100k on 8 host devices; LeNets++ as
 the backbone, so that a test compiles in seconds)."""
 
+import pytest
+
 from experiments import bench_scale_memory as bench
 from tests.conftest import needs_devices
+
+pytestmark = pytest.mark.slow
 
 IMAGE_SHAPE = (28, 28, 1)
 BATCH_PER_DEVICE = 16

@@ -12,9 +12,12 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from experiments import loss_ranking
 from faceloss_jax import data, train
+
+pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_BENCHMARK = {
