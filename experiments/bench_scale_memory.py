@@ -17,8 +17,8 @@ chunked (``chunk_size``: never the B×C logits), class-sharded Partial FC 0.1
 (``sample_rate``), and chunked + Partial FC.
 
 Platforms: ``cpu`` (the default; ``--xla_force_host_platform_device_count`` host devices,
-nothing else needed) or ``tpu`` (ahead-of-time compilation for a TPU v5e topology,
-``v5e:2x4`` for 8 chips, ``v5e:8x8`` for 64, without TPU hardware: needs ``libtpu`` of the
+nothing else needed) or ``tpu`` (ahead-of-time compilation for a TPU v5p topology,
+``v5p:2x2x2`` for 8 chips, ``v5p:4x4x4`` for 64, without TPU hardware: needs ``libtpu`` of the
 installed jax, ``pip install libtpu==<jax's pin>`` or ``jax[tpu]``). The CPU compiler keeps
 bfloat16 convolutions' activations in float32 and schedules for a CPU, so its backbone
 figures are larger than an accelerator's; the TPU compile is the accelerator estimate.
@@ -96,7 +96,9 @@ LAYOUT_NAMES = {
     "pfc": "class-sharded Partial FC 0.1",
     "chunked_pfc": "class-sharded chunked + Partial FC 0.1",
 }
-TPU_TOPOLOGIES = {8: "v5e:2x4", 64: "v5e:8x8"}
+# v5p (95 GB of HBM per chip), so that no row is refused for want of memory (libtpu
+# refuses to compile a program larger than the chip's HBM).
+TPU_TOPOLOGIES = {8: "v5p:2x2x2", 64: "v5p:4x4x4"}
 # arcface_torch docs/speed_benchmark.md, "GPU memory cost of different parallel methods
 # (GB per GPU), Tesla V100 32GB * 8": iResNet-50, fp16, batch 128 per GPU. The table's
 # values are MB (its header says GB); None: "-" (out of memory).
@@ -306,7 +308,7 @@ def measured_step_memory(
 
 
 def device_mesh(platform: str, num_devices: int):
-    """A 1-D data mesh of ``num_devices``: host devices, or the chips of a TPU v5e
+    """A 1-D data mesh of ``num_devices``: host devices, or the chips of a TPU
     topology (``TPU_TOPOLOGIES``) for ahead-of-time compilation."""
     import jax
     import numpy as np
@@ -392,16 +394,18 @@ def _arcface_torch(devices: int, classes: int, layout: str) -> str:
     return " (OOM)" if value is None else f" ({value / 1000:.1f})"
 
 
-def linear_fit(rows: list[dict]) -> tuple[float, float, float] | None:
+def linear_fit(rows: list[dict]) -> tuple[float, float, float | None] | None:
     """Least-squares ``peak = a + b·C`` over ``rows`` (two or more C): ``(a, b, the
-    largest relative residual)``; None with fewer than two."""
+    largest relative residual)``, the residual None with only two C (the line passes
+    through both); None with fewer than two."""
     ok = [r for r in rows if "error" not in r]
     if len({r["classes"] for r in ok}) < 2:
         return None
     c = np.array([r["classes"] for r in ok], float)
     peak = np.array([r["peak"] for r in ok], float)
     b, a = np.polyfit(c, peak, 1)
-    return a, b, float(np.max(np.abs(a + b * c - peak) / peak))
+    residual = float(np.max(np.abs(a + b * c - peak) / peak)) if len(set(c)) > 2 else None
+    return a, b, residual
 
 
 def _largest_fitting(rows: list[dict], budget_gb: float) -> str:
@@ -435,11 +439,15 @@ RTX2080Ti: model parallel 9684 MB (batch 2048 in all, 32 per GPU), Partial FC 67
 (batch 4096, 64 per GPU): other batch sizes than ours, so they are not set beside a row.
 
 `cpu`: XLA:CPU on `--xla_force_host_platform_device_count` host devices. It keeps the
-bfloat16 backbone's activations about as large as float32 ones (iResNet-50: ~13.4 GB of
-temporaries at batch 128, against ~3.6 GB for the same step compiled for TPU v5e) and
-materializes a second (d, C/n) float32 block beside the head's gradient (the gradient
-scaled by 1/n, for its norm), so it overstates an accelerator's need; `tpu`: the same
-step compiled ahead of time for TPU v5e (`--platform=tpu`, libtpu, no TPU needed).
+bfloat16 backbone's activations about as large as float32 ones (iResNet-50: 13.4 GB of
+temporaries at batch 128, the rows at 1M) and materializes a second (d, C/n) float32
+block beside the head's gradient (the gradient scaled by 1/n, read for its norm), so it
+overstates what an accelerator needs. `tpu`: the same step compiled ahead of time for a
+TPU v5p topology (`--platform=tpu`; libtpu, no TPU needed). A first TPU attempt for v5e
+(16 GB chips) was refused by the compiler, which reported 22.46 GB of temporaries for
+iResNet-50, 8 chips, C = 29M, chunked (the error row in the JSON). A cell "—" was not
+compiled: each compile took 1–5 minutes (TPU: 10–20) on the shared 2-core machine, so the
+grid was cut to the rows below.
 """
 
 
@@ -481,7 +489,8 @@ def report(rows: list[dict], checks: list[dict] = ()) -> str:
                 "",
                 "Largest C that fits (peak ≤ budget per device), on the line a + b·C through "
                 "the measured rows of each layout (the state and the head's gradient are "
-                "linear in C; the largest relative residual of the line is given):",
+                "linear in C; the largest relative residual of the line where three or more "
+                "C were measured):",
                 "",
                 "| devices | layout | rows | "
                 + " | ".join(f"{b} GB" for b in BUDGETS_GB)
@@ -491,12 +500,14 @@ def report(rows: list[dict], checks: list[dict] = ()) -> str:
             for devices in sorted({key[2] for key in mine}):
                 for k in layouts:
                     subset = [r for key, r in mine.items() if key[2] == devices and key[4] == k]
+                    if not subset:
+                        continue
                     fit = linear_fit(subset)
                     values = [_largest_fitting(subset, b) for b in BUDGETS_GB]
                     lines.append(
                         f"| {devices} | {LAYOUT_NAMES[k]} | {len(subset)} | "
                         + " | ".join(values)
-                        + f" | {'—' if fit is None else f'{fit[2]:.1%}'} |"
+                        + f" | {'—' if fit is None or fit[2] is None else f'{fit[2]:.1%}'} |"
                     )
             lines += [
                 "",
@@ -506,6 +517,8 @@ def report(rows: list[dict], checks: list[dict] = ()) -> str:
             ]
             for key in sorted(mine):
                 r = mine[key]
+                if "error" in r:
+                    continue
                 lines.append(
                     f"| {r['devices']} | {_count(r['classes'])} | {LAYOUT_NAMES[r['layout']]} | "
                     f"{r['arguments'] / GB:.2f} | {(r['outputs'] - r['aliased']) / GB:.3f} | "
