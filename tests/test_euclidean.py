@@ -144,6 +144,9 @@ def test_contrastive_pair_loss_matches_reference(batch, dim):
         got = contrastive_pair_loss(
             x0.astype(np.float32), x1.astype(np.float32), same.astype(bool), margin=margin
         )
+        # float32 differences of rounded inputs: a distance d within (dim + 2)·u relative;
+        # the hinge (m − d)² magnifies that by 2·d/(m − d) ≤ 20 here (the active pairs
+        # have (m − d)/d ≥ 0.10): ≤ 120·u ≈ 7e-6 < 1e-5; measured 1.2e-7.
         np.testing.assert_allclose(got, ref_contrastive_pair(x0, x1, same, margin), rtol=1e-5)
         np.testing.assert_allclose(
             got, classic_pytorch_contrastive(x0, x1, same, margin), rtol=1e-5
@@ -167,15 +170,27 @@ def test_triplet_loss_matches_reference(batch, dim):
     got = triplet_loss(a, p, n, margin=0.2)
     assert got.shape == (batch,)
     expected = ref_triplet(a, p, n, 0.2)
+    # float32 distances of differences, each within (dim + 2)·u relative, so a hinge
+    # within 6·u·(d_ap + d_an) ≤ 6·u·2.8 ≈ 1e-6 absolute (atol; measured 5.5e-8).
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert 0 < np.count_nonzero(expected) < batch  # hinge active and inactive
+
+
+def _gram_atol(a, b):
+    """float32 ‖a‖² + ‖b‖² − 2·a·b against float64: the norms and the cross term
+    (|2·a·b| ≤ ‖a‖² + ‖b‖²), d-term sums of rounded inputs, are each ≤ (d + 2)·u·(‖a‖² +
+    ‖b‖²) off, and the subtraction cancels for near points, so the bound is absolute:
+    2·(d + 2)·u·max(‖a‖² + ‖b‖²), ≤ 1.1e-5 for these shapes (measured ≤ 0.3 of it).
+    A wrong formula (a sign, a missing square) is O(1) off."""
+    na, nb = np.sum(np.square(a), -1), np.sum(np.square(b), -1)
+    return 2 * (a.shape[-1] + 2) * 2.0**-24 * float(np.max(na[:, None] + nb[None, :]))
 
 
 @pytest.mark.parametrize("batch,dim", SHAPES)
 def test_pairwise_sq_distances_matches_reference(batch, dim):
     x = _normal(batch, batch, dim)
     got = jax.jit(losses.pairwise_sq_distances)(x.astype(np.float32))
-    np.testing.assert_allclose(got, ref_sq_dist(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, ref_sq_dist(x), rtol=0, atol=_gram_atol(x, x))
     assert np.all(np.diag(got) == 0)
 
 
@@ -184,7 +199,7 @@ def test_sq_distances_between_two_sets_match_bruteforce():
     expected = np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
     got = losses.sq_distances(a.astype(np.float32), b.astype(np.float32))
     assert got.shape == (5, 7) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=_gram_atol(a, b))
     assert losses.sq_distances(a.astype(jnp.bfloat16), b.astype(np.float32)).dtype == np.float32
     with pytest.raises(ValueError, match="sq_distances"):
         losses.sq_distances(a[0], b)
@@ -252,6 +267,8 @@ def test_center_loss_matches_reference(batch, dim, num_classes):
     x, centers = _normal(batch, batch, dim), _normal(batch + 1, num_classes, dim)
     labels = np.random.default_rng(batch).integers(0, num_classes, batch)
     got = jax.jit(losses.center_loss)(x.astype(np.float32), centers.astype(np.float32), labels)
+    # float32 ½‖x − c‖² of differences of rounded inputs (no cancellation): ≤ (dim + 3)·u
+    # ≈ 5e-7 relative; rtol 1e-5.
     np.testing.assert_allclose(got, ref_center_loss(x, centers, labels), rtol=1e-5)
 
 
@@ -259,6 +276,9 @@ def test_update_centers_matches_reference_with_repeated_labels():
     x, centers = _normal(0, 10, 3), _normal(1, 5, 3)
     labels = np.array([0, 0, 0, 2, 2, 1, 0, 2, 1, 0])  # class 3, 4 absent
     got = losses.update_centers(centers.astype(np.float32), x.astype(np.float32), labels, alpha=0.3)
+    # float32: a class's ≤ 5 differences summed and scaled, ≤ 8·u·Σ|x − c| ≲ 5e-6
+    # absolute in the worst case, ~√n·u in practice (measured 1e-7), against rtol 1e-5
+    # of the updated centres (≥ 0.22) + atol 1e-6; a wrong count or α is O(0.1) off.
     np.testing.assert_allclose(
         got, ref_update_centers(centers, x, labels, 0.3), rtol=1e-5, atol=1e-6
     )
@@ -379,7 +399,8 @@ def test_bfloat16_inputs_give_float32_losses_and_finite_grads(name):
     assert all(
         g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads
     )
-    # Computed in float32: the same value as on the upcast inputs.
+    # Computed in float32: the same value as on the upcast inputs (the same float32
+    # operations on the same values; ≤ 16·u allows another fusion's few roundings).
     upcast = tuple(a.astype(jnp.float32) for a in low)
     np.testing.assert_allclose(value, jax.jit(lambda *a: jnp.sum(fn(*a)))(*upcast), rtol=1e-6)
 
