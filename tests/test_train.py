@@ -327,7 +327,9 @@ def _poison_step(monkeypatch, poisoned_step):
     def poisoned(batch, **kwargs):
         calls.append(None)
         if len(calls) == poisoned_step:
-            batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+            # float32: the iterator's uint8 images cannot hold NaN (a float batch is
+            # taken by the step as it is).
+            batch = {**batch, "image": np.full(np.shape(batch["image"]), np.nan, np.float32)}
         return shard_batch(batch, **kwargs)
 
     monkeypatch.setattr(train, "shard_batch", poisoned)
