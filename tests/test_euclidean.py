@@ -159,9 +159,12 @@ def test_contrastive_loss_matches_reference_and_pair_form(batch, dim):
     i, j = np.triu_indices(batch, k=1)
     for margin in (1.0, 3.0):
         got = contrastive_loss(x.astype(np.float32), labels, margin=margin)
-        np.testing.assert_allclose(got, ref_contrastive(x, labels, margin), rtol=1e-5)
+        atol = _contrastive_atol(x, margin)
+        np.testing.assert_allclose(got, ref_contrastive(x, labels, margin), rtol=0, atol=atol)
         pairs = contrastive_pair_loss(x[i], x[j], labels[i] == labels[j], margin=margin)
-        np.testing.assert_allclose(got, pairs, rtol=1e-5)
+        # The pair form's differences are within (d + 2)·u of D (test above), far inside
+        # the Gram form's bound: the same atol bounds the two float32 values' difference.
+        np.testing.assert_allclose(got, pairs, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("batch,dim", SHAPES)
@@ -174,6 +177,15 @@ def test_triplet_loss_matches_reference(batch, dim):
     # within 6·u·(d_ap + d_an) ≤ 6·u·2.8 ≈ 1e-6 absolute (atol; measured 5.5e-8).
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert 0 < np.count_nonzero(expected) < batch  # hinge active and inactive
+
+
+def _contrastive_atol(x, margin):
+    """The in-batch contrastive loss reads D² in the Gram form, within δ = ``_gram_atol``
+    absolute; ½D² then moves by ½δ and ½max(0, m − D)² by (m − D)·δ/(2D) (dD = dD²/2D),
+    so their mean over the pairs by at most the largest of these factors times δ."""
+    d = np.sqrt(ref_sq_dist(x))[np.triu_indices(len(x), k=1)]
+    hinge = np.where(d < margin, (margin - d) / (2 * d), 0.0)
+    return _gram_atol(x, x) * max(0.5, float(np.max(hinge)))
 
 
 def _gram_atol(a, b):
@@ -212,7 +224,10 @@ def test_triplet_margin_loss_matches_bruteforce(mining, batch, dim):
     for margin in (0.2, 2.0):
         got = triplet_margin_loss(x.astype(np.float32), labels, margin=margin, mining=mining)
         expected, _ = ref_mined_triplet_loss(x, labels, margin, mining)
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        # Each hinge D²_ap − D²_an + α reads two Gram-form D², each within δ = _gram_atol
+        # absolute, so each term and their mean within 2δ; a miner that picks another
+        # candidate within δ of the best changes the value by less than that too.
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2 * _gram_atol(x, x))
         assert expected > 0
 
 
@@ -223,6 +238,8 @@ def test_semi_hard_fallback_matches_bruteforce():
     expected, fallbacks = ref_mined_triplet_loss(x, labels, 0.2, "semi_hard")
     assert fallbacks == 1
     got = triplet_margin_loss(x.astype(np.float32), labels, mining="semi_hard")
+    # 1-D points of magnitude ≤ 3: every D² within a few u of 9, the hinge ≈ 2.9 within
+    # ~16·u·9 ≈ 1e-5 absolute, i.e. ≤ 3e-6 relative < rtol 1e-5.
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -412,6 +429,9 @@ def test_jit_and_vmap_equal_unbatched(name):
     batched = tuple(np.stack(parts) for parts in zip(*stacked, strict=True))
     jitted = jax.jit(fn)
     expected = np.stack([jitted(*args) for args in stacked])
+    # The same float32 operations, batched: only the order of the ≤ 64-term sums may
+    # change, ≤ 2·64·u·Σ|terms| ≈ 7.6e-6 of values of order 1 (rtol 1e-5, atol 1e-6 for
+    # the zeros of inactive hinges); a wrong batching axis is O(1) off.
     np.testing.assert_allclose(jax.jit(jax.vmap(fn))(*batched), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fn(*stacked[0]), expected[0], rtol=1e-5, atol=1e-6)  # eager
 
