@@ -386,9 +386,10 @@ def _gb(row: dict | None) -> str:
     return f"{row['peak'] / GB:.1f}"
 
 
-def _arcface_torch(devices: int, classes: int, layout: str) -> str:
+def _arcface_torch(model: str, devices: int, classes: int, layout: str) -> str:
+    """arcface_torch's GB per GPU for the same row (iResNet-50 on 8 GPUs), or ""."""
     column = ARCFACE_TORCH_COLUMN.get(layout)
-    if devices != 8 or column is None or classes not in ARCFACE_TORCH_MB:
+    if model != "iresnet50" or devices != 8 or column is None or classes not in ARCFACE_TORCH_MB:
         return ""
     value = ARCFACE_TORCH_MB[classes][column]
     return " (OOM)" if value is None else f" ({value / 1000:.1f})"
@@ -481,7 +482,7 @@ def report(rows: list[dict], checks: list[dict] = ()) -> str:
             for devices, classes in cells:
                 values = [
                     _gb(mine.get((platform, model, devices, classes, k)))
-                    + _arcface_torch(devices, classes, k)
+                    + _arcface_torch(model, devices, classes, k)
                     for k in layouts
                 ]
                 lines.append(f"| {devices} | {_count(classes)} | " + " | ".join(values) + " |")
