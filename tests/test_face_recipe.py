@@ -349,6 +349,7 @@ def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay, g
     return history, norms, parameters(), path
 
 
+@pytest.mark.slow
 def test_ten_face_recipe_steps_are_arcface_torchs():
     """From the same weights and batches, 10 steps of the face recipe's optimizer and
     ArcFace (``straight_through=True``) equal arcface_torch's loop in float64 to float32

@@ -187,6 +187,7 @@ def test_lenet_feature_layer(options, expected):
         ("mobilefacenet", 112, ("gdconv", "kernel", (7, 7, 1, 512))),
     ],
 )
+@pytest.mark.slow
 def test_head_follows_input_size(name, size, head_shape):
     params = _abstract_init(_model(name), (size, size, 3))["params"]
     layer, kind, shape = head_shape
@@ -234,6 +235,7 @@ def _assert_same_forward(a, b, variables):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
 
 
+@pytest.mark.slow
 def test_eval_mode_is_per_example(built):
     batch, other_batch = built["eval"]
     assert batch.shape == (BATCH, EMBEDDING_DIM.get(built["name"], 512))

@@ -23,6 +23,7 @@ def test_the_readme_has_snippets():
 
 
 @pytest.mark.parametrize("index", range(len(_snippets())))
+@pytest.mark.slow
 def test_readme_snippet_runs(index):
     code = _snippets()[index]
     # Lines of a snippet continue the first one's indentation in the README.

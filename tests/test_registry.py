@@ -341,6 +341,7 @@ def test_every_config_starts_from_the_command_line(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", FACE_CONFIGS)
+@pytest.mark.slow
 def test_face_configs_start_from_the_command_line(name, tmp_path):
     metrics = _start(f"configs/{name}.py:face", TINY_FACE, tmp_path)
     assert 0.0 <= metrics["verification_accuracy"] <= 1.0
