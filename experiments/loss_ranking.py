@@ -73,6 +73,7 @@ BENCHMARK = hard_faces.HardFacesConfig(num_identities=500, held_out_identities=3
 # Knob variants of the calibration (fields of HardFacesConfig set on BENCHMARK).
 CALIBRATION = {
     "benchmark": {},
+    "contrast 0.12": {"identity_contrast": 0.12},
     "contrast 0.05": {"identity_contrast": 0.05},
     "contrast 0.03": {"identity_contrast": 0.03},
     "contrast 0.05 + nuisance": {
@@ -474,8 +475,9 @@ _LEGEND = (
     "identities (InsightFace's 0.01 threshold grid on squared L2 distance, flip TTA); "
     "<target>_val: TAR at FAR = 1e-3 (10-fold); l_intra, l_inter: ArcFace's angle metrics "
     "(units of π) of 1,000 training images against the class vectors (class means for the "
-    "triplet loss); train_seconds: wall time of the run's last attempt on a shared 2-core "
-    "CPU at nice 19. Values are mean ± std over the seeds done (column seeds)."
+    "triplet loss); train_seconds: wall time of the run's last attempt on a shared, loaded "
+    "2-core CPU at low priority (nice 10 or 19). Values are mean ± std over the seeds "
+    "done (column seeds)."
 )
 
 
