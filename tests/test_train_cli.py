@@ -24,7 +24,11 @@ def _run(module: str, *flags: str) -> str:
 
 
 def _report(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if ":" in line and not line.startswith("step")]
+    """The evaluation block: from the closed-set line up to the 'Results in' footer."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("closed-set accuracy:"))
+    end = next((i for i, line in enumerate(lines) if line.startswith("Results in")), len(lines))
+    return lines[start:end]
 
 
 def test_main_trains_mnist_then_evaluate_restores_the_same_model(tmp_path):
@@ -39,6 +43,7 @@ def test_main_trains_mnist_then_evaluate_restores_the_same_model(tmp_path):
         "--config.eval.max_examples=64",
         "--config.eval.num_pairs=100",
     )
+    assert stdout.startswith("plan: 2,800 images of 7 identities (mnist)")
     report = _report(stdout)
     assert report[0].startswith("closed-set accuracy:")
     assert report[1].startswith("verification accuracy:")
