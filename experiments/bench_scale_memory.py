@@ -1,8 +1,8 @@
 r"""Per-device memory of the whole face-recipe train step at arcface_torch's scale.
 
 For each backbone (iResNet-50/100 at 112×112), number of identities C, device count and
-classifier layout, builds the real step — ``train.train_step`` under ``shard_map``
-(``train.parallelize_train_step``), the real ``TrainState`` and optimizer of the face
+classifier layout, builds the real step — ``train_step.train_step`` under ``shard_map``
+(``train_step.parallelize_train_step``), the real ``TrainState`` and optimizer of the face
 recipe (``configs/arcface.py:face``: bfloat16 backbone, float32 master weights, head and
 loss; SGD momentum 0.9 with weight decay on every parameter; the backbone's gradient
 clipped), batch 128 per device — on abstract inputs (``jax.eval_shape`` for the state,
@@ -157,13 +157,12 @@ def _parallel_step(config, mesh, *, num_classes: int, image_shape: tuple[int, in
     abstract state and its PartitionSpecs."""
     import jax
 
-    from faceloss_jax import train
-    from faceloss_jax.train_lib import optimizers
+    from faceloss_jax.train_lib import optimizers, run_state, train_step
 
-    model = train.training_model(config)
+    model = run_state.training_model(config)
     lr_fn = optimizers.create_learning_rate_schedule(config.optimizer, num_train_steps=10**6)
     make_state = functools.partial(
-        train.create_train_state,
+        run_state.create_train_state,
         config,
         model,
         num_classes=num_classes,
@@ -171,10 +170,10 @@ def _parallel_step(config, mesh, *, num_classes: int, image_shape: tuple[int, in
         learning_rate_fn=lr_fn,
     )
     state = jax.eval_shape(make_state, jax.random.PRNGKey(0))
-    specs = train.state_partition_specs(state, class_sharded=train.is_class_sharded(config))
-    step = train.parallelize_train_step(
+    specs = run_state.state_partition_specs(state, class_sharded=run_state.is_class_sharded(config))
+    step = train_step.parallelize_train_step(
         functools.partial(
-            train.train_step,
+            train_step.train_step,
             model=model,
             config=config,
             learning_rate_fn=lr_fn,
@@ -194,7 +193,7 @@ def abstract_inputs(config, mesh, *, num_classes: int, image_shape: tuple[int, i
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from faceloss_jax import train
+    from faceloss_jax.train_lib import run_state
 
     step, _, state, specs = _parallel_step(
         config, mesh, num_classes=num_classes, image_shape=image_shape
@@ -204,7 +203,7 @@ def abstract_inputs(config, mesh, *, num_classes: int, image_shape: tuple[int, i
         state,
         specs,
     )
-    rows = NamedSharding(mesh, P(train.DATA_AXIS))
+    rows = NamedSharding(mesh, P(run_state.DATA_AXIS))
     batch = {
         "image": jax.ShapeDtypeStruct(
             (config.batch_size, *image_shape), jnp.float32, sharding=rows
@@ -269,7 +268,7 @@ def measured_step_memory(
     import numpy as np
     from jax.sharding import NamedSharding
 
-    from faceloss_jax import train
+    from faceloss_jax.train_lib import train_step
 
     step, make_state, _, specs = _parallel_step(
         config, mesh, num_classes=num_classes, image_shape=image_shape
@@ -279,7 +278,7 @@ def measured_step_memory(
         out_shardings=jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs),
     )(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
-    batch = train.shard_batch(
+    batch = train_step.shard_batch(
         {
             "image": rng.uniform(-1, 1, (config.batch_size, *image_shape)).astype(np.float32),
             "label": rng.integers(0, num_classes, config.batch_size).astype(np.int32),
@@ -314,7 +313,7 @@ def device_mesh(platform: str, num_devices: int):
     import numpy as np
     from jax.sharding import Mesh
 
-    from faceloss_jax import train
+    from faceloss_jax.train_lib import run_state, train_step
 
     if platform == "tpu":
         from jax.experimental import topologies
@@ -322,8 +321,8 @@ def device_mesh(platform: str, num_devices: int):
         topology = topologies.get_topology_desc(
             platform="tpu", topology_name=TPU_TOPOLOGIES[num_devices]
         )
-        return Mesh(np.array(topology.devices), (train.DATA_AXIS,))
-    return train.data_mesh(jax.devices()[:num_devices])
+        return Mesh(np.array(topology.devices), (run_state.DATA_AXIS,))
+    return train_step.data_mesh(jax.devices()[:num_devices])
 
 
 def _worker(spec: dict) -> None:

@@ -1,6 +1,6 @@
 r"""Training throughput: the train step of faceloss_jax, and the same LeNets++ step in PyTorch.
 
-Measures steps/s (and images/s) of ``faceloss_jax.train.train_step`` — forward,
+Measures steps/s (and images/s) of ``faceloss_jax.train_lib.train_step.train_step`` — forward,
 backward, loss, metrics and the optimizer update, jitted under ``shard_map`` on all
 local devices — for
 
@@ -33,8 +33,7 @@ from absl import app, flags
 
 from configs import arcface as arcface_config
 from configs import softmax as softmax_config
-from faceloss_jax import train
-from faceloss_jax.train_lib import optimizers
+from faceloss_jax.train_lib import optimizers, run_state, train_step
 
 _MODELS = flags.DEFINE_list("models", ["lenet_pp", "iresnet50"], "Backbones to time.")
 _LENET_BATCH = flags.DEFINE_integer("lenet_batch", 64, "Global batch of LeNets++.")
@@ -79,10 +78,10 @@ def time_jax_step(config, *, image_shape, num_classes: int, batch_size: int) -> 
     config.batch_size = batch_size
     config.optimizer.warmup_steps = 0
     num_devices = jax.device_count()
-    mesh = jax.make_mesh((num_devices,), (train.DATA_AXIS,))
-    model = train.training_model(config)
+    mesh = jax.make_mesh((num_devices,), (run_state.DATA_AXIS,))
+    model = run_state.training_model(config)
     lr_fn = optimizers.create_learning_rate_schedule(config.optimizer, num_train_steps=10**6)
-    state = train.create_train_state(
+    state = run_state.create_train_state(
         config,
         model,
         jax.random.PRNGKey(0),
@@ -90,13 +89,13 @@ def time_jax_step(config, *, image_shape, num_classes: int, batch_size: int) -> 
         image_shape=image_shape,
         learning_rate_fn=lr_fn,
     )
-    specs = train.state_partition_specs(state, class_sharded=False)
+    specs = run_state.state_partition_specs(state, class_sharded=False)
     state = jax.device_put(
         state, jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
     )
-    step = train.parallelize_train_step(
+    step = train_step.parallelize_train_step(
         functools.partial(
-            train.train_step,
+            train_step.train_step,
             model=model,
             config=config,
             learning_rate_fn=lr_fn,
@@ -107,7 +106,7 @@ def time_jax_step(config, *, image_shape, num_classes: int, batch_size: int) -> 
         state_specs=specs,
     )
     rng = np.random.default_rng(0)
-    batch = train.shard_batch(
+    batch = train_step.shard_batch(
         {
             "image": rng.uniform(-1, 1, (batch_size, *image_shape)).astype(np.float32),
             "label": rng.integers(0, num_classes, batch_size).astype(np.int32),

@@ -29,6 +29,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from faceloss_jax import evaluation, train
+from faceloss_jax.train_lib import periodic_eval, run_state
 
 # The metrics of every table: evaluate_run's keys, and the wall time of the run.
 METRICS = (
@@ -111,8 +112,8 @@ def final_test_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The raw (unnormalized) test-split features and labels of the run in ``workdir``,
     from its final checkpoint."""
-    images, labels = train.load_split(config, config.eval.test_split)
-    model, state = train.restore_run(config, workdir)
+    images, labels = periodic_eval.load_split(config, config.eval.test_split)
+    model, state = run_state.restore_run(config, workdir)
     variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats}
     features = evaluation.extract_embeddings(
         lambda x: model.apply(variables, x, train=False),

@@ -53,7 +53,7 @@ from matplotlib.figure import Figure
 from experiments import common
 from faceloss_jax import data, evaluation, train
 from faceloss_jax.data import hard_faces
-from faceloss_jax.train_lib import objectives
+from faceloss_jax.train_lib import objectives, periodic_eval, run_state
 
 LOSSES = ("softmax", "sphereface", "cosface", "arcface", "combined", "center", "triplet")
 TARGETS = tuple(hard_faces.PAIR_SETS)
@@ -190,7 +190,7 @@ def embed_unique(
     flat = images.reshape(len(images), -1)
     unique, inverse = np.unique(flat, axis=0, return_inverse=True)
     unique = unique.reshape((-1, *images.shape[1:]))
-    model = train.evaluation_model(config)
+    model = periodic_eval.evaluation_model(config)
     embed_fn = jax.tree_util.Partial(functools.partial(model.apply, train=False), variables)
     normalize = functools.partial(data.normalize, normalization=config.dataset.normalization)
     extract = functools.partial(
@@ -293,7 +293,7 @@ def geometry(
     examples = [source[i] for i in range(min(GEOMETRY_IMAGES, len(source)))]
     images = np.stack([e["image"] for e in examples])
     labels = np.array([e["label"] for e in examples])
-    model = train.evaluation_model(config)
+    model = periodic_eval.evaluation_model(config)
     embeddings = evaluation.extract_embeddings(
         jax.tree_util.Partial(functools.partial(model.apply, train=False), variables),
         data.normalize(images, normalization=config.dataset.normalization),
@@ -326,7 +326,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, folder: str) -> dic
         return json.loads(result_path.read_text(encoding="utf-8"))
     start, cpu_start = time.perf_counter(), time.process_time()
     train.train_and_evaluate(config, workdir)
-    _, state = train.restore_run(config, workdir)
+    _, state = run_state.restore_run(config, workdir)
     variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats}
     metrics = {
         **score_targets(config, variables, folder),

@@ -14,7 +14,7 @@ positive pairs. This study trains a small backbone on synthetic identities
 logging per step the triplets the batch offers (valid: ``y_a = y_p ≠ y_n``; active:
 violating the margin, ``D²_ap − D²_an + α > 0``, with the network of that step), and
 reports 10-fold open-set verification accuracy on 100 held-out identities, mean ± std
-over seeds. The training step is the library's (``train.train_step`` under
+over seeds. The training step is the library's (``train_step.train_step`` under
 ``shard_map`` on one device), the data ``data.create_iterator``.
 
     python -m experiments.pxk_mining --steps=60 --seeds=0,1,2 \\
@@ -37,10 +37,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import common
-from faceloss_jax import data, evaluation, losses, train
+from faceloss_jax import data, evaluation, losses
 from faceloss_jax.losses import hyperparameters as hp
 from faceloss_jax.losses import mining
-from faceloss_jax.train_lib import objectives, optimizers
+from faceloss_jax.train_lib import objectives, optimizers, run_state, train_step
 
 # The study's own loss, registered while a setting runs (``run``), so that the package's
 # table of losses stays the package's.
@@ -143,15 +143,15 @@ def _compiled(setting: Setting, steps: int, recipe: tuple[tuple[str, Any], ...])
     """The model, its jitted train step (library's), triplet statistics and embedding,
     compiled once per loss setting (uniform and P×K batches share them) for all seeds."""
     config = make_config(setting, 0, steps=steps, recipe=dict(recipe))
-    model = train.training_model(config)
+    model = run_state.training_model(config)
     learning_rate_fn = optimizers.create_learning_rate_schedule(
         config.optimizer, num_train_steps=steps
     )
-    mesh = train.data_mesh(jax.devices()[:1])
+    mesh = train_step.data_mesh(jax.devices()[:1])
     state = _initial_state(config, model, learning_rate_fn, seed=0)
-    step_fn = train.parallelize_train_step(
+    step_fn = train_step.parallelize_train_step(
         functools.partial(
-            train.train_step,
+            train_step.train_step,
             model=model,
             config=config,
             learning_rate_fn=learning_rate_fn,
@@ -159,7 +159,7 @@ def _compiled(setting: Setting, steps: int, recipe: tuple[tuple[str, Any], ...])
         ),
         parallelism="shard_map",
         mesh=mesh,
-        state_specs=train.state_partition_specs(state, class_sharded=False),
+        state_specs=run_state.state_partition_specs(state, class_sharded=False),
     )
 
     @jax.jit
@@ -176,7 +176,7 @@ def _compiled(setting: Setting, steps: int, recipe: tuple[tuple[str, Any], ...])
 
 def _initial_state(config, model, learning_rate_fn, *, seed: int):
     size = config.dataset.image_size
-    return train.create_train_state(
+    return run_state.create_train_state(
         config,
         model,
         jax.random.PRNGKey(seed),
@@ -230,7 +230,7 @@ def _train(
             state.params["backbone"], state.batch_stats, batch["image"], batch["label"]
         )
         state, metrics = step_fn(
-            state, train.shard_batch(batch, parallelism="shard_map", mesh=mesh)
+            state, train_step.shard_batch(batch, parallelism="shard_map", mesh=mesh)
         )
         log.append(
             {

@@ -43,8 +43,8 @@ from etils import epath
 from jax.tree_util import Partial
 from ml_collections import config_flags
 
-from faceloss_jax import data, errors, evaluation, models, train, weights
-from faceloss_jax.train_lib import cli, reporting
+from faceloss_jax import data, errors, evaluation, models, weights
+from faceloss_jax.train_lib import cli, periodic_eval, reporting, run_state
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A training run (or, with --ijb/--bins, a converted backbone).", required=True
@@ -93,7 +93,7 @@ def evaluate_checkpoint(
     """Restores the newest readable checkpoint of ``workdir`` and evaluates it.
 
     Nothing is written before the config, the evaluation data and a checkpoint are
-    found (``train.restore_run`` only reads).
+    found (``run_state.restore_run`` only reads).
 
     Args:
       workdir: the run directory.
@@ -107,10 +107,10 @@ def evaluate_checkpoint(
       FileNotFoundError: a verification target of the config is missing.
     """
     config = load_run_config(workdir) if config is None else config
-    eval_data = train.load_eval_data(config)
-    _, state = train.restore_run(config, workdir)
+    eval_data = periodic_eval.load_eval_data(config)
+    _, state = run_state.restore_run(config, workdir)
     step = int(state.step)
-    metrics = train.evaluate(config, state, eval_data, workdir=workdir, step=step)
+    metrics = periodic_eval.evaluate(config, state, eval_data, workdir=workdir, step=step)
     return {"step": step, **metrics}
 
 
@@ -223,7 +223,7 @@ def format_bins(results: Mapping[str, Mapping[str, Any]]) -> str:
     step = next(iter(results.values()), {}).get("step")
     lines = [] if step is None else [f"step {step}"]
     for name, report in results.items():
-        metrics = {f"{name}_{key}": report[key] for key in train.TARGET_KEYS}
+        metrics = {f"{name}_{key}": report[key] for key in periodic_eval.TARGET_KEYS}
         lines.append(
             reporting.format_targets(
                 metrics,

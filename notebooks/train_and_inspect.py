@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from configs import arcface  # noqa: E402
 from faceloss_jax import evaluation, train  # noqa: E402
-from faceloss_jax.train_lib import objectives  # noqa: E402
+from faceloss_jax.train_lib import objectives, periodic_eval, run_state  # noqa: E402
 
 print(
     "faceloss_jax from",
@@ -91,12 +91,12 @@ plt.show()
 # %% [markdown]
 # ## Restore and inspect
 #
-# The checkpoint is restored as `python -m faceloss_jax.evaluate` does (`train.restore_run`: a
+# The checkpoint is restored as `python -m faceloss_jax.evaluate` does (`run_state.restore_run`: a
 # template train state gives the structure, `checkpointing.restore_latest` fills it).
 
 # %%
-eval_data = train.load_eval_data(config)
-model, state = train.restore_run(config, workdir)
+eval_data = periodic_eval.load_eval_data(config)
+model, state = run_state.restore_run(config, workdir)
 assert int(state.step) == config.num_train_steps
 
 variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats}

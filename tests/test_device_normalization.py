@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from test_train import make_step, mesh_of, tiny_config
 
-from faceloss_jax import data, train
+from faceloss_jax import data
 from faceloss_jax.data import config as config_lib
+from faceloss_jax.train_lib import train_step
 
 
 def _iterator(source, config, *, normalize_images: bool, seed: int = 0):
@@ -82,6 +83,8 @@ def test_train_step_normalizes_uint8_images_as_the_host_does():
     results = []
     for batch in (raw, host):
         state, step = make_step(config, mesh)
-        state, metrics = step(state, train.shard_batch(batch, parallelism="shard_map", mesh=mesh))
+        state, metrics = step(
+            state, train_step.shard_batch(batch, parallelism="shard_map", mesh=mesh)
+        )
         results.append(jax.device_get((state.params, metrics["loss"])))
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-9), *results)

@@ -21,7 +21,7 @@ import test_faults_training
 from test_train import tiny_batch
 
 from faceloss_jax import errors, evaluate, train
-from faceloss_jax.train_lib import checkpointing, cli
+from faceloss_jax.train_lib import checkpointing, cli, train_step
 
 pytestmark = pytest.mark.slow
 
@@ -220,7 +220,7 @@ def test_skip_policy_skips_a_step_whose_update_alone_is_not_finite():
     config.optimizer.update(name="sgd", learning_rate=float("inf"), momentum=0.0)
     state, step, mesh = test_faults_training.make_step(config, test_faults_training.TinyNet(), 8)
     before = jax.device_get(state.params)
-    batch = train.shard_batch(tiny_batch(), parallelism="shard_map", mesh=mesh)
+    batch = train_step.shard_batch(tiny_batch(), parallelism="shard_map", mesh=mesh)
     state, metrics = step(state, batch)
     assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
     assert metrics["finite"] == 0

@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding
 from test_train import tiny_batch
 
 from faceloss_jax import losses, train
-from faceloss_jax.train_lib import checkpointing, objectives, optimizers
+from faceloss_jax.train_lib import checkpointing, objectives, optimizers, run_state, train_step
 
 CONFIGS = sorted(
     p.stem
@@ -65,7 +65,7 @@ def make_step(config, model, num_devices: int, loss_state=None):
     """A fresh train state on a mesh of ``num_devices`` and the shard_map step."""
     mesh = jax.make_mesh((num_devices,), ("data",), devices=jax.devices()[:num_devices])
     lr_fn = optimizers.create_learning_rate_schedule(config.optimizer, num_train_steps=10)
-    state = train.create_train_state(
+    state = run_state.create_train_state(
         config,
         model,
         jax.random.PRNGKey(0),
@@ -75,11 +75,11 @@ def make_step(config, model, num_devices: int, loss_state=None):
     )
     if loss_state is not None:
         state = state.replace(loss_state=loss_state)
-    specs = train.state_partition_specs(state, class_sharded=False)
+    specs = run_state.state_partition_specs(state, class_sharded=False)
     state = jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
-    step = train.parallelize_train_step(
+    step = train_step.parallelize_train_step(
         functools.partial(
-            train.train_step,
+            train_step.train_step,
             model=model,
             config=config,
             learning_rate_fn=lr_fn,
@@ -268,7 +268,7 @@ def test_each_device_draws_its_own_dropout_and_margins(monkeypatch):
     state, step, mesh = make_step(config, TinyNet(dropout=0.5), 8, loss_state=probe)
     one = tiny_batch(2)
     batch = {name: np.concatenate([value] * 8) for name, value in one.items()}
-    state, _ = step(state, train.shard_batch(batch, parallelism="shard_map", mesh=mesh))
+    state, _ = step(state, train_step.shard_batch(batch, parallelism="shard_map", mesh=mesh))
     keys = np.asarray(state.loss_state["key"]).reshape(8, -1)
     assert len({tuple(k) for k in keys}) == 8, f"devices share a loss key:\n{keys}"
     embeddings = np.asarray(state.loss_state["embeddings"]).reshape(8, -1)
@@ -299,7 +299,7 @@ def test_scalar_loss_state_is_saved_by_the_train_step(loss):
         jnp.asarray(batch["label"]),
         step=0,
     )
-    state, _ = step(state, train.shard_batch(batch, parallelism="shard_map", mesh=mesh))
+    state, _ = step(state, train_step.shard_batch(batch, parallelism="shard_map", mesh=mesh))
     for name, value in expected.items():
         assert np.ndim(value) == 0
         assert not np.allclose(value, before.loss_state[name]), f"{name} did not move"
@@ -323,7 +323,7 @@ def test_corrupt_checkpoint_fallback_ends_like_an_uninterrupted_run(tmp_path, mo
     """Fault 8: falling back from a corrupt checkpoint must restore the state *and* the data
     iterator of the previous one: the resumed run's final state (parameters, optimizer,
     AdaFace's scalar μ/σ, PRNG key, step) equals an uninterrupted run's, bit for bit."""
-    monkeypatch.setattr(train, "training_model", lambda config: TinyNet())
+    monkeypatch.setattr(run_state, "training_model", lambda config: TinyNet())
     config = tiny_config("adaface")
     config.update(num_train_steps=6, eval_every_steps=100)
     train.train_and_evaluate(config, str(tmp_path / "uninterrupted"))

@@ -20,7 +20,7 @@ import pytest
 
 from faceloss_jax import data, train
 from faceloss_jax.data import images, recordio, synthetic
-from faceloss_jax.train_lib import cli
+from faceloss_jax.train_lib import cli, periodic_eval
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TARGETS = ("lfw", "cfp_fp", "agedb_30")
@@ -89,14 +89,14 @@ _KILLED_RUN = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, {repo!r})
     from faceloss_jax import train
-    from faceloss_jax.train_lib import cli
-    shard_batch, calls = train.shard_batch, []
+    from faceloss_jax.train_lib import cli, periodic_eval, run_state, train_step
+    shard_batch, calls = train_step.shard_batch, []
     def gated(batch, **kwargs):
         calls.append(1)
         if len(calls) > 2:
             time.sleep(600)
         return shard_batch(batch, **kwargs)
-    train.shard_batch = gated
+    train_step.shard_batch = gated
     config = cli.config_from_command_line(json.loads(sys.argv[1]))
     train.train_and_evaluate(config, sys.argv[2])
 """)
@@ -220,7 +220,7 @@ def test_a_missing_target_fails_at_start_naming_the_file(folder, tmp_path):
     config = cli.config_from_command_line(
         [*run_args(copy), f"--config.eval.val_dir={folder}", "--config.eval.val_targets=cfp_fp"]
     )
-    assert list(train.load_eval_data(config)["targets"]) == ["cfp_fp"]
+    assert list(periodic_eval.load_eval_data(config)["targets"]) == ["cfp_fp"]
 
 
 def test_missing_idx_truncated_rec_and_bad_property_name_the_file(folder, tmp_path):

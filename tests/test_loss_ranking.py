@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from experiments import loss_ranking
-from faceloss_jax import data, train
+from faceloss_jax import data
+from faceloss_jax.train_lib import periodic_eval, run_state
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +98,7 @@ def test_runner_resumes_after_sigkill_and_skips_finished_runs(tmp_path, capsys):
 
     # Scoring each distinct image once reports what the training loop's callback does.
     _, _, config, workdir, folder = planned[0]
-    _, state = train.restore_run(config, workdir)
+    _, state = run_state.restore_run(config, workdir)
     variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats}
     ours = loss_ranking.score_targets(config, variables, folder)
     size = TINY_BENCHMARK["image_size"]
@@ -105,6 +106,6 @@ def test_runner_resumes_after_sigkill_and_skips_finished_runs(tmp_path, capsys):
         name: data.read_verification_bin(f"{folder}/{name}.bin", image_size=size)
         for name in loss_ranking.TARGETS
     }
-    theirs = train.evaluate_targets(config, variables, targets)
+    theirs = periodic_eval.evaluate_targets(config, variables, targets)
     for key in ours:
         np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6, err_msg=key)

@@ -38,7 +38,7 @@ import test_train
 from conftest import needs_devices
 
 from faceloss_jax import data, train
-from faceloss_jax.train_lib import checkpointing, optimizers
+from faceloss_jax.train_lib import checkpointing, optimizers, run_state, train_step
 
 pytestmark = [needs_devices(8), pytest.mark.slow]  # the 1 × 8 references
 # What the survivor of a killed peer says: the coordination service's verdict, or gloo's.
@@ -83,7 +83,7 @@ def multihost_config(loss: str, *, num_steps: int = NUM_STEPS):
 
 
 def use_tiny_model():
-    train.training_model = lambda config: test_train.TinyNet(config.model.embedding_dim)
+    run_state.training_model = lambda config: test_train.TinyNet(config.model.embedding_dim)
 
 
 def worker(root: str, losses: str, steps: str = str(NUM_STEPS), delay: str = "0") -> None:
@@ -93,13 +93,13 @@ def worker(root: str, losses: str, steps: str = str(NUM_STEPS), delay: str = "0"
     before each step (so that a test can kill it mid-run); prints the metrics."""
     use_tiny_model()
     if float(delay):
-        shard_batch = train.shard_batch
+        shard_batch = train_step.shard_batch
 
         def slow_shard_batch(batch, **kwargs):
             time.sleep(float(delay))
             return shard_batch(batch, **kwargs)
 
-        train.shard_batch = slow_shard_batch
+        train_step.shard_batch = slow_shard_batch
     for loss in losses.split(","):
         for num_steps in map(int, steps.split(",")):
             config = multihost_config(loss, num_steps=num_steps)
@@ -129,10 +129,10 @@ def _kill_launched_processes():
 def restore_state(loss: str, workdir: pathlib.Path, *, mesh=None):
     """The latest train state of ``workdir`` restored onto ``mesh`` (1 × 8 by default),
     as host NumPy arrays; the class-sharded W is resharded by orbax."""
-    mesh = mesh or train.data_mesh()
+    mesh = mesh or train_step.data_mesh()
     config = multihost_config(loss)
     lr_fn = optimizers.create_learning_rate_schedule(config.optimizer, num_train_steps=NUM_STEPS)
-    target = train.create_train_state(
+    target = run_state.create_train_state(
         config,
         test_train.TinyNet(config.model.embedding_dim),
         jax.random.PRNGKey(1),  # other values than the run's: nothing comes from the target
@@ -140,7 +140,9 @@ def restore_state(loss: str, workdir: pathlib.Path, *, mesh=None):
         image_shape=test_train.IMAGE_SHAPE,
         learning_rate_fn=lr_fn,
     )
-    specs = train.state_partition_specs(target, class_sharded=train.is_class_sharded(config))
+    specs = run_state.state_partition_specs(
+        target, class_sharded=run_state.is_class_sharded(config)
+    )
     target = jax.device_put(
         target, jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
     )
@@ -209,12 +211,12 @@ def steps_of(workdir: pathlib.Path, split: str) -> list[int]:
 
 def run_in_process(loss: str, workdir: pathlib.Path, *, num_steps: int = NUM_STEPS) -> dict:
     """``train_and_evaluate`` of ``loss`` on the 8 devices of this process."""
-    create_model = train.training_model
+    create_model = run_state.training_model
     use_tiny_model()
     try:
         return train.train_and_evaluate(multihost_config(loss, num_steps=num_steps), str(workdir))
     finally:
-        train.training_model = create_model
+        run_state.training_model = create_model
 
 
 @contextlib.contextmanager

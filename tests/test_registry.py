@@ -23,7 +23,7 @@ from configs import default
 from faceloss_jax import data, losses, train
 from faceloss_jax.errors import ConfigError
 from faceloss_jax.losses import hyperparameters as hp
-from faceloss_jax.train_lib import cli, objectives
+from faceloss_jax.train_lib import cli, objectives, run_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__",))
@@ -41,7 +41,9 @@ def toy_margin(embeddings, weights, labels, *, scale=16.0, margin=0.2, **layout)
 
 @pytest.fixture
 def tiny_net(monkeypatch):
-    monkeypatch.setattr(train, "training_model", lambda config: TinyNet(config.model.embedding_dim))
+    monkeypatch.setattr(
+        run_state, "training_model", lambda config: TinyNet(config.model.embedding_dim)
+    )
 
 
 @pytest.fixture
@@ -355,7 +357,7 @@ def test_every_face_config_builds_its_model_and_state_from_the_cli():
             [f"--config=configs/{name}.py:face", *TINY_FACE[1:]]  # bfloat16, the recipe's
         )
         train.check_config(config, num_devices=jax.device_count())
-        model = train.training_model(config)
+        model = run_state.training_model(config)
         assert model.bn_axis_name == "data" and model.dtype == jnp.bfloat16, name
         objectives.init_head(config.loss, jax.random.key(0), embedding_dim=16, num_classes=8)
 

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from faceloss_jax import data, losses, train
-from faceloss_jax.train_lib import objectives, optimizers
+from faceloss_jax.train_lib import objectives, optimizers, periodic_eval, run_state, train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The core losses; tests/test_train_successors.py trains the successors.
@@ -93,7 +93,7 @@ def make_step(config, mesh, parallelism="shard_map"):
     lr_fn = optimizers.create_learning_rate_schedule(
         config.optimizer, num_train_steps=config.num_train_steps
     )
-    state = train.create_train_state(
+    state = run_state.create_train_state(
         config,
         model,
         jax.random.PRNGKey(0),
@@ -102,11 +102,11 @@ def make_step(config, mesh, parallelism="shard_map"):
         learning_rate_fn=lr_fn,
     )
     class_sharded = config.loss.get("class_sharded", False)
-    specs = train.state_partition_specs(state, class_sharded=class_sharded)
+    specs = run_state.state_partition_specs(state, class_sharded=class_sharded)
     state = jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
-    step = train.parallelize_train_step(
+    step = train_step.parallelize_train_step(
         functools.partial(
-            train.train_step,
+            train_step.train_step,
             model=model,
             config=config,
             learning_rate_fn=lr_fn,
@@ -122,7 +122,9 @@ def make_step(config, mesh, parallelism="shard_map"):
 def run_steps(state, step, batch, mesh, parallelism, num_steps):
     history = []
     for _ in range(num_steps):
-        state, metrics = step(state, train.shard_batch(batch, parallelism=parallelism, mesh=mesh))
+        state, metrics = step(
+            state, train_step.shard_batch(batch, parallelism=parallelism, mesh=mesh)
+        )
         history.append(jax.device_get(metrics))
     return state, history
 
@@ -292,7 +294,9 @@ def test_check_config_names_the_problem():
 
 @pytest.fixture
 def tiny_model(monkeypatch):
-    monkeypatch.setattr(train, "training_model", lambda config: TinyNet(config.model.embedding_dim))
+    monkeypatch.setattr(
+        run_state, "training_model", lambda config: TinyNet(config.model.embedding_dim)
+    )
 
 
 def _read_metrics(workdir):
@@ -322,7 +326,7 @@ def test_train_and_evaluate_logs_checkpoints_and_evaluates(tiny_model, tmp_path)
 def _poison_step(monkeypatch, poisoned_step):
     """Replaces the images of the ``poisoned_step``-th batch (1-based) by NaN."""
     calls = []
-    shard_batch = train.shard_batch
+    shard_batch = train_step.shard_batch
 
     def poisoned(batch, **kwargs):
         calls.append(None)
@@ -332,7 +336,7 @@ def _poison_step(monkeypatch, poisoned_step):
             batch = {**batch, "image": np.full(np.shape(batch["image"]), np.nan, np.float32)}
         return shard_batch(batch, **kwargs)
 
-    monkeypatch.setattr(train, "shard_batch", poisoned)
+    monkeypatch.setattr(train_step, "shard_batch", poisoned)
 
 
 def test_nan_in_data_stops_with_a_clear_message(tiny_model, tmp_path, monkeypatch):
@@ -381,12 +385,13 @@ _RUN_SCRIPT = textwrap.dedent("""
     sys.path[:0] = [{tests!r}, {repo!r}]
     import test_train
     from faceloss_jax import train
-    train.training_model = lambda config: test_train.TinyNet(config.model.embedding_dim)
-    shard_batch = train.shard_batch
+    from faceloss_jax.train_lib import periodic_eval, run_state, train_step
+    run_state.training_model = lambda config: test_train.TinyNet(config.model.embedding_dim)
+    shard_batch = train_step.shard_batch
     def slow_shard_batch(batch, **kwargs):
         time.sleep(0.05)  # so that the parent can kill the run mid-way
         return shard_batch(batch, **kwargs)
-    train.shard_batch = slow_shard_batch
+    train_step.shard_batch = slow_shard_batch
     config = test_train.tiny_config()
     config.update(num_train_steps=30, checkpoint_every_steps=3, log_every_steps=3,
                   eval_every_steps=30)
@@ -451,13 +456,13 @@ def test_training_model_sets_precision_and_batch_norm_axis():
     config = importlib.import_module("configs.arcface").get_config("face")
     config.update(half_precision=True, sync_batch_norm=True)
     config.lock()  # as the command line builds it: dtype, bn_axis_name are not its keys
-    model = train.training_model(config)
+    model = run_state.training_model(config)
     assert model.dtype == jnp.bfloat16 and model.bn_axis_name == "data"
     # Every evaluation (open set and .bin targets alike) embeds in float32.
-    evaluation_model = train.evaluation_model(config)
+    evaluation_model = periodic_eval.evaluation_model(config)
     assert evaluation_model.dtype == jnp.float32 and evaluation_model.bn_axis_name is None
     config.update(half_precision=False, sync_batch_norm=False)
-    model = train.training_model(config)
+    model = run_state.training_model(config)
     assert model.dtype == jnp.float32 and model.bn_axis_name is None
-    lenet = train.training_model(tiny_config())  # no batch norm: no axis to set
+    lenet = run_state.training_model(tiny_config())  # no batch norm: no axis to set
     assert lenet.dtype == jnp.float32

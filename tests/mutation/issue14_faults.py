@@ -57,9 +57,9 @@ FAULTS = [
     ),
     (
         "7 backbone clipped by the norm of the whole gradient",
-        "faceloss_jax/train.py",
-        'norm = _global_norm({"backbone": grads["backbone"]}, class_sharded=class_sharded)',
-        "norm = _global_norm(grads, class_sharded=class_sharded)",
+        "faceloss_jax/train_lib/optimizers.py",
+        "factor = jnp.minimum(1.0, max_norm / (global_norm(clipped) + 1e-6))",
+        "factor = jnp.minimum(1.0, max_norm / (global_norm(updates) + 1e-6))",
         [STEP],
     ),
     (

@@ -13,6 +13,8 @@ from apply_faults import apply_faults
 RUN = "tests/test_faults_run.py"
 CKPT = "faceloss_jax/train_lib/checkpointing.py"
 TRAIN = "faceloss_jax/train.py"
+RUN_STATE = "faceloss_jax/train_lib/run_state.py"
+STEP = "faceloss_jax/train_lib/train_step.py"
 FAULTS = [
     (
         "1 a checkpoint that does not fit is read as corrupt (moved aside)",
@@ -60,7 +62,7 @@ FAULTS = [
     ),
     (
         "7 evaluation moves a damaged checkpoint",
-        TRAIN,
+        RUN_STATE,
         "checkpointing.restore_latest(manager, template, quarantine=False)",
         "checkpointing.restore_latest(manager, template, quarantine=True)",
         [f"{RUN}::test_evaluation_falls_back_past_a_damaged_checkpoint_and_moves_nothing"],
@@ -74,7 +76,7 @@ FAULTS = [
     ),
     (
         "9 skip checks the loss and gradient only",
-        TRAIN,
+        STEP,
         "        & _is_finite(new_state.params, new_state.opt_state, new_state.batch_stats)\n",
         "",
         [f"{RUN}::test_skip_policy_skips_a_step_whose_update_alone_is_not_finite"],
