@@ -273,6 +273,25 @@ def test_augment_crop_is_a_shift_and_flip_a_mirror():
     )
 
 
+@pytest.mark.parametrize("crop_padding", [0, 3])
+def test_augment_gives_the_whole_image_mirror_of_its_draws(crop_padding):
+    """Flips are copied channel by channel (fast): the same pixels as mirroring whole
+    RGB images after the crop, with the generator's draws in the same order."""
+    images = np.random.default_rng(0).integers(0, 256, (12, 9, 7, 3), np.uint8)
+    original = images.copy()
+    out = data.augment(images, np.random.default_rng(5), flip=True, crop_padding=crop_padding)
+    rng = np.random.default_rng(5)
+    expected = np.pad(images, ((0, 0),) + ((crop_padding, crop_padding),) * 2 + ((0, 0),))
+    if crop_padding:
+        top, left = rng.integers(0, 2 * crop_padding + 1, size=(2, 12))
+        expected = np.stack([e[t : t + 9, l : l + 7] for e, t, l in zip(expected, top, left)])
+    flipped = rng.random(12) < 0.5
+    expected = np.where(flipped[:, None, None, None], expected[:, :, ::-1], expected)
+    assert 0 < flipped.sum() < 12
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(images, original)  # the caller's array is left as it was
+
+
 def test_normalize_ranges():
     pixels = np.array([0, 255], np.uint8)
     # Exact: 0/255 and 255/255 are, and x − 127.5 and its division by 128 are exact in

@@ -135,6 +135,24 @@ def test_recordio_faults_are_data_errors_naming_file_and_record(rec_with_a_corru
         data.RecordIOSource(directory)[BAD]
 
 
+@pytest.mark.parametrize("label", [1.5, float("nan"), float("inf"), -1.0, 4.0])
+def test_a_record_label_that_is_no_class_id_is_refused_naming_the_record(tmp_path, label):
+    encoded = [images.encode_image(p) for p in _pictures(len(LABELS))]
+    recordio.write_insightface_recordio(tmp_path, encoded, LABELS)
+    rec = recordio.IndexedRecordIO(tmp_path / "train.idx", tmp_path / "train.rec")
+    records = {int(k): rec.read_idx(int(k)) for k in rec.keys}
+    header, payload = recordio.unpack(records[2])
+    records[2] = recordio.pack(header._replace(label=label), payload)
+    with recordio.IndexedRecordIOWriter(tmp_path / "train.idx", tmp_path / "train.rec") as out:
+        for key, record in records.items():
+            out.write_idx(key, record)
+    source = data.RecordIOSource(tmp_path)
+    assert source[0]["label"] == LABELS[0]
+    expected = "integer label" if label % 1 or not np.isfinite(label) else "outside"
+    with pytest.raises(recordio.RecordIOError, match=rf"train\.rec record 2 .*{expected}"):
+        source[1]
+
+
 # --- strict decoding ----------------------------------------------------------------
 
 
@@ -197,6 +215,53 @@ def test_16_bit_png_is_scaled_not_saturated():
     np.testing.assert_array_equal(gray[..., 0], expected)
     rgb = images.decode_image(buffer.getvalue(), name="deep.png", channels=3)
     np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=-1))
+
+
+def _pillow_pixels(encoded, mode):
+    """The plain Pillow decode ``decode_image`` must agree with, bit for bit."""
+    with Image.open(io.BytesIO(encoded)) as image:
+        return np.asarray(image.convert(mode))
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+@pytest.mark.parametrize("stored, channels", [(3, 3), (3, 1), (1, 3), (1, 1)])
+def test_decoded_pixels_are_pillows(image_format, stored, channels):
+    picture = np.random.default_rng(3).integers(0, 256, (16, 12, stored), np.uint8)
+    encoded = images.encode_image(picture, image_format=image_format)
+    decoded = images.decode_image(encoded, name="x", channels=channels)
+    expected = _pillow_pixels(encoded, "RGB" if channels == 3 else "L")
+    np.testing.assert_array_equal(decoded, expected.reshape(16, 12, channels))
+
+
+def test_a_jpeg_is_opened_once_a_png_twice_for_its_checksums(monkeypatch):
+    """Only PNG's Pillow plugin has a ``verify()`` (which consumes the file); the base
+    class's checks nothing, so opening a JPEG a second time would only parse its
+    header again, per image of every batch."""
+    opened = []
+    open_image = Image.open
+    monkeypatch.setattr(
+        images.Image, "open", lambda *a, **k: opened.append(1) or open_image(*a, **k)
+    )
+    picture = _pictures(1)[0]
+    images.decode_image(images.encode_image(picture), name="x.jpg")
+    assert len(opened) == 1
+    images.decode_image(images.encode_image(picture, image_format="PNG"), name="x.png")
+    assert len(opened) == 3
+
+
+def test_jpeg_scan_markers_are_found_past_stuffing_and_fill_bytes():
+    """The entropy-coded data's markers, searched in C: stuffed ``FF 00`` pairs are
+    data, fill bytes ``FF FF`` may precede the EOI, restarts must come in sequence."""
+    header = images.encode_image(_pictures(1)[0])
+    sos = header.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(header[sos + 2 : sos + 4], "big")
+    head = header[:start]
+    assert images.jpeg_structure_error(head + b"\x12\xff\x00\xff\x00\x34\xff\xd9") is None
+    assert images.jpeg_structure_error(head + b"\x12\xff\xff\xff\xd9") is None
+    assert "cut within a scan" in images.jpeg_structure_error(head + b"\x12\xff\x00\xff")
+    assert "cut within a scan" in images.jpeg_structure_error(head + b"\x12\xff\x00")
+    assert "invalid marker 0xff05" in images.jpeg_structure_error(head + b"\xff\x00\xff\x05")
+    assert "0xffd0 out of sequence" in images.jpeg_structure_error(head + b"\xff\xd0\xff\xd9")
 
 
 # --- test labels by identity --------------------------------------------------------

@@ -1,10 +1,11 @@
 """Decoding of encoded face images (JPEG/PNG) into uint8 arrays, with clear errors."""
 
 import io
+import re
 import struct
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from faceloss_jax import errors
 
@@ -12,6 +13,9 @@ _MODES = {1: "L", 3: "RGB"}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # JPEG markers: start of scan, define restart interval, end of image, restarts.
 _SOS, _DRI, _EOI, _RST0, _RST7 = 0xDA, 0xDD, 0xD9, 0xD0, 0xD7
+# In entropy-coded data, a 0xFF not stuffed (followed by 0x00): a marker (searched in C,
+# not byte by byte in Python).
+_SCAN_MARKER = re.compile(rb"\xff[^\x00]")
 
 
 class CorruptImageError(errors.DataError):
@@ -76,12 +80,12 @@ def decode_image(
     if reason:
         raise CorruptImageError(name, reason)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-        with Image.open(io.BytesIO(data)) as image:
+        with _open_verified(data) as image:
             _check_pixel_count(image)
             image.load()
-            image = _to_8_bit(image).convert(_MODES[channels])
+            image = _to_8_bit(image)
+            if image.mode != _MODES[channels]:
+                image = image.convert(_MODES[channels])
             if image_size is not None and image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
@@ -145,13 +149,12 @@ def _skip_entropy_coded(data: bytes, pos: int, restart_interval: int) -> tuple[i
     wrong with the scan's byte stuffing and restart markers."""
     expected = 0
     while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(data):
+        marker = _SCAN_MARKER.search(data, pos)
+        if marker is None:
             return pos, "no end-of-image marker: the JPEG data is cut within a scan"
+        pos = marker.start()
         code = data[pos + 1]
-        if code == 0x00:
-            pos += 2
-        elif _RST0 <= code <= _RST7:
+        if _RST0 <= code <= _RST7:
             if not restart_interval or code - _RST0 != expected:
                 return pos, (
                     f"corrupt JPEG data: restart marker 0xff{code:02x} out of sequence "
@@ -162,6 +165,18 @@ def _skip_entropy_coded(data: bytes, pos: int, restart_interval: int) -> tuple[i
             return pos, None
         else:
             return pos, f"corrupt JPEG data: invalid marker 0xff{code:02x} at byte {pos}"
+
+
+def _open_verified(data: bytes) -> Image.Image:
+    """The image opened for decoding, after ``verify()`` where its format's plugin has
+    one (PNG's checks the chunk checksums and the end; the base class's does nothing,
+    so a JPEG is opened and its header parsed once, not twice)."""
+    image = Image.open(io.BytesIO(data))
+    if type(image).verify is ImageFile.ImageFile.verify:
+        return image
+    with image:
+        image.verify()  # consumes the file: the pixels need a second open
+    return Image.open(io.BytesIO(data))
 
 
 def _check_pixel_count(image: Image.Image) -> None:

@@ -359,17 +359,13 @@ class RecordIOSource:
 
     def _read_record(self, index: int) -> dict[str, Any]:
         key = int(self._keys[index])
-        header, payload = self._unpack(key)
+        name = self._rec.describe(key)
+        header, payload = unpack(self._rec.read_idx(key), name=name)
         (label,) = self._int_labels(header, key, 1)
         if not 0 <= label < self.num_classes:
-            raise RecordIOError(
-                f"{self._rec.describe(key)}: label {label} outside [0, {self.num_classes})"
-            )
+            raise RecordIOError(f"{name}: label {label} outside [0, {self.num_classes})")
         image = images.decode_image(
-            payload,
-            name=self._rec.describe(key),
-            channels=self._channels,
-            image_size=self._image_size,
+            payload, name=name, channels=self._channels, image_size=self._image_size
         )
         return {"image": image, "label": label}
 
@@ -378,11 +374,12 @@ class RecordIOSource:
 
     def _int_labels(self, header: IRHeader, key: int, count: int) -> list[int]:
         """The first ``count`` labels of record ``key``'s header, as integers."""
-        labels = np.ravel(header.label)[:count]
-        if len(labels) < count or not np.all(np.isfinite(labels)) or np.any(labels % 1):
+        labels = np.ravel(header.label)[:count].tolist()
+        # Python floats, not numpy: this runs for every image record.
+        if len(labels) < count or not all(v.is_integer() for v in labels):
             raise RecordIOError(
                 f"{self._rec.describe(key)}: expected {count} integer label(s) in the "
-                f"header, got {labels.tolist()}"
+                f"header, got {labels}"
             )
         return [int(v) for v in labels]
 
