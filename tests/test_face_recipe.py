@@ -21,7 +21,7 @@ from test_train import (
 )
 
 from faceloss_jax import losses, train
-from faceloss_jax.train_lib import objectives, optimizers
+from faceloss_jax.train_lib import objectives, optimizers, train_step
 
 
 def test_sample_size_follows_arcface_torch():
@@ -74,6 +74,40 @@ def test_partial_fc_scores_the_sampled_columns():
     )
     with pytest.raises(ValueError, match="pass a PRNG key"):
         objectives.compute_loss(config.loss, head, state, x, y, step=0)
+
+
+def test_partial_fc_keeps_the_class_ids_of_the_center_term():
+    """Partial FC re-indexes the labels for the classifier only: center loss's term and
+    its centre update index the centres by class id (a re-indexed label would pull and
+    move another class's centre)."""
+    x = jax.random.normal(jax.random.key(0), (4, 4))
+    y = np.array([0, 5, 9, 14])
+    key = jax.random.key(3)
+    values, centres = {}, {}
+    for rate in (1.0, 0.5):
+        config = tiny_config("center")
+        config.loss.sample_rate = rate
+        head, _ = objectives.init_head(
+            config.loss, jax.random.key(1), embedding_dim=4, num_classes=16
+        )
+        state = {"centers": jax.random.normal(jax.random.key(2), (16, 4))}
+        values[rate], new_state = objectives.compute_loss(
+            config.loss, head, state, x, y, step=0, key=key
+        )
+        centres[rate] = new_state["centers"]
+    softmax = objectives.get("center").fn
+    w, b = head["weights"], head["bias"]
+    classes, sampled = losses.sample_classes(jax.random.fold_in(key, 2), y, 16, sample_rate=0.5)
+    assert not np.array_equal(sampled, y)  # the fault would show
+    center_term = {
+        1.0: values[1.0] - softmax(x, w, y, bias=b).mean(),
+        0.5: values[0.5] - softmax(x, w[:, classes], sampled, bias=b[classes]).mean(),
+    }
+    # The same float32 centre update from the same class ids: bit-identical.
+    np.testing.assert_array_equal(centres[0.5], centres[1.0])
+    # The term (λ/2·mean‖x − c_y‖², ~0.01 here) as a difference of two O(1) float32
+    # values: 1e-6 absolute is ~10 u of the O(1) losses and far below a wrong centre's change.
+    np.testing.assert_allclose(center_term[0.5], center_term[1.0], atol=1e-6)
 
 
 def test_partial_fc_trains_class_sharded_on_eight_devices():
@@ -373,7 +407,7 @@ def test_ten_face_recipe_steps_are_arcface_torchs():
     initial = jax.device_get(state.params)
     metrics = []
     for batch in batches:
-        state, m = step(state, train.shard_batch(batch, parallelism="shard_map", mesh=mesh))
+        state, m = step(state, train_step.shard_batch(batch, parallelism="shard_map", mesh=mesh))
         metrics.append(jax.device_get(m))
 
     opt = config.optimizer
@@ -473,7 +507,7 @@ def test_accumulated_face_recipe_updates_are_arcface_torchs():
     initial = jax.device_get(state.params)
     metrics = []
     for batch in batches:
-        state, m = step(state, train.shard_batch(batch, parallelism="shard_map", mesh=mesh))
+        state, m = step(state, train_step.shard_batch(batch, parallelism="shard_map", mesh=mesh))
         metrics.append(jax.device_get(m))
 
     opt = config.optimizer

@@ -303,11 +303,11 @@ def compute_loss(
       ``(loss, new_loss_state)``.
     """
     objective = get(config.name)
-    kwargs = loss_kwargs(config, step)
     x = losses.l2_normalize(embeddings) if objective.unit_embeddings else embeddings
-    weights = head.get("weights")
     rule = objective.state or StateRule(init=dict)
+    kwargs = loss_kwargs(config, step)
     if rule.before is not None:
+        weights = head.get("weights")
         loss_state, extra = call(
             rule.before,
             config=config,
@@ -328,21 +328,11 @@ def compute_loss(
             kwargs["axis_name"] = axis_name
         loss = jnp.mean(objective.fn(x, labels, **kwargs))
     else:
-        bias = head.get("bias")
-        rate = config.get("sample_rate", 1.0)
-        if rate < 1.0:
-            if key is None:
-                raise ValueError("loss.sample_rate < 1 samples classes: pass a PRNG key")
-            weights, bias, labels = _partial_fc(
-                prng_stream(key, "partial_fc"), weights, bias, labels, rate, class_axis_name
-            )
-        if bias is not None:
-            kwargs["bias"] = bias
-        if "chunked" in objective.layouts:
-            kwargs["chunk_size"] = config.chunk_size
-        if class_axis_name is not None:
-            kwargs.update(axis_name=class_axis_name, class_axis_name=class_axis_name)
-        loss = jnp.mean(objective.fn(x, weights, labels, **kwargs))
+        loss = _classifier_loss(
+            objective, config, head, x, labels, kwargs, key=key, class_axis_name=class_axis_name
+        )
+    # The auxiliary term and the state's rule see the class ids, never Partial FC's
+    # re-indexed labels (the centres are indexed by class).
     if objective.auxiliary is not None:
         loss += call(
             objective.auxiliary,
@@ -362,6 +352,38 @@ def compute_loss(
             axis_name=axis_name,
         )
     return loss, loss_state
+
+
+def _classifier_loss(
+    objective: Objective,
+    config: ml_collections.ConfigDict,
+    head: Params,
+    x: jax.Array,
+    labels: jax.Array,
+    kwargs: dict[str, Any],
+    *,
+    key: jax.Array | None,
+    class_axis_name: str | None,
+) -> jax.Array:
+    """The mean of ``objective.fn(x, W, y, **kwargs)`` in the config's layout: W all of
+    the classes (or this device's block with ``class_axis_name``), or Partial FC's sample
+    of them with ``loss.sample_rate < 1``; streamed in ``loss.chunk_size`` columns."""
+    weights, bias = head["weights"], head.get("bias")
+    rate = config.get("sample_rate", 1.0)
+    if rate < 1.0:
+        if key is None:
+            raise ValueError("loss.sample_rate < 1 samples classes: pass a PRNG key")
+        weights, bias, labels = _partial_fc(
+            prng_stream(key, "partial_fc"), weights, bias, labels, rate, class_axis_name
+        )
+    kwargs = dict(kwargs)
+    if bias is not None:
+        kwargs["bias"] = bias
+    if "chunked" in objective.layouts:
+        kwargs["chunk_size"] = config.chunk_size
+    if class_axis_name is not None:
+        kwargs.update(axis_name=class_axis_name, class_axis_name=class_axis_name)
+    return jnp.mean(objective.fn(x, weights, labels, **kwargs))
 
 
 def _partial_fc(key, weights, bias, labels, rate, class_axis_name):
