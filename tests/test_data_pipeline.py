@@ -1,5 +1,7 @@
 """Tests of the grain pipelines: determinism, resumption, sharding, padding, augmentation."""
 
+import time
+
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
@@ -7,6 +9,7 @@ import pytest
 
 from faceloss_jax import data
 from faceloss_jax.data import images as images_lib
+from faceloss_jax.data import pipeline
 
 
 def _tagged_source(n, size=6):
@@ -290,6 +293,31 @@ def test_augment_gives_the_whole_image_mirror_of_its_draws(crop_padding):
     assert 0 < flipped.sum() < 12
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(images, original)  # the caller's array is left as it was
+
+
+def test_read_ahead_is_counted_in_records_rounded_up_to_batches():
+    """grain counts its buffer in batches: the config's records are converted, so a
+    training host holds a few batches ahead, not ``prefetch_buffer_size`` of them."""
+    config = _config(read_threads=4, prefetch_buffer_size=256)
+    assert pipeline.read_options(config, 1024).prefetch_buffer_size == 4  # one per thread
+    assert pipeline.read_options(config, 16).prefetch_buffer_size == 16
+    config.read_threads = 1
+    assert pipeline.read_options(config, 100).prefetch_buffer_size == 3
+    reads = []
+
+    class Counted(list):
+        def __getitem__(self, index):
+            reads.append(index)
+            return super().__getitem__(index)
+
+    config.prefetch_buffer_size = 8  # two batches of 4 ahead
+    iterator = data.create_iterator(
+        Counted(_tagged_source(200)), config, global_batch_size=4, seed=0, train=True
+    )
+    next(iterator)
+    time.sleep(0.3)  # time enough to fill a far larger buffer
+    assert 4 <= len(reads) <= 3 * 4
+    iterator.close()
 
 
 def test_normalize_ranges():

@@ -29,7 +29,8 @@ def default_config(name: str) -> ml_collections.ConfigDict:
       augment.crop_padding: random crop of the image zero-padded by this many
         pixels on each side (a shift of up to that much); 0 disables it.
       read_threads: threads reading and decoding records (grain ReadOptions).
-      prefetch_buffer_size: records read ahead by those threads.
+      prefetch_buffer_size: records read ahead by those threads (in whole batches, at
+        least one per thread: ``pipeline.read_options``).
       worker_count: grain worker processes (0: none; on 2 cores threads suffice).
       worker_buffer_size: batches each worker process prepares ahead.
       identities_per_batch, samples_per_identity: P and K of identity-balanced

@@ -223,11 +223,7 @@ def create_iterator(
         batches = global_batches.map(lambda indices: _read_padded(source, indices[block])).map(
             model_input
         )
-    iter_dataset = batches.to_iter_dataset(
-        grain.ReadOptions(
-            num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size
-        )
-    )
+    iter_dataset = batches.to_iter_dataset(read_options(config, local_batch_size))
     if config.worker_count:
         if not flags.FLAGS.is_parsed():
             # grain's worker processes read its absl flags; outside an absl app
@@ -239,6 +235,19 @@ def create_iterator(
             )
         )
     return iter(iter_dataset)
+
+
+def read_options(config: ml_collections.ConfigDict, batch_size: int) -> grain.ReadOptions:
+    """grain's read options for batches of ``batch_size``: ``config.read_threads`` threads,
+    each reading one batch, and ``config.prefetch_buffer_size`` records read ahead,
+    rounded up to whole batches and at least one batch per thread.
+
+    grain counts its buffer in the dataset's elements, here batches: the config's
+    number passed as is would hold that many batches (256 batches of 1,024 faces are
+    9.6 GB of uint8 images).
+    """
+    buffered_batches = max(config.read_threads, math.ceil(config.prefetch_buffer_size / batch_size))
+    return grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=buffered_batches)
 
 
 def reshape_for_pmap(batch: Mapping[str, np.ndarray], num_devices: int) -> Batch:
