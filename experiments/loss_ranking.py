@@ -15,13 +15,16 @@ Tables (``--table``):
 * ``ranking``: softmax, SphereFace, CosFace, ArcFace, the combined margin, softmax + center
   loss, triplet (P×K batches, semi-hard mining) on ``BENCHMARK``;
 * ``calibration``: softmax on variants of the benchmark's knobs (``CALIBRATION``), to place
-  softmax at 0.85–0.92 on the hardest set.
+  softmax at 0.85–0.92 on the hardest set;
+* ``margins``: the margin losses with a smaller scale or margin than the papers'
+  (``MARGIN_SWEEP``), to show why a margin loss fails within the budget.
 
 Per run: each target's 10-fold accuracy with InsightFace's thresholds and flip TTA (the
 unique images of a ``.bin`` embedded once: the same numbers as the training loop's
 callback), TAR at FAR = 1e-3, and ArcFace's L_Intra / L_Inter of the training images
 against the class vectors (the class means for the triplet loss). Resumable: a run's work
-directory ``<runs>/<table>/<setting>/seed_<s>`` resumes from its checkpoint, a finished
+directory (``run_directory``: the benchmark, the loss, its config changes and the seed)
+resumes from its checkpoint, a finished
 run (``result.json``, which holds its config) is read back, not retrained. Writes
 ``<out>.csv/.md`` (mean ± std over the seeds done), ``<out>_runs.jsonl`` (every run with
 its config), ``<out>.png`` (accuracy per loss, seeds as dots) and ``<out>_curves.png``.
@@ -85,6 +88,13 @@ CALIBRATION = {
     },
 }
 
+# Rows of the margin sweep: (loss, the config changes from the papers' values).
+MARGIN_SWEEP = {
+    "cosface s=16": ("cosface", {"loss.scale": 16.0}),
+    "cosface m=0.1": ("cosface", {"loss.margin": 0.1}),
+    "arcface s=16": ("arcface", {"loss.scale": 16.0}),
+}
+
 # The face recipe's sizes for one CPU core; its optimizer, schedule and loss values stay.
 RECIPE = {
     "model.name": "iresnet18",
@@ -106,11 +116,13 @@ VARIANT = "face,source=recordio"
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """A row: its ``name``, the ``loss`` config and the ``benchmark``."""
+    """A row: its ``name``, the ``loss`` config, the ``benchmark`` and the row's config
+    changes (``overrides``, ``(key, value)`` pairs)."""
 
     name: str
     loss: str
     benchmark: hard_faces.HardFacesConfig
+    overrides: tuple[tuple[str, Any], ...] = ()
 
 
 def settings(
@@ -119,11 +131,17 @@ def settings(
     benchmark: hard_faces.HardFacesConfig = BENCHMARK,
     variants: Sequence[str] = tuple(CALIBRATION),
 ) -> list[Setting]:
-    """The rows of ``table``: "ranking" (each loss on ``benchmark``), "calibration"
-    (softmax on the ``variants`` of it, names of ``CALIBRATION``) or "pixels" (the
-    calibration's benchmarks, for the raw-pixel baseline)."""
+    """The rows of ``table``: "ranking" (each loss on ``benchmark``), "margins" (the rows
+    of ``MARGIN_SWEEP``), "calibration" (softmax on the ``variants`` of it, names of
+    ``CALIBRATION``) or "pixels" (the calibration's benchmarks, for the raw-pixel
+    baseline)."""
     if table == "ranking":
         return [Setting(loss, loss, benchmark) for loss in losses]
+    if table == "margins":
+        return [
+            Setting(name, loss, benchmark, tuple(sorted(changes.items())))
+            for name, (loss, changes) in MARGIN_SWEEP.items()
+        ]
     return [
         Setting(name, "softmax", dataclasses.replace(benchmark, **CALIBRATION[name]))
         for name in variants
@@ -360,20 +378,27 @@ def tasks(
                 image_size=setting.benchmark.image_size,
                 steps=args.steps,
                 seed=seed,
-                overrides=dict(args.set),
+                overrides={**dict(setting.overrides), **dict(args.set)},
             )
-            workdir = run_directory(args.runs, setting, seed)
+            workdir = run_directory(args.runs, setting, seed, dict(args.set))
             result.append((setting, seed, config, workdir, folder))
     return result
 
 
-def run_directory(root: str, setting: Setting, seed: int) -> str:
-    """``<root>/runs/<benchmark hash>/<loss>/seed_<seed>``: a run is its benchmark, loss
-    and seed, whichever table asks for it (the calibration's benchmark row is the
-    ranking's softmax), and a changed benchmark starts new runs."""
-    return os.path.join(
-        root, "runs", benchmark_hash(setting.benchmark), setting.loss, f"seed_{seed}"
-    )
+def run_directory(
+    root: str, setting: Setting, seed: int, extra: Mapping[str, Any] | None = None
+) -> str:
+    """``<root>/runs/<benchmark hash>/<loss>[+<changes hash>]/seed_<seed>``: a run is its
+    benchmark, loss, config changes (the row's and ``extra``, ``--set``'s) and seed,
+    whichever table asks for it (the calibration's benchmark row is the ranking's
+    softmax); a changed benchmark or config starts new runs rather than reading back a
+    finished run of other values."""
+    changes = {**dict(setting.overrides), **dict(extra or {})}
+    name = setting.loss
+    if changes:
+        fields = json.dumps(changes, sort_keys=True, default=str)
+        name += "+" + hashlib.sha1(fields.encode()).hexdigest()[:8]
+    return os.path.join(root, "runs", benchmark_hash(setting.benchmark), name, f"seed_{seed}")
 
 
 def finished(
@@ -449,8 +474,14 @@ def training_loss(workdir: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.array([losses[s] for s in steps])
 
 
-def plot_curves(runs: Sequence[tuple[Setting, int, dict[str, Any]]], root: str, path: str) -> str:
-    """Training loss against steps, a panel per setting, a line per seed."""
+def plot_curves(
+    runs: Sequence[tuple[Setting, int, dict[str, Any]]],
+    root: str,
+    path: str,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Training loss against steps, a panel per setting, a line per seed (``extra``: the
+    ``--set`` changes of the runs, see ``run_directory``)."""
     names = list(dict.fromkeys(s.name for s, _, _ in runs))
     columns = min(4, len(names))
     rows = -(-len(names) // columns)
@@ -459,7 +490,7 @@ def plot_curves(runs: Sequence[tuple[Setting, int, dict[str, Any]]], root: str, 
         ax = fig.add_subplot(rows, columns, index)
         for setting, seed, _ in runs:
             if setting.name == name:
-                workdir = run_directory(root, setting, seed)
+                workdir = run_directory(root, setting, seed, extra)
                 ax.plot(*training_loss(workdir), label=f"seed {seed}", linewidth=1)
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
@@ -500,13 +531,15 @@ def write_outputs(
         title=f"Loss ranking on hard synthetic faces ({args.table}, {len(runs)} runs done)",
         command=args.command,
         notes=f"Benchmark: `data.hard_faces.HardFacesConfig` {_changed(BENCHMARK, None)}; "
-        f"per row, the fields changed from it: {json.dumps(knobs)}. Every run's config: "
+        f"per row, the fields changed from it: {json.dumps(knobs)}"
+        + "".join(f"; {s.name}: {dict(s.overrides)}" for s in rows if s.overrides)
+        + f". Every run's config: "
         f"`{args.out}_runs.jsonl`. Figures: `{args.out}.png`, `{args.out}_curves.png`.",
         metrics=METRICS,
         legend=_LEGEND,
     )
     plot_accuracy(runs, f"{args.out}.png")
-    plot_curves(runs, args.runs, f"{args.out}_curves.png")
+    plot_curves(runs, args.runs, f"{args.out}_curves.png", dict(args.set))
 
 
 def _changed(
@@ -523,7 +556,9 @@ def plan(
 ) -> tuple[argparse.Namespace, list[Setting], list[tuple[Setting, int, Any, str, str]]]:
     """The flags, the rows and the planned runs (``tasks``) of a command line."""
     parser = common.parser(__doc__.splitlines()[0], out="experiments/results/loss_ranking")
-    parser.add_argument("--table", choices=("ranking", "calibration", "pixels"), default="ranking")
+    parser.add_argument(
+        "--table", choices=("ranking", "margins", "calibration", "pixels"), default="ranking"
+    )
     parser.add_argument("--losses", type=common.names, default=LOSSES)
     parser.add_argument(
         "--benchmark",
