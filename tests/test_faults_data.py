@@ -223,9 +223,19 @@ def _pillow_pixels(encoded, mode):
         return np.asarray(image.convert(mode))
 
 
+@pytest.fixture(params=["pillow", "simplejpeg"])
+def jpeg_decoder(request, monkeypatch):
+    """Runs a test with Pillow alone, and again with simplejpeg where it is installed."""
+    if request.param == "pillow":
+        monkeypatch.setattr(images, "simplejpeg", None)
+    else:
+        monkeypatch.setattr(images, "simplejpeg", pytest.importorskip("simplejpeg"))
+    return request.param
+
+
 @pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
 @pytest.mark.parametrize("stored, channels", [(3, 3), (3, 1), (1, 3), (1, 1)])
-def test_decoded_pixels_are_pillows(image_format, stored, channels):
+def test_decoded_pixels_are_pillows(jpeg_decoder, image_format, stored, channels):
     picture = np.random.default_rng(3).integers(0, 256, (16, 12, stored), np.uint8)
     encoded = images.encode_image(picture, image_format=image_format)
     decoded = images.decode_image(encoded, name="x", channels=channels)
@@ -233,10 +243,45 @@ def test_decoded_pixels_are_pillows(image_format, stored, channels):
     np.testing.assert_array_equal(decoded, expected.reshape(16, 12, channels))
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"quality": 95},
+        {"quality": 50, "subsampling": 0},
+        {"subsampling": 1},
+        {"progressive": True},
+        {"restart_marker_blocks": 1},
+    ],
+)
+@pytest.mark.parametrize("size", [(112, 112), (17, 13)])
+def test_simplejpeg_decodes_pillows_pixels_and_leaves_resizing_to_pillow(
+    monkeypatch, options, size
+):
+    simplejpeg = pytest.importorskip("simplejpeg")
+    calls = []
+    monkeypatch.setattr(
+        simplejpeg,
+        "decode_jpeg",
+        lambda *a, _f=simplejpeg.decode_jpeg, **k: calls.append(1) or _f(*a, **k),
+    )
+    picture = np.random.default_rng(4).integers(0, 256, size + (3,), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", **options)
+    encoded = buffer.getvalue()
+    expected = _pillow_pixels(encoded, "RGB")
+    np.testing.assert_array_equal(images.decode_image(encoded, name="x"), expected)
+    assert len(calls) == 1
+    with Image.open(io.BytesIO(encoded)) as image:
+        resized = np.asarray(image.convert("RGB").resize((8, 8), Image.BILINEAR))
+    np.testing.assert_array_equal(images.decode_image(encoded, name="x", image_size=8), resized)
+    assert len(calls) == 1  # resized by Pillow, which decoded it
+
+
 def test_a_jpeg_is_opened_once_a_png_twice_for_its_checksums(monkeypatch):
     """Only PNG's Pillow plugin has a ``verify()`` (which consumes the file); the base
     class's checks nothing, so opening a JPEG a second time would only parse its
     header again, per image of every batch."""
+    monkeypatch.setattr(images, "simplejpeg", None)
     opened = []
     open_image = Image.open
     monkeypatch.setattr(

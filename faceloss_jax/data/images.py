@@ -9,6 +9,11 @@ from PIL import Image, ImageFile
 
 from faceloss_jax import errors
 
+try:  # optional: pip install simplejpeg (see _simplejpeg_rgb)
+    import simplejpeg
+except ImportError:
+    simplejpeg = None
+
 _MODES = {1: "L", 3: "RGB"}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # JPEG markers: start of scan, define restart interval, end of image, restarts.
@@ -37,7 +42,8 @@ class CorruptImageError(errors.DataError):
 def decode_image(
     data: bytes, *, name: str, channels: int = 3, image_size: int | None = None
 ) -> np.ndarray:
-    """Decodes JPEG/PNG bytes with Pillow, strictly, into a uint8 ``(H, W, channels)`` array.
+    """Decodes JPEG/PNG bytes with Pillow, strictly, into a uint8 ``(H, W, channels)`` array
+    (RGB JPEGs with simplejpeg where it is installed: the same pixels, faster).
 
     Strict: the bytes must hold one whole image. Pillow's ``verify()`` checks a PNG's
     chunk checksums and its end (a cut PNG otherwise loads as a partial image); a JPEG's
@@ -80,15 +86,9 @@ def decode_image(
     if reason:
         raise CorruptImageError(name, reason)
     try:
-        with _open_verified(data) as image:
-            _check_pixel_count(image)
-            image.load()
-            image = _to_8_bit(image)
-            if image.mode != _MODES[channels]:
-                image = image.convert(_MODES[channels])
-            if image_size is not None and image.size != (image_size, image_size):
-                image = image.resize((image_size, image_size), Image.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+        array = _simplejpeg_rgb(data, image_size) if channels == 3 else None
+        if array is None:
+            array = _pillow_pixels(data, _MODES[channels], image_size)
     except Image.UnidentifiedImageError as e:
         raise CorruptImageError(name, "not an image of a format Pillow reads") from e
     except (
@@ -167,6 +167,46 @@ def _skip_entropy_coded(data: bytes, pos: int, restart_interval: int) -> tuple[i
             return pos, f"corrupt JPEG data: invalid marker 0xff{code:02x} at byte {pos}"
 
 
+def _simplejpeg_rgb(data: bytes, image_size: int | None) -> np.ndarray | None:
+    """The RGB pixels of a YCbCr JPEG decoded by simplejpeg, when it is installed; else
+    None, and Pillow decodes.
+
+    simplejpeg runs the same libjpeg-turbo decode as Pillow (accurate DCT, smooth chroma
+    upsampling), so the pixels are Pillow's (tested), straight into an RGB array, with
+    the header parsed in C (Pillow: in Python, then 4 bytes a pixel packed to 3): 1.9×
+    faster per face here (``experiments/results/bench_input.md``). Left to Pillow: no
+    simplejpeg, not a JPEG, a color space other than YCbCr (Pillow's own gray and CMYK
+    conversions), a size to resize, a header simplejpeg cannot read (Pillow names it).
+    """
+    if simplejpeg is None or not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data, strict=False)
+    except ValueError:
+        return None
+    resize = image_size is not None and (height, width) != (image_size, image_size)
+    if colorspace != "YCbCr" or resize:
+        return None
+    _check_pixel_count(width, height)
+    # strict=False: libjpeg's warnings for corrupt data are passed over, as Pillow does,
+    # so a run decodes the same pixels with or without simplejpeg.
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
+
+
+def _pillow_pixels(data: bytes, mode: str, image_size: int | None) -> np.ndarray:
+    """The pixels decoded by Pillow (verified first where its plugin can), in ``mode``,
+    resized to ``image_size`` square if given and different."""
+    with _open_verified(data) as image:
+        _check_pixel_count(image.width, image.height)
+        image.load()
+        image = _to_8_bit(image)
+        if image.mode != mode:
+            image = image.convert(mode)
+        if image_size is not None and image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
 def _open_verified(data: bytes) -> Image.Image:
     """The image opened for decoding, after ``verify()`` where its format's plugin has
     one (PNG's checks the chunk checksums and the end; the base class's does nothing,
@@ -179,12 +219,12 @@ def _open_verified(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
-def _check_pixel_count(image: Image.Image) -> None:
+def _check_pixel_count(width: int, height: int) -> None:
     """Refuses what Pillow only warns about: more pixels than ``Image.MAX_IMAGE_PIXELS``."""
     limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and image.width * image.height > limit:
+    if limit is not None and width * height > limit:
         raise ValueError(
-            f"{image.width}×{image.height} pixels exceed Image.MAX_IMAGE_PIXELS = {limit} "
+            f"{width}×{height} pixels exceed Image.MAX_IMAGE_PIXELS = {limit} "
             "(a decompression bomb?)"
         )
 
