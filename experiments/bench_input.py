@@ -16,8 +16,10 @@ in one run: rounds that alternate a bare loop on one core (``os.pread`` of each 
 setting (uint8 to the devices or float32 normalized on the host; read threads; grain
 worker processes; timed from the iterator's creation, so that its read-ahead gets no
 head start), so that other load on the machine slows both alike. It prints
-each setting's median images/s, its ratio to the bare loop's of the same rounds, and
-the process CPU seconds per image (all threads; without worker processes):
+each setting's median images/s, its ratio to the bare loop's of the same rounds, the
+process CPU seconds per image (all threads; without worker processes), its inverse
+(images/s per core) and the cores the process got (CPU seconds per wall second: on a
+shared machine, the share the scheduler gave it):
 
   python experiments/bench_input.py --decode_limit --read_threads=1,2,4 \
       --worker_counts=0,2 --rounds=5
@@ -31,6 +33,7 @@ import tempfile
 import time
 
 import numpy as np
+import PIL
 import PIL.Image
 from absl import app, flags
 
@@ -125,7 +128,7 @@ def _decode_limit(config, source, workdir: str) -> None:
     for _ in range(_ROUNDS.value):
         for setting in settings:
             wall, cpu = bare_decode(rec, keys)
-            bare.append((images / wall, cpu / images))
+            bare.append((images / wall, cpu / images, cpu / wall))
             normalize, config.read_threads, config.worker_count = setting
             # Timed from the iterator's creation: no head start for its read-ahead.
             start, start_cpu = time.perf_counter(), time.process_time()
@@ -136,31 +139,36 @@ def _decode_limit(config, source, workdir: str) -> None:
                 wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
             finally:
                 iterator.close()
-            piped[setting].append((images / wall, cpu / images, bare[-1][0]))
-    bare_rate = statistics.median(r for r, _ in bare)
-    bare_cpu = statistics.median(c for _, c in bare)
+            piped[setting].append((images / wall, cpu / images, cpu / wall, bare[-1][0]))
+    bare_rate, bare_cpu, bare_cores = (statistics.median(column) for column in zip(*bare))
+    decoder = images_lib.simplejpeg
+    decoder = f"simplejpeg {decoder.__version__}" if decoder else f"Pillow {PIL.__version__}"
     print(
         f"\n{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.1f}; "
+        f"the pipeline's JPEG decoder: {decoder}; "
         f"{_ROUNDS.value} rounds of {images} images ({_IMAGE_SIZE.value}×{_IMAGE_SIZE.value} "
         f"JPEG, batch {_BATCH.value}, flip); medians\n"
     )
     print(
         "| setting | images to the device | read threads | workers | images/s | "
-        "÷ bare loop (same rounds) | CPU ms/image |"
+        "÷ bare loop (same rounds) | CPU ms/image | images/s per core | cores used |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(
         f"| bare loop: pread + Pillow, 1 core | uint8 | — | — | {bare_rate:,.0f} | 1.00 | "
-        f"{1e3 * bare_cpu:.2f} |"
+        f"{1e3 * bare_cpu:.3f} | {1 / bare_cpu:,.0f} | {bare_cores:.2f} |"
     )
     for (normalize, threads, workers), runs in piped.items():
-        rate = statistics.median(r for r, _, _ in runs)
-        ratio = statistics.median(r / b for r, _, b in runs)
-        cpu = "—" if workers else f"{1e3 * statistics.median(c for _, c, _ in runs):.2f}"
+        rate = statistics.median(r for r, _, _, _ in runs)
+        ratio = statistics.median(r / b for r, _, _, b in runs)
+        # Worker processes' CPU time is not this process's: no CPU columns for them.
+        cpu = statistics.median(c for _, c, _, _ in runs)
+        cores = statistics.median(n for _, _, n, _ in runs)
+        cpu_columns = "— | — | —" if workers else f"{1e3 * cpu:.3f} | {1 / cpu:,.0f} | {cores:.2f}"
         kind = "float32 (host-normalized)" if normalize else "uint8"
         print(
             f"| face pipeline | {kind} | {threads} | {workers} | {rate:,.0f} | "
-            f"{ratio:.2f} | {cpu} |",
+            f"{ratio:.2f} | {cpu_columns} |",
             flush=True,
         )
 
