@@ -46,6 +46,24 @@ def setup(name: str):
     return model, variables, images
 
 
+def rounding_bound(variables) -> float:
+    """The relative error of a float32 forward pass against float64, Σ_layers √n·u.
+
+    The body, FC and final BN compute in float32 whatever the inputs, so the comparison
+    cannot be float64: each layer's sums of n = fan-in terms err by ~√n·u relative
+    (Higham & Mary's probabilistic bound; the worst case n·u adds to 2e-3 over
+    iResNet-18), added over the layers: 4.3e-5 (iResNet-18), 2.8e-5 (MobileFaceNet),
+    1.2e-5 (LeNets++) of the largest output; measured ≤ 1.7e-6. A reordered or dropped
+    layer moves the output by O(1).
+    """
+    kernels = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+        if "kernel" in jax.tree_util.keystr(path)
+    ]
+    return float(sum(np.sqrt(np.prod(k.shape[:-1])) for k in kernels) * 2.0**-24)
+
+
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_backbone_forward_matches_stored_reference(name):
     """Fault 9: every backbone's inference-mode output equals the stored float64 NumPy
@@ -56,16 +74,5 @@ def test_backbone_forward_matches_stored_reference(name):
     got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
     want = golden[f"{name}/embeddings"]
     assert got.shape == want.shape == (BACKBONES[name][0], 8)
-    # float32 against float64 (the body, FC and final BN compute in float32 whatever the
-    # inputs, so the comparison cannot be float64): each layer's sums of n = fan-in
-    # terms err by ~√n·u relative (Higham & Mary's probabilistic bound; the worst case
-    # n·u adds to 2e-3 over iResNet-18), added over the layers: Σ√n·u = 4.3e-5
-    # (iResNet-18), 2.8e-5 (MobileFaceNet), 1.2e-5 (LeNets++) of the largest output;
-    # measured ≤ 1.7e-6. A reordered or dropped layer moves the output by O(1).
-    kernels = [
-        leaf
-        for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
-        if "kernel" in jax.tree_util.keystr(path)
-    ]
-    tol = sum(np.sqrt(np.prod(k.shape[:-1])) for k in kernels) * 2.0**-24
+    tol = rounding_bound(variables)
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())

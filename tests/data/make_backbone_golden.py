@@ -37,7 +37,7 @@ def main() -> None:
         scale = np.abs(want).max()
         err = np.abs(got - want).max() / scale
         print(f"{name}: max |Flax − NumPy| / max |NumPy| = {err:.2e}")
-        assert err < 1e-5, name
+        assert err < cases.rounding_bound(variables), name  # float32's bound (see there)
         arrays[f"{name}/images"] = images
         arrays[f"{name}/embeddings"] = want
     np.savez_compressed(HERE / "backbone_golden.npz", **arrays)
