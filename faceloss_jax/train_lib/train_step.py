@@ -98,12 +98,13 @@ def train_step(
             axis_name=DATA_AXIS,
             class_axis_name=DATA_AXIS if class_sharded else None,
         )
-        return loss, (embeddings, updates.get("batch_stats", {}), loss_state)
+        scale = run_state.gradient_scale(class_sharded=class_sharded, num_devices=num_devices)
+        return loss * scale, (loss, embeddings, updates.get("batch_stats", {}), loss_state)
 
-    (loss, (embeddings, batch_stats, loss_state)), grads = jax.value_and_grad(
+    (_, (loss, embeddings, batch_stats, loss_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True
     )(state.params)
-    grads = run_state.average_gradients(grads, class_sharded=class_sharded, num_devices=num_devices)
+    grads = run_state.average_gradients(grads, class_sharded=class_sharded)
     grad_norm = run_state.global_norm(grads, class_sharded=class_sharded)
     new_state = state.apply_gradients(
         grads=grads,
