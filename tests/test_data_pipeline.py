@@ -295,6 +295,31 @@ def test_augment_gives_the_whole_image_mirror_of_its_draws(crop_padding):
     np.testing.assert_array_equal(images, original)  # the caller's array is left as it was
 
 
+@pytest.mark.parametrize("flip", [True, False])
+@pytest.mark.parametrize("crop_padding", [0, 2])
+def test_reading_a_block_flips_as_augmenting_the_read_block_does(flip, crop_padding):
+    """Without a crop, flips are made as the images are copied into the batch: the same
+    batch as stacking the block and augmenting it."""
+    pictures = np.random.default_rng(0).integers(0, 256, (12, 5, 7, 3), np.uint8)
+    source = [{"image": p, "label": i} for i, p in enumerate(pictures)]
+    indices, block = np.arange(12)[::-1], slice(4, 10)
+    read = pipeline._read_and_augment(
+        source, indices, np.random.default_rng(7), block=block, flip=flip, crop_padding=crop_padding
+    )
+    stacked = pipeline._read(source, indices[block])
+    expected = data.augment(
+        stacked["image"],
+        np.random.default_rng(7),
+        flip=flip,
+        crop_padding=crop_padding,
+        rows=block,
+        num_rows=12,
+    )
+    np.testing.assert_array_equal(read["image"], expected)
+    np.testing.assert_array_equal(read["label"], indices[block])
+    assert read["image"].flags.c_contiguous
+
+
 def test_read_ahead_is_counted_in_records_rounded_up_to_batches():
     """grain counts its buffer in batches: the config's records are converted, so a
     training host holds a few batches ahead, not ``prefetch_buffer_size`` of them."""

@@ -71,13 +71,23 @@ def augment(
         images = windows[np.arange(b), top, left].transpose(0, 2, 3, 1)  # (B, C, h, w) → NHWC
     out = np.array(images, order="C")  # a copy: the caller's array stays as it is
     if flip:
-        flipped = (rng.random(num_rows) < 0.5)[rows]
-        # Image by image and channel by channel: numpy copies a mirrored (H, W) plane in
-        # runs of W pixels, but a mirrored (H, W, C) image in runs of C bytes, 3× slower.
-        for i in np.flatnonzero(flipped):
-            for c in range(out.shape[-1]):
-                out[i, :, :, c] = images[i, :, ::-1, c]
+        for i in np.flatnonzero(_flip_draws(rng, num_rows, rows)):
+            _mirror(images[i], out=out[i])
     return out
+
+
+def _flip_draws(rng: np.random.Generator, num_rows: int, rows: slice) -> np.ndarray:
+    """Which of the rows ``rows`` of a batch of ``num_rows`` ``augment`` flips (its
+    last draw from ``rng``)."""
+    return (rng.random(num_rows) < 0.5)[rows]
+
+
+def _mirror(image: np.ndarray, *, out: np.ndarray) -> None:
+    """Writes ``image[:, ::-1]`` to ``out``, channel by channel: numpy copies a mirrored
+    (H, W) plane in runs of W pixels, but a mirrored (H, W, C) image in runs of C bytes,
+    3× slower."""
+    for c in range(image.shape[-1]):
+        out[:, :, c] = image[:, ::-1, c]
 
 
 def normalize(images: np.ndarray | jax.Array, normalization: str) -> np.ndarray | jax.Array:
@@ -279,9 +289,12 @@ def _identity_index(source, config: ml_collections.ConfigDict) -> sampling.Ident
     return hook(source)
 
 
-def _read(source, indices: np.ndarray) -> dict[str, np.ndarray]:
+def _read(
+    source, indices: np.ndarray, *, flipped: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Stacks the records at ``indices`` (one batched read where the source has one),
-    with their ``"replaced"`` flags as uint8 when the records carry them."""
+    with their ``"replaced"`` flags as uint8 when the records carry them; the images
+    where ``flipped`` mirrored left-right."""
     indices = [int(i) for i in indices]
     if hasattr(source, "__getitems__"):
         records = source.__getitems__(indices)
@@ -296,11 +309,24 @@ def _read(source, indices: np.ndarray) -> dict[str, np.ndarray]:
             f"{indices[:8]}…"
         )
     batch = {
-        "image": np.stack(images),
+        "image": _stack(images, flipped),
         "label": np.asarray([r["label"] for r in records], np.int32),
     }
     if "replaced" in records[0]:
         batch["replaced"] = np.asarray([r["replaced"] for r in records], np.uint8)
+    return batch
+
+
+def _stack(images: list[np.ndarray], flipped: np.ndarray | None) -> np.ndarray:
+    """``np.stack(images)``, the images where ``flipped`` mirrored as they are copied in."""
+    if flipped is None:
+        return np.stack(images)
+    batch = np.empty((len(images),) + images[0].shape, np.uint8)
+    for image, mirrored, out in zip(images, flipped, batch):
+        if mirrored:
+            _mirror(image, out=out)
+        else:
+            out[...] = image
     return batch
 
 
@@ -313,7 +339,12 @@ def _read_and_augment(
     flip: bool,
     crop_padding: int,
 ) -> dict[str, np.ndarray]:
-    """Reads and augments the rows ``block`` of the global batch ``indices``."""
+    """Reads and augments the rows ``block`` of the global batch ``indices``, as
+    ``augment`` does; without a crop, flips are made as the images are copied into
+    the batch (each face crosses memory once, not three times: stack, copy, mirror)."""
+    if not crop_padding:
+        flipped = _flip_draws(rng, len(indices), block) if flip else None
+        return _read(source, indices[block], flipped=flipped)
     batch = _read(source, indices[block])
     images = augment(
         batch["image"], rng, flip=flip, crop_padding=crop_padding, rows=block, num_rows=len(indices)
