@@ -440,9 +440,11 @@ RTX2080Ti: model parallel 9684 MB (batch 2048 in all, 32 per GPU), Partial FC 67
 
 `cpu`: XLA:CPU on `--xla_force_host_platform_device_count` host devices. It keeps the
 bfloat16 backbone's activations about as large as float32 ones (iResNet-50: 13.4 GB of
-temporaries at batch 128, the rows at 1M) and materializes a second (d, C/n) float32
-block beside the head's gradient (the gradient scaled by 1/n, read for its norm), so it
-overstates what an accelerator needs. `tpu`: the same step compiled ahead of time for a
+temporaries at batch 128, the rows at 1M), so it overstates what an accelerator needs.
+(Rows before the step differentiated loss/n, 2026-12-04, also held a second (d, C/n)
+float32 block beside the head's gradient, the gradient divided by n: 7.4 GB at 29M on 8
+devices; the class-sharded CPU rows were recompiled after that change, the TPU rows,
+which never held it, were not.) `tpu`: the same step compiled ahead of time for a
 TPU v5p topology (`--platform=tpu`; libtpu, no TPU needed). A first TPU attempt for v5e
 (16 GB chips) was refused by the compiler, which reported 22.46 GB of temporaries for
 iResNet-50, 8 chips, C = 29M, chunked (the error row in the JSON). A cell "—" was not
