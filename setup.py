@@ -1,4 +1,5 @@
-"""Installs faceloss_jax: `pip install -e .` (extras: notebooks, benchmarks, torch, dev)."""
+"""Installs faceloss_jax: `pip install -e .` (extras: fast_jpeg, notebooks, benchmarks, torch,
+dev)."""
 
 import setuptools
 
@@ -40,7 +41,11 @@ setuptools.setup(
             "jupytext>=1.16",
             "ruff>=0.6",
             "torch==2.13.0",
+            "simplejpeg>=1.8",
         ],
+        # A faster decoder of RGB JPEGs (libjpeg-turbo, the GIL released), tested to give
+        # Pillow's exact pixels; the data pipeline uses it when it is installed.
+        "fast_jpeg": ["simplejpeg>=1.8"],
         "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel", "jupytext>=1.16"],
         "benchmarks": ["torch==2.13.0"],
     },
