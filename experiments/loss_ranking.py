@@ -129,22 +129,23 @@ def settings(
     table: str,
     losses: Sequence[str],
     benchmark: hard_faces.HardFacesConfig = BENCHMARK,
-    variants: Sequence[str] = tuple(CALIBRATION),
+    variants: Sequence[str] | None = None,
 ) -> list[Setting]:
-    """The rows of ``table``: "ranking" (each loss on ``benchmark``), "margins" (the rows
-    of ``MARGIN_SWEEP``), "calibration" (softmax on the ``variants`` of it, names of
+    """The rows of ``table``: "ranking" (each loss on ``benchmark``), "margins" (rows of
+    ``MARGIN_SWEEP``), "calibration" (softmax on variants of the benchmark, rows of
     ``CALIBRATION``) or "pixels" (the calibration's benchmarks, for the raw-pixel
-    baseline)."""
+    baseline); ``variants`` names the margins or calibration rows (all by default)."""
     if table == "ranking":
         return [Setting(loss, loss, benchmark) for loss in losses]
     if table == "margins":
         return [
             Setting(name, loss, benchmark, tuple(sorted(changes.items())))
             for name, (loss, changes) in MARGIN_SWEEP.items()
+            if variants is None or name in variants
         ]
     return [
         Setting(name, "softmax", dataclasses.replace(benchmark, **CALIBRATION[name]))
-        for name in variants
+        for name in (CALIBRATION if variants is None else variants)
     ]
 
 
@@ -570,8 +571,9 @@ def plan(
     parser.add_argument(
         "--variants",
         type=common.names,
-        default=tuple(CALIBRATION),
-        help="calibration rows to train (names of CALIBRATION, comma-separated)",
+        default=None,
+        help="the calibration or margins rows to train (names of CALIBRATION or "
+        "MARGIN_SWEEP, comma-separated; all by default)",
     )
     parser.add_argument(
         "--report_only",
@@ -580,6 +582,10 @@ def plan(
     )
     parser.set_defaults(steps=STEPS, seeds=(0, 1, 2), runs="/work/loss_ranking_runs")
     args = common.parse_args(parser, argv, module="experiments.loss_ranking")
+    known = {"margins": MARGIN_SWEEP, "calibration": CALIBRATION}.get(args.table, {})
+    unknown = sorted(set(args.variants or ()) - set(known))
+    if unknown:
+        parser.error(f"--variants: no {args.table} row {', '.join(map(repr, unknown))}")
     benchmark = dataclasses.replace(BENCHMARK, **dict(args.benchmark))
     rows = settings(args.table, args.losses, benchmark, args.variants)
     return args, rows, tasks(rows, args)

@@ -3,6 +3,8 @@ so a finished run is never read back for another config (the runner reuses resul
 
 import pathlib
 
+import pytest
+
 from experiments import loss_ranking
 
 TINY = ("num_identities=16", "held_out_identities=8", "num_pairs=32", "n_folds=2")
@@ -20,6 +22,10 @@ def test_run_directories_name_the_config_changes(tmp_path):
     assert ranking["cosface"].endswith("/cosface/seed_0")
     margins = _workdirs(tmp_path, "--table=margins")
     assert set(margins) == set(loss_ranking.MARGIN_SWEEP)
+    chosen = _workdirs(tmp_path, "--table=margins", "--variants=arcface s=16,cosface s=16")
+    assert chosen == {name: margins[name] for name in ("arcface s=16", "cosface s=16")}
+    with pytest.raises(SystemExit):  # argparse's one-line error, no silent empty table
+        _workdirs(tmp_path, "--table=margins", "--variants=arcface s=99")
     changed = [margins["cosface s=16"], margins["cosface m=0.1"], ranking["cosface"]]
     assert len(set(changed)) == 3
     assert pathlib.Path(margins["arcface s=16"]).parent.name.startswith("arcface+")
