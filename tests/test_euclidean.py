@@ -500,6 +500,7 @@ def test_unknown_mining_lists_the_options():
 # Documentation.
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 @pytest.mark.parametrize("module", [euclidean, _validation], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
     failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

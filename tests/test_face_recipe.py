@@ -110,6 +110,7 @@ def test_partial_fc_keeps_the_class_ids_of_the_center_term():
     np.testing.assert_allclose(center_term[0.5], center_term[1.0], atol=1e-6)
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_partial_fc_trains_class_sharded_on_eight_devices():
     config = _partial_fc_config(0.5, True)
     config.dataset.num_identities = 32  # 4 classes a device, 2 of them sampled

@@ -319,6 +319,7 @@ def _final_state(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_corrupt_checkpoint_fallback_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
     """Fault 8: falling back from a corrupt checkpoint must restore the state *and* the data
     iterator of the previous one: the resumed run's final state (parameters, optimizer,

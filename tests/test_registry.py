@@ -60,6 +60,7 @@ def toy_loss():
     del objectives.OBJECTIVES["toy_margin"]
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 @pytest.mark.parametrize("class_sharded", [False, True])
 def test_a_registered_loss_trains_by_name_in_every_layout(
     toy_loss, tiny_net, tmp_path, class_sharded

@@ -242,6 +242,7 @@ def _offline_steps(config, loss_state, steps, labels):
     return losses_, states
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_offline_refresh_every_steps_and_resume_re_creates_the_selection(tmp_path):
     config = _offline_config()
     labels = np.repeat(np.arange(4), 2)

@@ -226,6 +226,7 @@ def test_errors(data, mesh):
         losses.sample_classes(jax.random.PRNGKey(0), y, C, sample_rate=0.0)
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_docstring_examples_run():
     result = doctest.testmod(partial_fc)
     assert result.attempted > 0 and result.failed == 0

@@ -641,6 +641,7 @@ def test_bad_input_is_named():
         )(np.ones((3, 8), np.float32))
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 @pytest.mark.parametrize(
     "module", [adaptive_margins, adaptive_scale, circle, curriculum, subcenter, xbm]
 )

@@ -350,6 +350,7 @@ def test_nan_in_data_stops_with_a_clear_message(tiny_model, tmp_path, monkeypatc
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_nan_policy_skip_skips_the_step(tiny_model, tmp_path, monkeypatch):
     _poison_step(monkeypatch, 3)
     config = tiny_config()
@@ -361,6 +362,7 @@ def test_nan_policy_skip_skips_the_step(tiny_model, tmp_path, monkeypatch):
     assert skipped == {2: 0, 4: 1, 6: 0}
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tiny_model, tmp_path, caplog):
     config = tiny_config()
     config.num_train_steps = 4
