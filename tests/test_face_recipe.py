@@ -384,6 +384,33 @@ def _arcface_torch_run(params, batches, *, scale, margin, rates, weight_decay, g
     return history, norms, parameters(), path
 
 
+def _face_recipe_config(*, num_train_steps: int, **optimizer):
+    """The tiny model with the face recipe's optimizer (``optimizer`` fields changed) and
+    ArcFace in arcface_torch's current form (``straight_through=True``)."""
+    face = importlib.import_module("configs.arcface").get_config("face")
+    config = tiny_config("arcface")
+    config.optimizer = face.optimizer
+    config.optimizer.update(optimizer)
+    config.loss = face.loss
+    config.loss.straight_through = True
+    config.num_train_steps = num_train_steps
+    return config
+
+
+def _run_face_recipe(config):
+    """``config.num_train_steps`` steps on one device from fixed batches: the final state,
+    the initial parameters, the batches and each step's metrics."""
+    mesh = mesh_of(1)
+    state, step = make_step(config, mesh)
+    batches = [tiny_batch(16, seed=k) for k in range(config.num_train_steps)]
+    initial = jax.device_get(state.params)
+    metrics = []
+    for batch in batches:
+        state, m = step(state, train_step.shard_batch(batch, parallelism="shard_map", mesh=mesh))
+        metrics.append(jax.device_get(m))
+    return state, initial, batches, metrics
+
+
 @pytest.mark.slow
 def test_ten_face_recipe_steps_are_arcface_torchs():
     """From the same weights and batches, 10 steps of the face recipe's optimizer and
@@ -395,21 +422,8 @@ def test_ten_face_recipe_steps_are_arcface_torchs():
     One documented difference: arcface_torch's scheduler leaves step 0 at the full base
     rate (its ``last_epoch == 0`` branch) and starts the warmup at step 1; the recipe's
     warmup starts from 0 at step 0. The reference takes the recipe's rate there."""
-    face = importlib.import_module("configs.arcface").get_config("face")
-    config = tiny_config("arcface")
-    config.optimizer = face.optimizer
-    config.loss = face.loss
-    config.loss.straight_through = True
-    config.num_train_steps = 10
-    config.optimizer.warmup_steps = 3
-    mesh = mesh_of(1)
-    state, step = make_step(config, mesh)
-    batches = [tiny_batch(16, seed=k) for k in range(config.num_train_steps)]
-    initial = jax.device_get(state.params)
-    metrics = []
-    for batch in batches:
-        state, m = step(state, train_step.shard_batch(batch, parallelism="shard_map", mesh=mesh))
-        metrics.append(jax.device_get(m))
+    config = _face_recipe_config(num_train_steps=10, warmup_steps=3)
+    state, initial, batches, metrics = _run_face_recipe(config)
 
     opt = config.optimizer
     # train_v2.py builds PolynomialLRWarmup with its default power, 1.0.
@@ -495,21 +509,10 @@ def test_accumulated_face_recipe_updates_are_arcface_torchs():
     once at the update, the scheduler stepped every micro-batch (so the warmup and decay
     count micro-batches, and update u takes micro-batch (u+1)·2 − 1's rate; step 0's
     quirk never reaches an update)."""
-    face = importlib.import_module("configs.arcface").get_config("face")
-    config = tiny_config("arcface")
-    config.optimizer = face.optimizer
-    config.optimizer.update(grad_accum_steps=2, grad_accum_reduction="sum", warmup_steps=3)
-    config.loss = face.loss
-    config.loss.straight_through = True
-    config.num_train_steps = 6
-    mesh = mesh_of(1)
-    state, step = make_step(config, mesh)
-    batches = [tiny_batch(16, seed=k) for k in range(config.num_train_steps)]
-    initial = jax.device_get(state.params)
-    metrics = []
-    for batch in batches:
-        state, m = step(state, train_step.shard_batch(batch, parallelism="shard_map", mesh=mesh))
-        metrics.append(jax.device_get(m))
+    config = _face_recipe_config(
+        num_train_steps=6, warmup_steps=3, grad_accum_steps=2, grad_accum_reduction="sum"
+    )
+    state, initial, batches, metrics = _run_face_recipe(config)
 
     opt = config.optimizer
     rates = _arcface_torch_learning_rates(
