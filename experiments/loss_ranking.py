@@ -482,7 +482,9 @@ def plot_curves(
     extra: Mapping[str, Any] | None = None,
 ) -> str:
     """Training loss against steps, a panel per setting, a line per seed (``extra``: the
-    ``--set`` changes of the runs, see ``run_directory``)."""
+    ``--set`` changes of the runs, see ``run_directory``). A run whose ``metrics.jsonl``
+    is not in its directory (its ``result.json`` copied from another machine) has no
+    line; its numbers are in the table."""
     names = list(dict.fromkeys(s.name for s, _, _ in runs))
     columns = min(4, len(names))
     rows = -(-len(names) // columns)
@@ -492,7 +494,8 @@ def plot_curves(
         for setting, seed, _ in runs:
             if setting.name == name:
                 workdir = run_directory(root, setting, seed, extra)
-                ax.plot(*training_loss(workdir), label=f"seed {seed}", linewidth=1)
+                if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+                    ax.plot(*training_loss(workdir), label=f"seed {seed}", linewidth=1)
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("step", fontsize=7)

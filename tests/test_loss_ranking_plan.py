@@ -1,8 +1,10 @@
 """The loss-ranking runner's plan: a run directory names everything that changes the run,
 so a finished run is never read back for another config (the runner reuses result.json)."""
 
+import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from experiments import loss_ranking
@@ -40,3 +42,21 @@ def test_run_directories_name_the_config_changes(tmp_path):
     assert configs["cosface s=16"].loss.scale == 16.0
     assert configs["cosface m=0.1"].loss.margin == 0.1
     assert configs["cosface m=0.1"].loss.scale == 64.0
+
+
+def test_curves_leave_out_a_run_without_its_training_log(tmp_path):
+    """A run whose ``result.json`` came without its ``metrics.jsonl`` (copied from another
+    machine) has no curve, and the report is still written (it raised before)."""
+    setting = loss_ranking.Setting("softmax", "softmax", loss_ranking.BENCHMARK)
+    logged = pathlib.Path(loss_ranking.run_directory(str(tmp_path), setting, 1))
+    logged.mkdir(parents=True)
+    lines = [{"step": s, "split": "train", "loss": 7.0 - s} for s in (1, 2, 3)]
+    (logged / "metrics.jsonl").write_text(
+        "".join(f"{json.dumps(line)}\n" for line in lines), encoding="utf-8"
+    )
+    runs = [(setting, 0, {}), (setting, 1, {})]
+    path = loss_ranking.plot_curves(runs, str(tmp_path), str(tmp_path / "curves.png"))
+    assert pathlib.Path(path).stat().st_size > 0
+    steps, losses = loss_ranking.training_loss(str(logged))
+    np.testing.assert_array_equal(steps, [1, 2, 3])
+    np.testing.assert_array_equal(losses, [6.0, 5.0, 4.0])
