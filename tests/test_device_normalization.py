@@ -67,6 +67,7 @@ def test_uint8_iterator_resumes_exactly():
             np.testing.assert_array_equal(got[key], want[key])
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_train_step_normalizes_uint8_images_as_the_host_does():
     config = tiny_config()
     config.dataset.normalization = "arcface_torch"

@@ -308,6 +308,7 @@ BF16_LAYOUTS = {
 }
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_bfloat16_gradients_match_float32(mesh):
     """Fault 3: bfloat16 inputs must give the float32 gradients up to bfloat16 rounding
     (~1e-2 relative), in every layout; a backward pass that mis-weights the non-target

@@ -164,6 +164,7 @@ def test_sampling_rate_one_equals_dense(data64, mesh, name, hp):
     _assert_close(got, _dense(name, hp, x, w, y))
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_sampling_keeps_positives_and_fixed_shape():
     key = jax.random.PRNGKey(0)
     labels = jnp.array([3, 3, 999, 0, 512, 77])
@@ -188,6 +189,7 @@ def test_sampling_keeps_positives_and_fixed_shape():
     assert losses.num_sampled(10, 0.1, 6) == 6
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_bfloat16_sharded_chunked_is_finite(data, mesh):
     x, w, y = data
     xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)

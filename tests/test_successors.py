@@ -201,6 +201,7 @@ def test_matches_numpy_reference(x64, case, data):
     np.testing.assert_allclose(got, _reference(case, x, w, y), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_reductions_to_the_core_losses(x64):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(12, 4))
@@ -381,6 +382,7 @@ def _value_and_grads(fn, x, w, y):
     return jax.jit(value_and_grads)(x, w)
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_adacos_traced_scale_in_chunked_jit():
     case = next(c for c in CASES if c.id == "adacos-dynamic")
     x, w, y = _data(case, 6, 4, 11, dtype=np.float32)
@@ -444,6 +446,7 @@ def test_state_updates_under_pmap_use_the_global_batch(x64):
     np.testing.assert_allclose(scale, ref.adacos_dynamic_scale(6.0, x, w, y), rtol=1e-12)
 
 
+@pytest.mark.slow  # 10-20 s of a loaded 2-core run (--durations, 2026-12-05)
 def test_adacos_scale_with_class_sharded_weights(x64):
     devices = jax.device_count()
     case = next(c for c in CASES if c.id == "adacos-dynamic")
