@@ -61,22 +61,55 @@ def pytest_collection_finish(session):
 
 
 # Cases of parametrized tests that the measured durations put in the slow tier (each
-# 10–20 s of a loaded 2-core run, `--durations=40`, 2026-12-05; the other cases of the
-# same tests stay in the fast tier, so every property keeps a fast check).
+# 10–20 s of a loaded 2-core run, `--durations=40`, 2026-12-05, or 4–6 s of an idle one,
+# `--durations=80`, the same day; the other cases of the same tests stay in the fast tier,
+# so every property keeps a fast check). A whole-suite run fails if an entry names no
+# collected test (a renamed test or case would otherwise silently return to the fast tier).
 SLOW_CASES = frozenset(
     {
-        "test_scale.py::test_pmap_in_step_gradient_equals_dense[normface-class_sharded_chunked]",
+        "test_scale.py::test_shard_map_equals_dense[arcface-partial_fc]",
         "test_global_mining.py::test_global_mining_equals_the_single_device_loss_and_gradient"
         "[contrastive]",
+        "test_global_mining.py::test_global_mining_equals_the_single_device_loss_and_gradient"
+        "[triplet_batch_all]",
+        "test_global_mining.py::test_global_mining_equals_the_single_device_loss_and_gradient"
+        "[circle_pair]",
         "test_train.py::test_eight_devices_equal_one[xbm-False]",
         "test_train.py::test_eight_devices_equal_one[adaface-True]",
+        "test_train.py::test_eight_devices_equal_one[circle_pair-False]",
         "test_successors.py::test_matches_numpy_reference[random-elastic-arc]",
+        "test_angular.py::test_docstring_examples_run[faceloss_jax.losses.schedules]",
     }
 )
 
 
+def checkerboard(first, second) -> list:
+    """The cells of ``first`` × ``second`` (``pytest.param``s) with every other one slow.
+
+    Cell (i, j) is marked ``slow`` when i + j is odd, so every row and every column of a
+    grid of at least 2 × 2 keeps a case in the fast tier, and every cell runs in CI. The
+    ids are ``<first id>-<second id>``, as two stacked ``parametrize`` would make them.
+    """
+    return [
+        pytest.param(
+            *a.values, *b.values, id=f"{a.id}-{b.id}", marks=[pytest.mark.slow] * ((i + j) % 2)
+        )
+        for i, a in enumerate(first)
+        for j, b in enumerate(second)
+    ]
+
+
+def unmatched_slow_cases(nodeids) -> set[str]:
+    """The entries of SLOW_CASES that name none of the given test ids."""
+    return SLOW_CASES - {nodeid.split("/")[-1] for nodeid in nodeids}
+
+
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.split("/")[-1] in SLOW_CASES:
             item.add_marker(pytest.mark.slow)
+    whole_suite = all(os.path.isdir(arg) for arg in config.args)
+    missing = unmatched_slow_cases(item.nodeid for item in items)
+    if whole_suite and not config.option.keyword and missing:
+        raise RuntimeError(f"tests/conftest.SLOW_CASES names no collected test: {sorted(missing)}")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference
+from conftest import checkerboard
 from jax.test_util import check_grads
 
 from faceloss_jax import losses
@@ -183,8 +184,14 @@ def test_jit_and_vmap(name, hp):
     np.testing.assert_allclose(batched.reshape(-1), eager, **JIT_TOL)
 
 
-@pytest.mark.parametrize("name,hp", CASES, ids=IDS)
-@pytest.mark.parametrize("chunk_size", [1, 7])
+# Each loss with one chunk size in the fast tier (the other in the slow one).
+@pytest.mark.parametrize(
+    "chunk_size,name,hp",
+    checkerboard(
+        [pytest.param(1, id="1"), pytest.param(7, id="7")],
+        [pytest.param(name, hp, id=i) for (name, hp), i in zip(CASES, IDS)],
+    ),
+)
 def test_chunked_equals_dense(x64, name, hp, chunk_size):
     x, w, y = _data(10, 6, 23, seed=5)
     bias = np.linspace(-0.5, 0.5, 23).astype(np.float32)
@@ -206,6 +213,7 @@ def test_chunked_equals_dense(x64, name, hp, chunk_size):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow  # 4–6 s of an idle 2-core run (--durations, 2026-12-05)
 def test_chunked_bias_gradient_equals_dense():
     x, w, y = _data(10, 6, 23, seed=5, dtype=np.float32)
     b = np.linspace(-0.5, 0.5, 23).astype(np.float32)

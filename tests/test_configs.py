@@ -64,6 +64,7 @@ def test_unknown_key_error_lists_the_valid_keys():
     assert "(none: a leaf)" in cli.unknown_key_error(config, "seed.x")
 
 
+@pytest.mark.slow  # 4–6 s of an idle 2-core run (--durations, 2026-12-05)
 def test_command_line_rejects_an_unknown_key(tmp_path):
     result = subprocess.run(
         [

@@ -139,6 +139,7 @@ def run_dir(tmp_path_factory) -> pathlib.Path:
 # ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 4–6 s of an idle 2-core run (--durations, 2026-12-05)
 def test_evaluate_without_a_run_is_one_line_and_writes_nothing(tmp_path):
     result = _run("faceloss_jax.evaluate", f"--workdir={tmp_path}")
     _assert_fatal(result, "checkpoint error", str(tmp_path / "config.json"), "training run")

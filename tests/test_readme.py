@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import SLOW_CASES, unmatched_slow_cases
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # `python -c "…"`, possibly over several lines, the closing quote ending a line.
@@ -32,3 +33,11 @@ def test_readme_snippet_runs(index):
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, f"{code}\n---\n{result.stderr[-2000:]}"
+
+
+def test_a_renamed_slow_case_is_reported():
+    """The guard of the fast tier: a SLOW_CASES entry that names no test is found."""
+    renamed, *kept = sorted(SLOW_CASES)
+    ids = [f"tests/{case}" for case in kept] + [f"tests/{renamed}_renamed"]
+    assert unmatched_slow_cases(ids) == {renamed}
+    assert unmatched_slow_cases(f"tests/{case}" for case in SLOW_CASES) == set()

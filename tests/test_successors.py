@@ -470,6 +470,7 @@ def test_adacos_scale_with_class_sharded_weights(x64):
 # ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 4–6 s of an idle 2-core run (--durations, 2026-12-05)
 def test_subcenter_cleanup(x64):
     rng = np.random.default_rng(0)
     w = rng.normal(size=(6, 4, 3))
@@ -506,6 +507,7 @@ def test_circle_pair_loss_matches_reference(x64):
         )
 
 
+@pytest.mark.slow  # 4–6 s of an idle 2-core run (--durations, 2026-12-05)
 def test_circle_pair_loss_finite_gradients_in_bfloat16():
     x = jnp.asarray([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], jnp.bfloat16)
     y = jnp.array([0, 0, 1, 1, 2])  # duplicates, an opposite, a zero vector, a loner

@@ -28,7 +28,18 @@ def _copy_tree() -> pathlib.Path:
 
 def _run(root: pathlib.Path, tests: Sequence[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-m",
+            "slow or not slow",
+            "-p",
+            "no:cacheprovider",
+            *tests,
+        ],
         cwd=root,
         env={
             "PYTHONPATH": str(root),

@@ -63,7 +63,7 @@ printf 'jax\nnumpy\nflax.linen\noptax\nml_collections\norbax.checkpoint\n' > "$w
   echo "only_mutate="; for m in $modules; do echo "    $m"; done
   echo "also_copy="; echo "    configs/"
   echo "pytest_add_cli_args_test_selection="; for t in $tests; do echo "    $t"; done
-  echo "pytest_add_cli_args="; echo "    -p"; echo "    no:cacheprovider"; echo "    -x"
+  echo "pytest_add_cli_args="; echo "    -p"; echo "    no:cacheprovider"; echo "    -x"; echo "    -m"; echo "    slow or not slow"
   echo "process_isolation=forkserver"  # JAX is not fork-safe once its backend is up
   echo "forkserver_warmup=import"
   echo "preload_modules_file=preload.txt"
