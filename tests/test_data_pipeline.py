@@ -361,37 +361,15 @@ def test_reshape_for_pmap_and_argument_errors():
     with pytest.raises(ValueError, match="over 3 devices"):
         data.reshape_for_pmap(batch, 3)
     source, config = _tagged_source(8), _config()
-    with pytest.raises(ValueError, match="multiple of process_count 3"):
-        data.create_iterator(
-            source,
-            config,
-            global_batch_size=4,
-            seed=0,
-            train=True,
-            process_index=0,
-            process_count=3,
-        )
-    with pytest.raises(ValueError, match="process_index 2 not in"):
-        data.create_iterator(
-            source,
-            config,
-            global_batch_size=4,
-            seed=0,
-            train=True,
-            process_index=2,
-            process_count=2,
-        )
-    with pytest.raises(ValueError, match="one pass"):
-        data.create_iterator(
-            source,
-            config,
-            global_batch_size=4,
-            seed=0,
-            train=False,
-            num_epochs=2,
-            process_index=0,
-            process_count=1,
-        )
+    for problem, options in [
+        ("multiple of process_count 3", dict(process_index=0, process_count=3)),
+        ("process_index 2 not in", dict(process_index=2, process_count=2)),
+        ("one pass", dict(train=False, num_epochs=2, process_index=0, process_count=1)),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            data.create_iterator(
+                source, config, global_batch_size=4, seed=0, **{"train": True, **options}
+            )
 
 
 def test_bad_records_fail_with_the_file_name(tmp_path):
