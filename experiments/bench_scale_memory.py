@@ -171,17 +171,13 @@ def _parallel_step(config, mesh, *, num_classes: int, image_shape: tuple[int, in
     )
     state = jax.eval_shape(make_state, jax.random.PRNGKey(0))
     specs = run_state.state_partition_specs(state, class_sharded=run_state.is_class_sharded(config))
-    step = train_step.parallelize_train_step(
-        functools.partial(
-            train_step.train_step,
-            model=model,
-            config=config,
-            learning_rate_fn=lr_fn,
-            num_devices=mesh.size,
-        ),
-        parallelism="shard_map",
+    step = train_step.create_parallel_train_step(
+        model,
+        config,
+        lr_fn,
         mesh=mesh,
         state_specs=specs,
+        parallelism="shard_map",
     )
     return step, make_state, state, specs
 

@@ -20,7 +20,6 @@ the wall time to other programs sharing the machine.
     python -m experiments.bench_train --json=/tmp/bench.json
 """
 
-import functools
 import json
 import os
 import platform
@@ -93,17 +92,13 @@ def time_jax_step(config, *, image_shape, num_classes: int, batch_size: int) -> 
     state = jax.device_put(
         state, jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
     )
-    step = train_step.parallelize_train_step(
-        functools.partial(
-            train_step.train_step,
-            model=model,
-            config=config,
-            learning_rate_fn=lr_fn,
-            num_devices=num_devices,
-        ),
-        parallelism="shard_map",
+    step = train_step.create_parallel_train_step(
+        model,
+        config,
+        lr_fn,
         mesh=mesh,
         state_specs=specs,
+        parallelism="shard_map",
     )
     rng = np.random.default_rng(0)
     batch = train_step.shard_batch(

@@ -149,17 +149,13 @@ def _compiled(setting: Setting, steps: int, recipe: tuple[tuple[str, Any], ...])
     )
     mesh = train_step.data_mesh(jax.devices()[:1])
     state = _initial_state(config, model, learning_rate_fn, seed=0)
-    step_fn = train_step.parallelize_train_step(
-        functools.partial(
-            train_step.train_step,
-            model=model,
-            config=config,
-            learning_rate_fn=learning_rate_fn,
-            num_devices=1,
-        ),
-        parallelism="shard_map",
+    step_fn = train_step.create_parallel_train_step(
+        model,
+        config,
+        learning_rate_fn,
         mesh=mesh,
         state_specs=run_state.state_partition_specs(state, class_sharded=False),
+        parallelism="shard_map",
     )
 
     @jax.jit

@@ -26,7 +26,6 @@ data position). E.g. on SLURM with one process per node::
         --config=configs/arcface.py:face --workdir=/shared/runs/arcface
 """
 
-import functools
 import json
 from typing import Any
 
@@ -324,17 +323,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         workdir, list(eval_data.get("targets", {})), up_to=start_step
     )
 
-    p_train_step = train_step.parallelize_train_step(
-        functools.partial(
-            train_step.train_step,
-            model=model,
-            config=config,
-            learning_rate_fn=learning_rate_fn,
-            num_devices=num_devices,
-        ),
-        parallelism=config.parallelism,
+    p_train_step = train_step.create_parallel_train_step(
+        model,
+        config,
+        learning_rate_fn,
         mesh=mesh,
         state_specs=state_specs,
+        parallelism=config.parallelism,
     )
 
     writer = reporting.MetricWriter(workdir)

@@ -1,7 +1,11 @@
 """The experiment runners end to end at toy sizes, and their helpers."""
 
 import csv
+import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ from experiments import (
 from faceloss_jax import data
 
 pytestmark = pytest.mark.slow
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Small evaluation sets and batches: a run costs its compilation and little else.
 TINY = [
@@ -189,3 +194,31 @@ def test_runs_follow_out_unless_given():
     args = common.parse_args(parser, ["--out=results/other"], module="m")
     assert args.runs == "/tmp/faceloss_experiments/other"
     assert common.parse_args(parser, ["--runs=/r"], module="m").runs == "/r"
+
+
+def test_bench_train_documented_command(tmp_path):
+    """`python -m experiments.bench_train --models=lenet_pp --lenet_batch=128` (its
+    docstring's command) at 2 steps: JAX's and PyTorch's rates, their ratio the quotient."""
+    json_path = tmp_path / "bench.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.bench_train",
+            "--models=lenet_pp",
+            "--lenet_batch=128",
+            "--steps=2",
+            "--repeats=1",
+            f"--json={json_path}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    result = json.loads(json_path.read_text())
+    jax_rate, torch_rate = (
+        result["lenet_pp_softmax"]["steps_per_s"],
+        result["torch_lenet_pp_softmax"]["steps_per_s"],
+    )
+    assert jax_rate > 0 and torch_rate > 0
+    assert result["jax_over_torch_steps_per_s"] == pytest.approx(jax_rate / torch_rate, abs=0.005)

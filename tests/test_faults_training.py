@@ -77,17 +77,13 @@ def make_step(config, model, num_devices: int, loss_state=None):
         state = state.replace(loss_state=loss_state)
     specs = run_state.state_partition_specs(state, class_sharded=False)
     state = jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
-    step = train_step.parallelize_train_step(
-        functools.partial(
-            train_step.train_step,
-            model=model,
-            config=config,
-            learning_rate_fn=lr_fn,
-            num_devices=num_devices,
-        ),
-        parallelism="shard_map",
+    step = train_step.create_parallel_train_step(
+        model,
+        config,
+        lr_fn,
         mesh=mesh,
         state_specs=specs,
+        parallelism="shard_map",
     )
     return state, step, mesh
 

@@ -7,7 +7,6 @@ compilation to a second or two; the real backbones are exercised by
 ``test_train_cli.py`` and ``tests/test_models.py``.
 """
 
-import functools
 import importlib
 import json
 import logging
@@ -104,17 +103,13 @@ def make_step(config, mesh, parallelism="shard_map"):
     class_sharded = config.loss.get("class_sharded", False)
     specs = run_state.state_partition_specs(state, class_sharded=class_sharded)
     state = jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
-    step = train_step.parallelize_train_step(
-        functools.partial(
-            train_step.train_step,
-            model=model,
-            config=config,
-            learning_rate_fn=lr_fn,
-            num_devices=mesh.size,
-        ),
-        parallelism=parallelism,
+    step = train_step.create_parallel_train_step(
+        model,
+        config,
+        lr_fn,
         mesh=mesh,
         state_specs=specs,
+        parallelism=parallelism,
     )
     return state, step
 

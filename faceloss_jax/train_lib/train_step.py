@@ -14,6 +14,7 @@ are the block ``p`` of the mesh (``data_mesh``), so device ``i`` sees the same e
 on 1 process × 8 devices as on 2 × 4.
 """
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -166,6 +167,30 @@ def parallelize_train_step(
         check_vma=False,
     )
     return jax.jit(mapped, donate_argnums=0)
+
+
+def create_parallel_train_step(
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    *,
+    mesh: Mesh,
+    state_specs: TrainState,
+    parallelism: str = "shard_map",
+) -> Callable:
+    """``train_step`` bound to ``model`` and ``config`` and run data-parallel over every
+    device of ``mesh`` (``parallelize_train_step``): the step the trainer runs, for
+    benchmarks and tests to run the same one."""
+    step_fn = functools.partial(
+        train_step,
+        model=model,
+        config=config,
+        learning_rate_fn=learning_rate_fn,
+        num_devices=mesh.size,
+    )
+    return parallelize_train_step(
+        step_fn, parallelism=parallelism, mesh=mesh, state_specs=state_specs
+    )
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
