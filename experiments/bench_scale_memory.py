@@ -439,12 +439,14 @@ bfloat16 backbone's activations about as large as float32 ones (iResNet-50: 13.4
 temporaries at batch 128, the rows at 1M), so it overstates what an accelerator needs.
 (Rows before the step differentiated loss/n, 2026-12-04, also held a second (d, C/n)
 float32 block beside the head's gradient, the gradient divided by n: 7.4 GB at 29M on 8
-devices; the class-sharded CPU rows were recompiled after that change, the TPU rows,
-which never held it, were not.) `tpu`: the same step compiled ahead of time for a
-TPU v5p topology (`--platform=tpu`; libtpu, no TPU needed). A first TPU attempt for v5e
+devices; the class-sharded CPU rows were recompiled after that change.) `tpu`: the same
+step compiled ahead of time for a TPU v5p topology (`--platform=tpu`; libtpu 0.0.42.1, no
+TPU needed; every TPU row compiled on 2026-12-05 with the current step). The TPU compiler
+keeps bfloat16 activations at their size, so its rows are the accelerator estimate to set
+beside arcface_torch's GPU rows. A first TPU attempt for v5e
 (16 GB chips) was refused by the compiler, which reported 22.46 GB of temporaries for
 iResNet-50, 8 chips, C = 29M, chunked (the error row in the JSON). A cell "—" was not
-compiled: each compile took 1–5 minutes (TPU: 10–20) on the shared 2-core machine, so the
+compiled: each compile took 1–5 minutes (TPU: 1.5–13) on the shared 2-core machine, so the
 grid was cut to the rows below.
 """
 

@@ -215,7 +215,7 @@ def test_bench_train_documented_command(tmp_path):
         check=True,
         capture_output=True,
     )
-    result = json.loads(json_path.read_text())
+    result = json.loads(json_path.read_text(encoding="utf-8"))
     jax_rate, torch_rate = (
         result["lenet_pp_softmax"]["steps_per_s"],
         result["torch_lenet_pp_softmax"]["steps_per_s"],
