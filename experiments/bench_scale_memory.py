@@ -443,7 +443,12 @@ devices; the class-sharded CPU rows were recompiled after that change.) `tpu`: t
 step compiled ahead of time for a TPU v5p topology (`--platform=tpu`; libtpu 0.0.42.1, no
 TPU needed; every TPU row compiled on 2026-12-05 with the current step). The TPU compiler
 keeps bfloat16 activations at their size, so its rows are the accelerator estimate to set
-beside arcface_torch's GPU rows. A first TPU attempt for v5e
+beside arcface_torch's GPU rows. Their chunked rows hold a second gradient block: the
+backward's scan carries dW laid out {1,0} and the compiler lays W out {0,1}, so it copies
+the block (`copy` of f32[512, C/n] in the buffer assignment of the 8M row, dumped with
+`XLA_FLAGS=--xla_dump_to=DIR`); 7.4 GB of the 29M row. (A compile of that row on
+2026-12-04 reported 25.4 GB; the same code recompiled on 2026-12-05 gives 32.7 GB.) The
+16M rows hold more than the line through the others, not yet explained. A first TPU attempt for v5e
 (16 GB chips) was refused by the compiler, which reported 22.46 GB of temporaries for
 iResNet-50, 8 chips, C = 29M, chunked (the error row in the JSON). A cell "—" was not
 compiled: each compile took 1–5 minutes (TPU: 1.5–13) on the shared 2-core machine, so the
