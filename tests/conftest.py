@@ -51,10 +51,14 @@ def x64():
 MIN_TESTS = 20
 
 
+def _whole_suite(config) -> bool:
+    """Whether this run collects whole directories with no ``-k`` filter."""
+    return all(os.path.isdir(arg) for arg in config.args) and not config.option.keyword
+
+
 def pytest_collection_finish(session):
     """A whole-suite run that collects (nearly) nothing fails instead of passing."""
-    whole_suite = all(os.path.isdir(arg) for arg in session.config.args)
-    if whole_suite and not session.config.option.keyword and len(session.items) < MIN_TESTS:
+    if _whole_suite(session.config) and len(session.items) < MIN_TESTS:
         raise RuntimeError(
             f"only {len(session.items)} tests collected; expected at least {MIN_TESTS}"
         )
@@ -109,7 +113,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.split("/")[-1] in SLOW_CASES:
             item.add_marker(pytest.mark.slow)
-    whole_suite = all(os.path.isdir(arg) for arg in config.args)
     missing = unmatched_slow_cases(item.nodeid for item in items)
-    if whole_suite and not config.option.keyword and missing:
+    if _whole_suite(config) and missing:
         raise RuntimeError(f"tests/conftest.SLOW_CASES names no collected test: {sorted(missing)}")
