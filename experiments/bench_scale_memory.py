@@ -39,6 +39,8 @@ growth of the process's resident memory during the step (the row the test checks
 """
 
 import functools
+import hashlib
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -214,7 +216,9 @@ def compiled_memory(
 ) -> dict[str, float]:
     """Compiles the step of ``config`` for ``mesh`` and returns its per-device bytes:
     ``arguments``, ``outputs``, ``aliased``, ``temporaries``, ``code`` and ``peak``
-    (arguments + outputs − aliased + temporaries + code), with ``compile_s``."""
+    (arguments + outputs − aliased + temporaries + code), with ``compile_s`` and
+    ``hlo_sha256`` (of the optimized HLO, so that two compiles of one row that report
+    different memory can be told apart from one that changed)."""
     step, state, batch = abstract_inputs(
         config, mesh, num_classes=num_classes, image_shape=image_shape
     )
@@ -236,7 +240,25 @@ def compiled_memory(
         + result["temporaries"]
         + result["code"]
     )
-    return result | {"compile_s": round(compile_s, 1)}
+    hlo = hashlib.sha256(compiled.as_text().encode()).hexdigest()[:16]
+    return result | {"compile_s": round(compile_s, 1), "hlo_sha256": hlo}
+
+
+def provenance() -> dict[str, str]:
+    """What a row was compiled with: the compiler packages' versions and the commit."""
+    versions = {}
+    for package in ("jax", "jaxlib", "libtpu"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    proc = subprocess.run(
+        ["git", "-C", str(_ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return versions | ({"commit": proc.stdout.strip()} if proc.returncode == 0 else {})
 
 
 def _rss_bytes(field: str) -> int:
@@ -331,7 +353,7 @@ def _worker(spec: dict) -> None:
     )
     mesh = device_mesh(spec["platform"], spec["devices"])
     result = compiled_memory(config, mesh, num_classes=spec["classes"])
-    print("RESULT " + json.dumps(spec | result), flush=True)
+    print("RESULT " + json.dumps(spec | result | provenance()), flush=True)
 
 
 def _run_row(spec: dict) -> dict:
