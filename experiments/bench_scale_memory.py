@@ -395,11 +395,20 @@ def _count(c: int) -> str:
     return f"{c / 1e6:g}M" if c >= 10**6 else f"{c / 1e3:g}k"
 
 
+def _out_of_memory(row: dict) -> bool:
+    """The TPU compiler refused the program: larger than the chip's HBM."""
+    return "RESOURCE_EXHAUSTED" in row.get("error", "")
+
+
+def _settled(row: dict) -> bool:
+    return "error" not in row or _out_of_memory(row)
+
+
 def _gb(row: dict | None) -> str:
     if row is None:
         return "—"
     if "error" in row:
-        return "error"
+        return "OOM" if _out_of_memory(row) else "error"
     return f"{row['peak'] / GB:.1f}"
 
 
@@ -602,7 +611,8 @@ def main(argv) -> None:
         return
     rows = _load(_JSON.value)
     checks = [r for r in rows if r.get("check")]
-    done = {_key(r): r for r in rows if not r.get("check") and "error" not in r}
+    # A row the compiler refused for want of memory is a result; other errors are retried.
+    done = {_key(r): r for r in rows if not r.get("check") and _settled(r)}
     if not _REPORT_ONLY.value:
         for devices, classes in parse_grid(_GRID.value):
             for model in _MODELS.value:
