@@ -548,8 +548,8 @@ def report(rows: list[dict], checks: list[dict] = ()) -> str:
             lines += [
                 "",
                 "| devices | C | layout | arguments | outputs − aliased | temporaries | code "
-                "| compile s |",
-                "|---|---|---|---|---|---|---|---|",
+                "| compile s | commit | HLO |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
             for key in sorted(mine):
                 r = mine[key]
@@ -558,7 +558,8 @@ def report(rows: list[dict], checks: list[dict] = ()) -> str:
                 lines.append(
                     f"| {r['devices']} | {_count(r['classes'])} | {LAYOUT_NAMES[r['layout']]} | "
                     f"{r['arguments'] / GB:.2f} | {(r['outputs'] - r['aliased']) / GB:.3f} | "
-                    f"{r['temporaries'] / GB:.2f} | {r['code'] / GB:.2f} | {r['compile_s']:.0f} |"
+                    f"{r['temporaries'] / GB:.2f} | {r['code'] / GB:.2f} | {r['compile_s']:.0f} | "
+                    f"{r.get('commit', '—')} | {r.get('hlo_sha256', '—')} |"
                 )
     return "\n".join(lines) + "\n"
 
