@@ -245,9 +245,9 @@ def compiled_memory(
 
 
 def provenance() -> dict[str, str]:
-    """What a row was compiled with: the compiler packages' versions and the commit."""
+X
     versions = {}
-    for package in ("jax", "jaxlib", "libtpu"):
+    for package in ("jax", "jaxlib", "libtpu", "flax", "optax"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
