@@ -245,7 +245,8 @@ def compiled_memory(
 
 
 def provenance() -> dict[str, str]:
-X
+    """What a row was compiled with: the versions of the packages that shape the
+    program (the compilers, Flax, optax) and the commit."""
     versions = {}
     for package in ("jax", "jaxlib", "libtpu", "flax", "optax"):
         try:
