@@ -472,19 +472,22 @@ temporaries at batch 128, the rows at 1M), so it overstates what an accelerator 
 (Rows before the step differentiated loss/n, 2026-12-04, also held a second (d, C/n)
 float32 block beside the head's gradient, the gradient divided by n: 7.4 GB at 29M on 8
 devices; the class-sharded CPU rows were recompiled after that change.) `tpu`: the same
-step compiled ahead of time for a TPU v5p topology (`--platform=tpu`; libtpu 0.0.42.1, no
-TPU needed; every TPU row compiled on 2026-12-05 with the current step). The TPU compiler
-keeps bfloat16 activations at their size, so its rows are the accelerator estimate to set
-beside arcface_torch's GPU rows. Their chunked rows hold a second gradient block: the
-backward's scan carries dW laid out {1,0} and the compiler lays W out {0,1}, so it copies
-the block (`copy` of f32[512, C/n] in the buffer assignment of the 8M row, dumped with
-`XLA_FLAGS=--xla_dump_to=DIR`); 7.4 GB of the 29M row. (A compile of that row on
-2026-12-04 reported 25.4 GB; the same code recompiled on 2026-12-05 gives 32.7 GB.) The
-16M rows hold more than the line through the others, not yet explained. A first TPU attempt for v5e
-(16 GB chips) was refused by the compiler, which reported 22.46 GB of temporaries for
-iResNet-50, 8 chips, C = 29M, chunked (the error row in the JSON). A cell "—" was not
-compiled: each compile took 1–5 minutes (TPU: 1.5–13) on the shared 2-core machine, so the
-grid was cut to the rows below.
+step compiled ahead of time for a TPU v5p topology (`--platform=tpu`; jax 0.10.2, libtpu
+0.0.42.1, flax 0.12.8, optax 0.2.8; no TPU needed). The TPU compiler keeps bfloat16
+activations at their size, so its rows are the accelerator estimate to set beside
+arcface_torch's GPU rows. Every TPU row below was compiled on 2026-12-05 (evening) and
+names its commit and the hash of its optimized HLO; a row compiled twice gave the same
+hash and the same bytes (8M chunked three times, 1M Partial FC twice, with and without
+other compiles beside it). The TPU rows of the previous report (2026-12-05, afternoon:
+chunked 4.0 / 5.0 / 7.1 / 11.2 / 27.6 / 32.7 GB at 1M–29M) are replaced: they held one
+more (d, C/n) block than these, which this session could not reproduce, neither at the
+same commit nor at the commit before the loss/n change (023418a~1 gives 9.24 GB at 8M,
+as the head does); the compiling environment of those rows was not recorded, which is
+why each row now records it. A first TPU attempt for v5e (16 GB chips) was refused by
+the compiler, which reported 22.46 GB of temporaries for iResNet-50, 8 chips, C = 29M,
+chunked. A cell "—" was not compiled: each compile took 1–5 minutes (TPU: 2–4; the
+64-chip 29M compile of the earlier set took 31 and was not repeated) on the shared
+2-core machine, so the grid was cut to the rows below.
 """
 
 
